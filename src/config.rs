@@ -1,0 +1,375 @@
+//! One typed settings tree, layered: defaults -> TOML file (`--config`) -> `WEFT_*` environment ->
+//! command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Limits;
+use crate::rooms::RoomConfig;
+use crate::storage::StorageKind;
+use crate::transport::TransportConfig;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on; port 0 picks a free port.
+    pub addr: SocketAddr,
+    /// Where storage keeps its files.
+    pub data_dir: PathBuf,
+    pub storage: StorageKind,
+    pub log_format: LogFormat,
+    pub auth: AuthSettings,
+    pub limits: LimitSettings,
+    pub rooms: RoomSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Everyone may read and write every room. Development only.
+    None,
+    /// A static table of tokens from `tokens_file`.
+    Tokens,
+    /// JSON Web Tokens: HS256 with `jwt_secret`/`jwt_secret_file`, or RS256 with `jwt_public_key_file`.
+    Jwt,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    pub tokens_file: Option<PathBuf>,
+    /// Prefer `jwt_secret_file` or the `WEFT_JWT_SECRET` environment variable to a secret in a
+    /// config file.
+    pub jwt_secret: Option<String>,
+    pub jwt_secret_file: Option<PathBuf>,
+    pub jwt_public_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    pub max_frame_bytes: usize,
+    pub outbound_queue: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub messages_per_second: f64,
+    pub message_burst: u32,
+    pub max_buffer_len: usize,
+    pub heartbeat_interval_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomSettings {
+    pub idle_timeout_ms: u64,
+    pub save_throttle_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            data_dir: PathBuf::from("./data"),
+            storage: StorageKind::File,
+            log_format: LogFormat::Text,
+            auth: AuthSettings::default(),
+            limits: LimitSettings::default(),
+            rooms: RoomSettings::default(),
+        }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            mode: AuthMode::None,
+            tokens_file: None,
+            jwt_secret: None,
+            jwt_secret_file: None,
+            jwt_public_key_file: None,
+        }
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        let transport = TransportConfig::default();
+        LimitSettings {
+            max_frame_bytes: transport.max_frame_bytes,
+            outbound_queue: transport.outbound_queue,
+            max_connections: 10_000,
+            max_connections_per_ip: 512,
+            messages_per_second: transport.messages_per_second,
+            message_burst: transport.message_burst,
+            max_buffer_len: Limits::default().max_buffer_len,
+            heartbeat_interval_ms: transport.heartbeat_interval.as_millis() as u64,
+            heartbeat_timeout_ms: transport.heartbeat_timeout.as_millis() as u64,
+        }
+    }
+}
+
+impl Default for RoomSettings {
+    fn default() -> Self {
+        let rooms = RoomConfig::default();
+        RoomSettings {
+            idle_timeout_ms: rooms.idle_timeout.as_millis() as u64,
+            save_throttle_ms: rooms.save_throttle.as_millis() as u64,
+        }
+    }
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+/// Command-line (and `WEFT_*` environment) overrides; unset ones keep the file's value.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// TOML config file.
+    #[arg(long, env = "WEFT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Listen address [default: 127.0.0.1:8787].
+    #[arg(long, env = "WEFT_ADDR")]
+    pub addr: Option<SocketAddr>,
+    /// Data directory [default: ./data].
+    #[arg(long, env = "WEFT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Storage backend [default: file].
+    #[arg(long, env = "WEFT_STORAGE")]
+    pub storage: Option<StorageKind>,
+    /// Log format [default: text].
+    #[arg(long, env = "WEFT_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Authorization mode [default: none].
+    #[arg(long, env = "WEFT_AUTH")]
+    pub auth: Option<AuthMode>,
+    /// Token table for `--auth tokens`.
+    #[arg(long, env = "WEFT_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// File holding the HS256 secret for `--auth jwt` (or set WEFT_JWT_SECRET).
+    #[arg(long, env = "WEFT_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// RSA public key (PEM) for RS256 with `--auth jwt`.
+    #[arg(long, env = "WEFT_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Largest accepted frame in bytes.
+    #[arg(long, env = "WEFT_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Frames queued per connection before it is closed as too slow.
+    #[arg(long, env = "WEFT_OUTBOUND_QUEUE")]
+    pub outbound_queue: Option<usize>,
+    /// Cap on open connections.
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Cap on open connections per peer address.
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Average messages per second a connection may send.
+    #[arg(long, env = "WEFT_MESSAGES_PER_SECOND")]
+    pub messages_per_second: Option<f64>,
+    /// Burst of messages a connection may send at once.
+    #[arg(long, env = "WEFT_MESSAGE_BURST")]
+    pub message_burst: Option<u32>,
+    /// Empty rooms are closed after this many milliseconds.
+    #[arg(long, env = "WEFT_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// At most one snapshot save per room per this many milliseconds.
+    #[arg(long, env = "WEFT_SAVE_THROTTLE_MS")]
+    pub save_throttle_ms: Option<u64>,
+}
+
+impl Settings {
+    /// Defaults, then the config file, then the overrides.
+    pub fn load(overrides: &Overrides) -> Result<Settings, ConfigError> {
+        let mut settings = match &overrides.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        // WEFT_JWT_SECRET is read from the environment only, so secrets stay off command lines.
+        if let Ok(secret) = std::env::var("WEFT_JWT_SECRET") {
+            settings.auth.jwt_secret = Some(secret);
+        }
+        let o = overrides.clone();
+        set(&mut settings.addr, o.addr);
+        set(&mut settings.data_dir, o.data_dir);
+        set(&mut settings.storage, o.storage);
+        set(&mut settings.log_format, o.log_format);
+        set(&mut settings.auth.mode, o.auth);
+        let auth = &mut settings.auth;
+        set_some(&mut auth.tokens_file, o.tokens_file);
+        set_some(&mut auth.jwt_secret_file, o.jwt_secret_file);
+        set_some(&mut auth.jwt_public_key_file, o.jwt_public_key_file);
+        let limits = &mut settings.limits;
+        set(&mut limits.max_frame_bytes, o.max_frame_bytes);
+        set(&mut limits.outbound_queue, o.outbound_queue);
+        set(&mut limits.max_connections, o.max_connections);
+        set(&mut limits.max_connections_per_ip, o.max_connections_per_ip);
+        set(&mut limits.messages_per_second, o.messages_per_second);
+        set(&mut limits.message_burst, o.message_burst);
+        set(&mut settings.rooms.idle_timeout_ms, o.idle_timeout_ms);
+        set(&mut settings.rooms.save_throttle_ms, o.save_throttle_ms);
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: shown,
+            source,
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let positive = [
+            ("limits.max_frame_bytes", l.max_frame_bytes as f64),
+            ("limits.outbound_queue", l.outbound_queue as f64),
+            ("limits.max_connections", l.max_connections as f64),
+            (
+                "limits.max_connections_per_ip",
+                l.max_connections_per_ip as f64,
+            ),
+            ("limits.messages_per_second", l.messages_per_second),
+            ("limits.message_burst", f64::from(l.message_burst)),
+            (
+                "limits.heartbeat_interval_ms",
+                l.heartbeat_interval_ms as f64,
+            ),
+            ("limits.heartbeat_timeout_ms", l.heartbeat_timeout_ms as f64),
+        ];
+        for (name, value) in positive {
+            if !(value > 0.0 && value.is_finite()) {
+                return Err(ConfigError::Invalid(format!("{name} must be positive")));
+            }
+        }
+        if l.heartbeat_timeout_ms <= l.heartbeat_interval_ms {
+            return Err(ConfigError::Invalid(
+                "limits.heartbeat_timeout_ms must exceed limits.heartbeat_interval_ms".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn room_config(&self) -> RoomConfig {
+        RoomConfig {
+            idle_timeout: Duration::from_millis(self.rooms.idle_timeout_ms),
+            save_throttle: Duration::from_millis(self.rooms.save_throttle_ms),
+            limits: self.engine_limits(),
+            ..RoomConfig::default()
+        }
+    }
+
+    pub fn transport_config(&self) -> TransportConfig {
+        let l = &self.limits;
+        TransportConfig {
+            max_frame_bytes: l.max_frame_bytes,
+            outbound_queue: l.outbound_queue,
+            messages_per_second: l.messages_per_second,
+            message_burst: l.message_burst,
+            heartbeat_interval: Duration::from_millis(l.heartbeat_interval_ms),
+            heartbeat_timeout: Duration::from_millis(l.heartbeat_timeout_ms),
+            limits: self.engine_limits(),
+        }
+    }
+
+    fn engine_limits(&self) -> Limits {
+        Limits {
+            max_buffer_len: self.limits.max_buffer_len,
+        }
+    }
+}
+
+fn set<T>(target: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *target = value;
+    }
+}
+
+fn set_some<T>(target: &mut Option<T>, value: Option<T>) {
+    if value.is_some() {
+        *target = value;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file overrides defaults, flags override the file, and unknown keys are errors.
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("weft.toml");
+        std::fs::write(
+            &path,
+            "addr = \"0.0.0.0:9000\"\nstorage = \"memory\"\n[rooms]\nidle_timeout_ms = 5\n[limits]\nmax_frame_bytes = 100\n",
+        )
+        .expect("write");
+        let overrides = Overrides {
+            config: Some(path.clone()),
+            max_frame_bytes: Some(200),
+            ..Overrides::default()
+        };
+        let s = Settings::load(&overrides).expect("loads");
+        assert_eq!(s.addr, "0.0.0.0:9000".parse().expect("addr"));
+        assert_eq!(s.storage, StorageKind::Memory);
+        assert_eq!(s.rooms.idle_timeout_ms, 5);
+        assert_eq!(s.limits.max_frame_bytes, 200);
+        assert_eq!(
+            s.rooms.save_throttle_ms,
+            RoomSettings::default().save_throttle_ms
+        );
+
+        std::fs::write(&path, "adr = \"x\"\n").expect("write");
+        assert!(matches!(
+            Settings::load(&overrides),
+            Err(ConfigError::Parse { .. })
+        ));
+        std::fs::write(&path, "[limits]\nmessages_per_second = 0\n").expect("write");
+        assert!(matches!(
+            Settings::load(&overrides),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    /// The documented example config is valid and matches the defaults.
+    #[test]
+    fn example_config_is_the_default() {
+        let example = Settings::from_file(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/weft.example.toml"
+        )))
+        .expect("example parses");
+        assert_eq!(example, Settings::default());
+    }
+}

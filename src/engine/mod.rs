@@ -1,0 +1,39 @@
+//! The document engine: pure state, no IO, no clock reads, no tasks.
+//!
+//! A room's document maps component keys (`"<stableId>/<component>"`) to objects of fields. Every
+//! field carries the room clock value of its last write. The conflict rule is last-writer-wins in
+//! server order: the server applies requests one at a time, each request that carries document
+//! patches advances the clock exactly once, and a later write to a field replaces it whole.
+//!
+//! - `{"_exists": false}` deletes a component: it becomes a tombstone that is kept (and saved), so a
+//!   client that was offline during the delete learns of it from [`Document::diff_since`].
+//! - A component that is absent or tombstoned is only (re)created by a value with `"_exists": true`;
+//!   a partial write to it is dropped, as in the reference server.
+//! - A field may hold a buffer delta (`{"__buf":1,"len":L,"runs":[[offset,[v,..]],..]}`); it is
+//!   materialized against the stored array before it is stored (see [`buffer`]).
+//!
+//! Two replicas converge by applying the same diff:
+//! ```
+//! use weft::engine::{Document, Limits};
+//! use serde_json::json;
+//!
+//! let limits = Limits::default();
+//! let mut server = Document::default();
+//! server.apply(&[json!({"s1/Pos": {"_exists": true, "x": 1, "y": 2}})], &limits);
+//! let seen = server.clock();
+//! server.apply(&[json!({"s1/Pos": {"x": 5}})], &limits);
+//! server.apply(&[json!({"s2/Pos": {"_exists": false}})], &limits);
+//!
+//! // A client that saw clock `seen` catches up with one diff.
+//! let diff = server.diff_since(seen);
+//! assert_eq!(diff, json!({"s1/Pos": {"x": 5}, "s2/Pos": {"_exists": false}}));
+//! ```
+
+pub mod buffer;
+mod document;
+mod ephemeral;
+mod patch;
+
+pub use document::{Document, SnapshotError};
+pub use ephemeral::Ephemeral;
+pub use patch::{validate_patches, Fields, Limits, PatchError};

@@ -1,0 +1,177 @@
+//! Patches: validation, and the rule that decides what one component value does.
+
+use serde_json::{Map, Value};
+
+use super::buffer::{self, BufferDelta, BufferDeltaError};
+
+/// The fields of one component.
+pub type Fields = Map<String, Value>;
+
+/// Bounds the engine enforces on what a patch may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest array a buffer delta may create.
+    pub max_buffer_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_buffer_len: 1 << 20,
+        }
+    }
+}
+
+/// Why a list of patches was refused. The message names the offending place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatchError {
+    #[error("patches must be an array of objects")]
+    NotAList,
+    #[error("patch {index} must be an object")]
+    PatchNotObject { index: usize },
+    #[error("component {key:?} must be an object")]
+    ComponentNotObject { key: String },
+    #[error("component {key:?}: `_exists` must be a boolean")]
+    ExistsNotBool { key: String },
+    #[error("component {key:?} field {field:?}: {source}")]
+    BadBuffer {
+        key: String,
+        field: String,
+        source: BufferDeltaError,
+    },
+}
+
+/// Checks that `patches` is an array of `{key: {field: value}}` objects whose buffer deltas are
+/// well formed and within `limits`. Everything the engine later applies or relays passed this.
+pub fn validate_patches(patches: &Value, limits: &Limits) -> Result<(), PatchError> {
+    let list = patches.as_array().ok_or(PatchError::NotAList)?;
+    for (index, patch) in list.iter().enumerate() {
+        let patch = patch
+            .as_object()
+            .ok_or(PatchError::PatchNotObject { index })?;
+        for (key, component) in patch {
+            let fields = component
+                .as_object()
+                .ok_or_else(|| PatchError::ComponentNotObject { key: key.clone() })?;
+            if fields.get("_exists").is_some_and(|v| !v.is_boolean()) {
+                return Err(PatchError::ExistsNotBool { key: key.clone() });
+            }
+            for (field, value) in fields {
+                if let Value::Object(map) = value {
+                    if buffer::is_marked(value) {
+                        BufferDelta::parse(map, limits.max_buffer_len).map_err(|source| {
+                            PatchError::BadBuffer {
+                                key: key.clone(),
+                                field: field.clone(),
+                                source,
+                            }
+                        })?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What applying one component value does, given the component's current fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// `_exists: false`: the component becomes a tombstone.
+    Delete,
+    /// Absent or tombstoned, and the value says `_exists: true`: start from the value alone.
+    Create,
+    /// Live: the value's fields replace the current ones, field by field.
+    Merge,
+    /// Absent or tombstoned and the value does not recreate it: dropped, as the reference does.
+    Skip,
+}
+
+pub(crate) fn is_tombstone(fields: &Fields) -> bool {
+    fields.get("_exists") == Some(&Value::Bool(false))
+}
+
+pub(crate) fn action(current: Option<&Fields>, value: &Fields) -> Action {
+    match value.get("_exists") {
+        Some(Value::Bool(false)) => Action::Delete,
+        exists => match current {
+            Some(fields) if !is_tombstone(fields) => Action::Merge,
+            _ if exists == Some(&Value::Bool(true)) => Action::Create,
+            _ => Action::Skip,
+        },
+    }
+}
+
+pub(crate) fn tombstone() -> Fields {
+    let mut fields = Fields::new();
+    fields.insert("_exists".to_owned(), Value::Bool(false));
+    fields
+}
+
+/// Writes `value`'s fields into `target`, materializing buffer deltas against `target`'s arrays.
+/// A malformed delta (which validation keeps out) is skipped rather than stored.
+pub(crate) fn write_fields(target: &mut Fields, value: &Fields, limits: &Limits) {
+    for (field, v) in value {
+        let new = match v {
+            Value::Object(map) if buffer::is_marked(v) => {
+                match BufferDelta::parse(map, limits.max_buffer_len) {
+                    Ok(delta) => delta.materialize(target.get(field)),
+                    Err(_) => continue,
+                }
+            }
+            other => other.clone(),
+        };
+        target.insert(field.clone(), new);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Every malformed shape is refused with an error naming where it is.
+    #[test]
+    fn validation_names_the_problem() {
+        let limits = Limits::default();
+        let cases = [
+            (json!({"a": 1}), "patches must be an array of objects"),
+            (json!([1]), "patch 0 must be an object"),
+            (json!([{"k": null}]), "component \"k\" must be an object"),
+            (
+                json!([{"k": {"_exists": 1}}]),
+                "`_exists` must be a boolean",
+            ),
+            (
+                json!([{"k": {"pts": {"__buf": 1, "len": "x", "runs": []}}}]),
+                "field \"pts\": buffer delta `len`",
+            ),
+        ];
+        for (patches, want) in cases {
+            let err = validate_patches(&patches, &limits).unwrap_err().to_string();
+            assert!(err.contains(want), "{patches}: {err}");
+        }
+        let ok = json!([{"k": {"_exists": true, "pts": {"__buf": 1, "len": 2, "runs": [[0, [1.5]]]}}}, {}]);
+        assert_eq!(validate_patches(&ok, &limits), Ok(()));
+    }
+
+    /// The create/merge/delete/skip rule of the reference server.
+    #[test]
+    fn action_rule() {
+        let live = json!({"_exists": true, "x": 1});
+        let live = live.as_object();
+        let dead = tombstone();
+        let obj = |v: Value| v.as_object().cloned().unwrap_or_default();
+        let del = obj(json!({"_exists": false}));
+        let create = obj(json!({"_exists": true, "x": 2}));
+        let partial = obj(json!({"x": 2}));
+        assert_eq!(action(live, &del), Action::Delete);
+        assert_eq!(action(None, &del), Action::Delete);
+        assert_eq!(action(live, &partial), Action::Merge);
+        assert_eq!(action(live, &create), Action::Merge);
+        assert_eq!(action(None, &create), Action::Create);
+        assert_eq!(action(Some(&dead), &create), Action::Create);
+        assert_eq!(action(None, &partial), Action::Skip);
+        assert_eq!(action(Some(&dead), &partial), Action::Skip);
+    }
+}

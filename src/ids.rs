@@ -1,0 +1,132 @@
+//! Identifier newtypes. Room ids become file names and storage keys, so they are validated once,
+//! here, and every layer below can trust them.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Longest accepted room id, in bytes.
+pub const MAX_ROOM_ID_LEN: usize = 128;
+/// Longest accepted client id, in bytes.
+pub const MAX_CLIENT_ID_LEN: usize = 256;
+
+/// A validated room id: 1 to 128 of `A-Z a-z 0-9 _ - .`, not starting with `.`. Such an id is a
+/// safe file name on every platform and can never name a path outside the data directory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomId(Arc<str>);
+
+/// Why a room or client id was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("room id must not be empty")]
+    EmptyRoom,
+    #[error("room id is longer than {MAX_ROOM_ID_LEN} bytes")]
+    RoomTooLong,
+    #[error("room id may contain only A-Z, a-z, 0-9, '_', '-', '.' and must not start with '.'")]
+    RoomCharacters,
+    #[error("client id must be 1 to {MAX_CLIENT_ID_LEN} bytes without control characters")]
+    Client,
+}
+
+impl RoomId {
+    pub fn parse(id: &str) -> Result<RoomId, IdError> {
+        if id.is_empty() {
+            return Err(IdError::EmptyRoom);
+        }
+        if id.len() > MAX_ROOM_ID_LEN {
+            return Err(IdError::RoomTooLong);
+        }
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+        if id.starts_with('.') || !id.chars().all(allowed) {
+            return Err(IdError::RoomCharacters);
+        }
+        Ok(RoomId(Arc::from(id)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A client id as the client chose it (the npm client uses a UUID). Ephemeral state and the
+/// `clientId` of broadcasts are keyed by it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientId(Arc<str>);
+
+impl ClientId {
+    pub fn parse(id: &str) -> Result<ClientId, IdError> {
+        if id.is_empty() || id.len() > MAX_CLIENT_ID_LEN || id.chars().any(char::is_control) {
+            return Err(IdError::Client);
+        }
+        Ok(ClientId(Arc::from(id)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One connection's session in a room; unique for the life of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hostile room ids (path traversal, separators, control bytes, overlong) are refused.
+    #[test]
+    fn room_ids_cannot_escape_the_data_directory() {
+        for ok in [
+            "room-1",
+            "a",
+            "A_b.c-9",
+            "550e8400-e29b-41d4-a716-446655440000",
+        ] {
+            assert!(RoomId::parse(ok).is_ok(), "{ok}");
+        }
+        let long = "x".repeat(MAX_ROOM_ID_LEN + 1);
+        for bad in [
+            "",
+            "..",
+            ".",
+            ".hidden",
+            "../etc/passwd",
+            "a/b",
+            "a\\b",
+            "a\0b",
+            "a b",
+            "é",
+            "a:b",
+            long.as_str(),
+        ] {
+            assert!(RoomId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Client ids are free-form but bounded and printable.
+    #[test]
+    fn client_ids_are_bounded() {
+        assert!(ClientId::parse("0b6f-…-any text").is_ok());
+        assert!(ClientId::parse("").is_err());
+        assert!(ClientId::parse("a\nb").is_err());
+        assert!(ClientId::parse(&"x".repeat(MAX_CLIENT_ID_LEN + 1)).is_err());
+    }
+}

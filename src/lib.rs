@@ -1,0 +1,25 @@
+//! weft: a room server for real-time collaboration.
+//!
+//! Layers, top to bottom; imports only point down:
+//! - [`app`]: wiring: settings -> storage -> authorizer -> [`rooms::RoomManager`] -> HTTP server
+//!   -> graceful shutdown. [`config`] holds the settings tree, [`telemetry`] the logging.
+//! - [`transport`]: actix-web routes and the WebSocket session loop (limits, heartbeat, decoding).
+//! - [`auth`]: who may connect where: none (development), a token table, or JWT.
+//! - [`rooms`]: the runtime: one task per room, sessions, persistence schedule, idle eviction.
+//! - [`protocol`]: wire types of the canvas-store protocol (JSON Schemas in `schemas/`).
+//! - [`storage`]: where rooms live between processes: memory, JSON snapshot files.
+//! - [`engine`]: the pure document: per-field stamps, last-writer-wins, tombstones, diffs.
+//!
+//! [`ids`] validates room and client ids; [`metrics`] counts what happens.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod ids;
+pub mod metrics;
+pub mod protocol;
+pub mod rooms;
+pub mod storage;
+pub mod telemetry;
+pub mod transport;

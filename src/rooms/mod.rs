@@ -1,0 +1,13 @@
+//! The rooms runtime: one task per live room, owning its document and sessions outright.
+//!
+//! Everything else talks to a room through a cloneable [`RoomHandle`] (a bounded command channel),
+//! so a room is serialized without locks and one socket's frames are handled in order. The
+//! [`RoomManager`] creates each room exactly once, evicts it when idle, and closes all on shutdown.
+
+mod manager;
+mod room;
+mod session;
+
+pub use manager::{JoinError, RoomConfig, RoomManager};
+pub use room::RoomHandle;
+pub use session::{CloseReason, NewSession, Outbox, SessionInfo, SessionLink};

@@ -1,0 +1,790 @@
+//! One room: a task that owns the document, the ephemeral state and the sessions, and applies the
+//! canvas-store protocol to them one command at a time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytestring::ByteString;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, error, info, warn};
+
+use super::manager::{Inner, JoinError, RoomConfig};
+use super::session::{CloseReason, Delivery, NewSession, Outbox, SessionInfo};
+use crate::auth::{Grant, Permission};
+use crate::engine::{Document, Ephemeral};
+use crate::ids::{ClientId, RoomId, SessionId};
+use crate::metrics::Metrics;
+use crate::protocol::canvas::{self, ClientFrame, Patches, ServerFrame};
+use crate::storage::{Storage, StorageError};
+
+/// Commands a room task processes, in arrival order.
+pub(crate) enum RoomCommand {
+    Join {
+        id: SessionId,
+        session: NewSession,
+        reply: oneshot::Sender<Result<(), (JoinError, NewSession)>>,
+    },
+    Frame {
+        session: SessionId,
+        frame: ClientFrame,
+    },
+    Reauthorize {
+        session: SessionId,
+        grant: Grant,
+    },
+    Leave {
+        session: SessionId,
+    },
+    SetPermission {
+        session: SessionId,
+        permission: Permission,
+        reply: oneshot::Sender<bool>,
+    },
+    SetMetadata {
+        session: SessionId,
+        metadata: Value,
+        reply: oneshot::Sender<bool>,
+    },
+    Sessions {
+        reply: oneshot::Sender<Vec<SessionInfo>>,
+    },
+    Document {
+        reply: oneshot::Sender<Document>,
+    },
+    Close {
+        reason: CloseReason,
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
+}
+
+/// A cloneable handle to a live room.
+#[derive(Clone)]
+pub struct RoomHandle {
+    pub(crate) id: RoomId,
+    pub(crate) generation: u64,
+    pub(crate) tx: mpsc::Sender<RoomCommand>,
+}
+
+/// The room task has ended (closed or evicted); ask the manager for the room again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("room is closed")]
+pub struct RoomGone;
+
+impl RoomHandle {
+    pub fn id(&self) -> &RoomId {
+        &self.id
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> RoomCommand,
+    ) -> Result<T, RoomGone> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| RoomGone)?;
+        rx.await.map_err(|_| RoomGone)
+    }
+
+    /// Adds a session. A room that is closing hands the session back, so it can join the room's
+    /// next incarnation.
+    pub(crate) async fn join(
+        &self,
+        id: SessionId,
+        session: NewSession,
+    ) -> Result<(), (JoinError, Option<NewSession>)> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(cmd)) =
+            self.tx.send(RoomCommand::Join { id, session, reply }).await
+        {
+            let session = match cmd {
+                RoomCommand::Join { session, .. } => Some(session),
+                _ => None,
+            };
+            return Err((JoinError::RoomClosed, session));
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err((error, session))) => Err((error, Some(session))),
+            Err(_) => Err((JoinError::RoomClosed, None)),
+        }
+    }
+
+    /// Hands a decoded frame to the room. Waits while the room's queue is full (backpressure).
+    pub async fn frame(&self, session: SessionId, frame: ClientFrame) -> Result<(), RoomGone> {
+        self.tx
+            .send(RoomCommand::Frame { session, frame })
+            .await
+            .map_err(|_| RoomGone)
+    }
+
+    /// Replaces a session's permission and metadata after a successful token refresh.
+    pub async fn reauthorize(&self, session: SessionId, grant: Grant) -> Result<(), RoomGone> {
+        self.tx
+            .send(RoomCommand::Reauthorize { session, grant })
+            .await
+            .map_err(|_| RoomGone)
+    }
+
+    /// Removes a session (its connection ended).
+    pub async fn leave(&self, session: SessionId) {
+        let _ = self.tx.send(RoomCommand::Leave { session }).await;
+    }
+
+    /// Changes a session's permission at runtime; false if there is no such session.
+    pub async fn set_permission(
+        &self,
+        session: SessionId,
+        permission: Permission,
+    ) -> Result<bool, RoomGone> {
+        self.request(|reply| RoomCommand::SetPermission {
+            session,
+            permission,
+            reply,
+        })
+        .await
+    }
+
+    /// Replaces a session's metadata; false if there is no such session.
+    pub async fn set_metadata(
+        &self,
+        session: SessionId,
+        metadata: Value,
+    ) -> Result<bool, RoomGone> {
+        self.request(|reply| RoomCommand::SetMetadata {
+            session,
+            metadata,
+            reply,
+        })
+        .await
+    }
+
+    /// The sessions in the room.
+    pub async fn sessions(&self) -> Result<Vec<SessionInfo>, RoomGone> {
+        self.request(|reply| RoomCommand::Sessions { reply }).await
+    }
+
+    /// A copy of the room's document.
+    pub async fn document(&self) -> Result<Document, RoomGone> {
+        self.request(|reply| RoomCommand::Document { reply }).await
+    }
+
+    /// Closes every session with `reason`, saves the document, and ends the room.
+    pub async fn close(&self, reason: CloseReason) -> Result<(), StorageError> {
+        self.request(|reply| RoomCommand::Close { reason, reply })
+            .await
+            .unwrap_or(Ok(()))
+    }
+}
+
+struct Session {
+    client: ClientId,
+    permission: Permission,
+    metadata: Value,
+    outbox: Outbox,
+    /// Document broadcasts go only to sessions whose `reconnect` was answered (or that sent a
+    /// patch): before that, a broadcast would move the client's cursor past edits it never got.
+    live: bool,
+}
+
+/// Persistence schedule: throttled saves, one in flight at a time, retried after failures.
+#[derive(Default)]
+struct SaveState {
+    /// The document changed since the last save started.
+    dirty: bool,
+    /// When the next save starts.
+    at: Option<Instant>,
+    in_flight: Option<JoinHandle<Result<(), StorageError>>>,
+    /// Consecutive failures, for the retry backoff.
+    failures: u32,
+}
+
+pub(crate) struct Room {
+    id: RoomId,
+    generation: u64,
+    config: RoomConfig,
+    storage: Arc<dyn Storage>,
+    metrics: Arc<Metrics>,
+    manager: Weak<Inner>,
+    doc: Document,
+    ephemeral: Ephemeral,
+    sessions: HashMap<SessionId, Session>,
+    /// Sessions whose queue overflowed during the current command; removed right after it.
+    overflowed: Vec<SessionId>,
+    save: SaveState,
+    idle_at: Option<Instant>,
+    /// Loading failed: joins are refused rather than served an empty document.
+    load_failed: bool,
+}
+
+enum Flow {
+    Continue,
+    Close {
+        reason: CloseReason,
+        reply: Option<oneshot::Sender<Result<(), StorageError>>>,
+    },
+}
+
+impl Room {
+    pub(crate) fn spawn(
+        id: RoomId,
+        generation: u64,
+        config: RoomConfig,
+        storage: Arc<dyn Storage>,
+        metrics: Arc<Metrics>,
+        manager: Weak<Inner>,
+        runtime: &tokio::runtime::Handle,
+    ) -> RoomHandle {
+        let (tx, rx) = mpsc::channel(config.command_queue.max(1));
+        let room = Room {
+            id: id.clone(),
+            generation,
+            config,
+            storage,
+            metrics,
+            manager,
+            doc: Document::default(),
+            ephemeral: Ephemeral::default(),
+            sessions: HashMap::new(),
+            overflowed: Vec::new(),
+            save: SaveState::default(),
+            idle_at: None,
+            load_failed: false,
+        };
+        let span = tracing::info_span!("room", room = %id);
+        runtime.spawn(tracing::Instrument::instrument(room.run(rx), span));
+        RoomHandle { id, generation, tx }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<RoomCommand>) {
+        Metrics::inc(&self.metrics.rooms_active);
+        // A room nobody joins (its first connect failed) is evicted like an emptied one.
+        self.idle_at = Some(Instant::now() + self.config.idle_timeout);
+        let (reason, reply) = match self.load().await {
+            Ok(()) => self.serve(&mut rx).await,
+            Err(e) => {
+                error!(error = %e, "cannot load room");
+                Metrics::inc(&self.metrics.storage_errors);
+                self.load_failed = true;
+                (CloseReason::storage_unavailable(), None)
+            }
+        };
+        let result = self.shut(reason, &mut rx).await;
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+        Metrics::dec(&self.metrics.rooms_active);
+    }
+
+    async fn load(&mut self) -> Result<(), StorageError> {
+        let storage = self.storage.clone();
+        let id = self.id.clone();
+        let loaded = tokio::task::spawn_blocking(move || storage.load(&id))
+            .await
+            .unwrap_or_else(|e| Err(panicked(&self.id, e)))?;
+        if let Some(doc) = loaded {
+            info!(
+                clock = doc.clock(),
+                components = doc.live_components(),
+                "room loaded"
+            );
+            self.doc = doc;
+        }
+        Ok(())
+    }
+
+    /// Processes commands until the room is closed; returns why, and whom to tell.
+    async fn serve(
+        &mut self,
+        rx: &mut mpsc::Receiver<RoomCommand>,
+    ) -> (
+        CloseReason,
+        Option<oneshot::Sender<Result<(), StorageError>>>,
+    ) {
+        loop {
+            let save_at = self.save.at.filter(|_| self.save.in_flight.is_none());
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else {
+                        return (CloseReason::room_closed(), None);
+                    };
+                    let flow = self.handle(cmd);
+                    self.disconnect_overflowed();
+                    if let Flow::Close { reason, reply } = flow {
+                        return (reason, reply);
+                    }
+                }
+                result = wait_save(&mut self.save.in_flight), if self.save.in_flight.is_some() => {
+                    self.save.in_flight = None;
+                    self.saved(result);
+                }
+                _ = sleep_until(save_at.unwrap_or_else(Instant::now)), if save_at.is_some() => {
+                    self.start_save();
+                }
+                _ = sleep_until(self.idle_at.unwrap_or_else(Instant::now)), if self.idle_at.is_some() => {
+                    info!("room idle, evicting");
+                    return (CloseReason::room_closed(), None);
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: RoomCommand) -> Flow {
+        match cmd {
+            RoomCommand::Join { id, session, reply } => {
+                self.join(id, session);
+                let _ = reply.send(Ok(()));
+            }
+            RoomCommand::Frame { session, frame } => self.frame(session, frame),
+            RoomCommand::Reauthorize { session, grant } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.permission = grant.permission;
+                    if !grant.metadata.is_null() {
+                        s.metadata = grant.metadata;
+                    }
+                }
+            }
+            RoomCommand::Leave { session } => self.remove(session, None),
+            RoomCommand::SetPermission {
+                session,
+                permission,
+                reply,
+            } => {
+                let found = self
+                    .sessions
+                    .get_mut(&session)
+                    .map(|s| s.permission = permission);
+                let _ = reply.send(found.is_some());
+            }
+            RoomCommand::SetMetadata {
+                session,
+                metadata,
+                reply,
+            } => {
+                let found = self
+                    .sessions
+                    .get_mut(&session)
+                    .map(|s| s.metadata = metadata);
+                let _ = reply.send(found.is_some());
+            }
+            RoomCommand::Sessions { reply } => {
+                let _ = reply.send(self.session_infos());
+            }
+            RoomCommand::Document { reply } => {
+                let _ = reply.send(self.doc.clone());
+            }
+            RoomCommand::Close { reason, reply } => {
+                return Flow::Close {
+                    reason,
+                    reply: Some(reply),
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    fn session_infos(&self) -> Vec<SessionInfo> {
+        let mut infos: Vec<_> = self
+            .sessions
+            .iter()
+            .map(|(id, s)| SessionInfo {
+                id: *id,
+                client: s.client.clone(),
+                permission: s.permission,
+                metadata: s.metadata.clone(),
+            })
+            .collect();
+        infos.sort_by_key(|s| s.id);
+        infos
+    }
+
+    // --- Sessions -------------------------------------------------------------------------------
+
+    fn join(&mut self, id: SessionId, new: NewSession) {
+        debug!(session = %id, client = %new.client, permission = ?new.permission, "join");
+        let others = self.ephemeral.merged_except(new.client.as_str());
+        self.sessions.insert(
+            id,
+            Session {
+                client: new.client,
+                permission: new.permission,
+                metadata: new.metadata,
+                outbox: new.outbox,
+                live: false,
+            },
+        );
+        Metrics::inc(&self.metrics.sessions_active);
+        self.idle_at = None;
+        if has_entries(&others) {
+            let raw = canvas::single_patch(&others);
+            let frame = ServerFrame::Patch {
+                document_patches: None,
+                ephemeral_patches: Some(&raw),
+                client_id: "",
+                timestamp: None,
+            };
+            self.send(id, &frame.encode());
+        }
+        self.broadcast_client_count();
+    }
+
+    /// Removes a session; with a reason, the connection is told to close with it.
+    fn remove(&mut self, id: SessionId, close: Option<CloseReason>) {
+        let Some(mut session) = self.sessions.remove(&id) else {
+            return;
+        };
+        debug!(session = %id, reason = ?close, "leave");
+        Metrics::dec(&self.metrics.sessions_active);
+        if let Some(reason) = close {
+            session.outbox.close(reason);
+        }
+        if let Some(deletions) = self.ephemeral.remove(session.client.as_str()) {
+            let raw = canvas::single_patch(&deletions);
+            let frame = ServerFrame::Patch {
+                document_patches: None,
+                ephemeral_patches: Some(&raw),
+                client_id: session.client.as_str(),
+                timestamp: None,
+            };
+            self.broadcast(None, &frame.encode(), false);
+        }
+        self.broadcast_client_count();
+        if self.sessions.is_empty() {
+            self.idle_at = Some(Instant::now() + self.config.idle_timeout);
+        }
+    }
+
+    fn disconnect_overflowed(&mut self) {
+        while let Some(id) = self.overflowed.pop() {
+            if self.sessions.contains_key(&id) {
+                warn!(session = %id, "disconnecting slow client");
+                Metrics::inc(&self.metrics.slow_clients_disconnected);
+                self.remove(id, Some(CloseReason::slow_client()));
+            }
+        }
+    }
+
+    fn send(&mut self, id: SessionId, frame: &ByteString) {
+        if let Some(session) = self.sessions.get(&id) {
+            if session.outbox.send(frame) == Delivery::Full {
+                self.overflowed.push(id);
+            }
+        }
+    }
+
+    /// Sends to every session but `except`; with `live_only`, only to sessions already synced.
+    fn broadcast(&mut self, except: Option<SessionId>, frame: &ByteString, live_only: bool) {
+        for (id, session) in &self.sessions {
+            if Some(*id) == except || (live_only && !session.live) {
+                continue;
+            }
+            if session.outbox.send(frame) == Delivery::Full {
+                self.overflowed.push(*id);
+            }
+        }
+    }
+
+    fn broadcast_client_count(&mut self) {
+        let frame = ServerFrame::ClientCount {
+            count: self.sessions.len(),
+        }
+        .encode();
+        self.broadcast(None, &frame, false);
+    }
+
+    // --- Protocol -------------------------------------------------------------------------------
+
+    fn frame(&mut self, id: SessionId, frame: ClientFrame) {
+        if !self.sessions.contains_key(&id) {
+            return;
+        }
+        match frame {
+            ClientFrame::Patch {
+                message_id,
+                document,
+                ephemeral,
+            } => self.patch(id, &message_id, document, ephemeral),
+            ClientFrame::Reconnect {
+                last_timestamp,
+                protocol_version,
+                document,
+                ephemeral,
+            } => {
+                if protocol_version != Some(canvas::PROTOCOL_VERSION as f64) {
+                    let frame = ServerFrame::VersionMismatch {
+                        server_protocol_version: canvas::PROTOCOL_VERSION,
+                    };
+                    self.send(id, &frame.encode());
+                    return;
+                }
+                self.reconnect(id, last_timestamp, document, ephemeral);
+            }
+            // Token refreshes are authorized by the connection before they reach the room.
+            ClientFrame::AuthRefresh { .. } => {}
+        }
+    }
+
+    fn patch(
+        &mut self,
+        id: SessionId,
+        message_id: &str,
+        document: Option<Patches>,
+        ephemeral: Option<Patches>,
+    ) {
+        let document = document.filter(|p| !p.is_empty());
+        let ephemeral = ephemeral.filter(|p| !p.is_empty());
+        if document.is_none() && ephemeral.is_none() {
+            return;
+        }
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        session.live = true;
+        if session.permission == Permission::Readwrite {
+            self.apply_and_broadcast(id, document, ephemeral);
+        }
+        let ack = ServerFrame::Ack {
+            message_id,
+            timestamp: self.doc.clock(),
+        };
+        self.send(id, &ack.encode());
+    }
+
+    fn reconnect(
+        &mut self,
+        id: SessionId,
+        last_timestamp: u64,
+        document: Option<Patches>,
+        ephemeral: Option<Patches>,
+    ) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        let readwrite = session.permission == Permission::Readwrite;
+        let client = session.client.clone();
+        // The server lost writes this client saw (it restarted from an older snapshot): ask the
+        // client to send back what it knows after our clock.
+        let since = self.doc.clock();
+        let needs_resync = readwrite && last_timestamp > since;
+        if readwrite {
+            self.apply_and_broadcast(
+                id,
+                document.filter(|p| !p.is_empty()),
+                ephemeral.filter(|p| !p.is_empty()),
+            );
+        }
+        if needs_resync {
+            self.send(id, &ServerFrame::Resync { since }.encode());
+        }
+        let diff = self.doc.diff_since(last_timestamp);
+        let others = self.ephemeral.merged_except(client.as_str());
+        let (doc_raw, eph_raw) = (
+            has_entries(&diff).then(|| canvas::single_patch(&diff)),
+            has_entries(&others).then(|| canvas::single_patch(&others)),
+        );
+        if doc_raw.is_some() || eph_raw.is_some() {
+            let frame = ServerFrame::Patch {
+                document_patches: doc_raw.as_deref(),
+                ephemeral_patches: eph_raw.as_deref(),
+                client_id: "",
+                timestamp: doc_raw.as_ref().map(|_| self.doc.clock()),
+            };
+            self.send(id, &frame.encode());
+        }
+        let synced = ServerFrame::Synced {
+            timestamp: self.doc.clock(),
+        };
+        self.send(id, &synced.encode());
+        if let Some(session) = self.sessions.get_mut(&id) {
+            session.live = true;
+        }
+    }
+
+    /// Applies a request's patches and relays them, as received, to every other synced session.
+    fn apply_and_broadcast(
+        &mut self,
+        id: SessionId,
+        document: Option<Patches>,
+        ephemeral: Option<Patches>,
+    ) {
+        if document.is_none() && ephemeral.is_none() {
+            return;
+        }
+        let Some(client) = self.sessions.get(&id).map(|s| s.client.clone()) else {
+            return;
+        };
+        let timestamp = document.as_ref().map(|d| {
+            Metrics::inc(&self.metrics.patches_applied);
+            self.doc.apply(&d.parsed, &self.config.limits)
+        });
+        if let Some(eph) = &ephemeral {
+            self.ephemeral
+                .apply(client.as_str(), &eph.parsed, &self.config.limits);
+        }
+        let frame = ServerFrame::Patch {
+            document_patches: document.as_ref().map(|d| d.raw.as_ref()),
+            ephemeral_patches: ephemeral.as_ref().map(|e| e.raw.as_ref()),
+            client_id: client.as_str(),
+            timestamp,
+        };
+        self.broadcast(Some(id), &frame.encode(), true);
+        if document.is_some() {
+            self.mark_dirty();
+        }
+    }
+
+    // --- Persistence ----------------------------------------------------------------------------
+
+    fn mark_dirty(&mut self) {
+        self.save.dirty = true;
+        if self.save.at.is_none() {
+            self.save.at = Some(Instant::now() + self.config.save_throttle);
+        }
+    }
+
+    fn start_save(&mut self) {
+        self.save.at = None;
+        self.save.dirty = false;
+        let bytes = self.doc.encode_snapshot();
+        let storage = self.storage.clone();
+        let id = self.id.clone();
+        self.save.in_flight = Some(tokio::task::spawn_blocking(move || {
+            storage.save(&id, &bytes)
+        }));
+    }
+
+    fn saved(&mut self, result: Result<(), StorageError>) {
+        match result {
+            Ok(()) => {
+                Metrics::inc(&self.metrics.snapshots_saved);
+                self.save.failures = 0;
+                if self.save.dirty && self.save.at.is_none() {
+                    self.save.at = Some(Instant::now() + self.config.save_throttle);
+                }
+            }
+            Err(e) => {
+                Metrics::inc(&self.metrics.storage_errors);
+                self.save.failures += 1;
+                let retry = retry_delay(self.save.failures);
+                error!(error = %e, retry_in = ?retry, "saving room failed; keeping state in memory and retrying");
+                self.save.dirty = true;
+                self.save.at = Some(Instant::now() + retry);
+            }
+        }
+    }
+
+    /// Ends the room: closes its sessions so nothing more is acked, then saves what changed.
+    async fn shut(
+        &mut self,
+        reason: CloseReason,
+        rx: &mut mpsc::Receiver<RoomCommand>,
+    ) -> Result<(), StorageError> {
+        let manager = self.manager.upgrade();
+        let closing = manager
+            .as_ref()
+            .map(|m| m.begin_close(&self.id, self.generation));
+        let ids: Vec<_> = self.sessions.keys().copied().collect();
+        for id in ids {
+            if let Some(mut session) = self.sessions.remove(&id) {
+                session.outbox.close(reason.clone());
+                Metrics::dec(&self.metrics.sessions_active);
+            }
+        }
+        let mut result = Ok(());
+        if let Some(in_flight) = self.save.in_flight.take() {
+            result = wait_save(&mut Some(in_flight)).await;
+            if result.is_ok() {
+                Metrics::inc(&self.metrics.snapshots_saved);
+            }
+        }
+        if !self.load_failed && (self.save.dirty || result.is_err()) {
+            result = self.final_save().await;
+        }
+        // Whoever still holds the old handle learns the room is gone and asks the manager again.
+        rx.close();
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                RoomCommand::Join { session, reply, .. } => {
+                    let error = if self.load_failed {
+                        JoinError::StorageUnavailable
+                    } else {
+                        JoinError::RoomClosed
+                    };
+                    let _ = reply.send(Err((error, session)));
+                }
+                RoomCommand::Close { reply, .. } => {
+                    let _ = reply.send(Ok(()));
+                }
+                _ => {}
+            }
+        }
+        if let Some(manager) = manager {
+            manager.finish_close(&self.id, self.generation);
+        }
+        drop(closing);
+        info!(clock = self.doc.clock(), "room closed");
+        result
+    }
+
+    /// The last save of a closing room, retried a few times: it is the only copy of acked writes.
+    async fn final_save(&mut self) -> Result<(), StorageError> {
+        let bytes = Arc::new(self.doc.encode_snapshot());
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (storage, id, bytes) = (self.storage.clone(), self.id.clone(), bytes.clone());
+            let result = tokio::task::spawn_blocking(move || storage.save(&id, &bytes))
+                .await
+                .unwrap_or_else(|e| Err(panicked(&self.id, e)));
+            match result {
+                Ok(()) => {
+                    Metrics::inc(&self.metrics.snapshots_saved);
+                    self.save.dirty = false;
+                    return Ok(());
+                }
+                Err(e) if attempt < 3 => {
+                    Metrics::inc(&self.metrics.storage_errors);
+                    warn!(error = %e, attempt, "final save failed, retrying");
+                    tokio::time::sleep(retry_delay(attempt)).await;
+                }
+                Err(e) => {
+                    Metrics::inc(&self.metrics.storage_errors);
+                    error!(error = %e, "final save failed; unsaved changes of this room are lost");
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+fn has_entries(patch: &Value) -> bool {
+    patch.as_object().is_some_and(|m| !m.is_empty())
+}
+
+async fn wait_save(
+    in_flight: &mut Option<JoinHandle<Result<(), StorageError>>>,
+) -> Result<(), StorageError> {
+    match in_flight.as_mut() {
+        Some(handle) => handle.await.unwrap_or_else(|e| {
+            Err(StorageError::Io {
+                room: String::new(),
+                source: std::io::Error::other(format!("save task failed: {e}")),
+            })
+        }),
+        None => std::future::pending().await,
+    }
+}
+
+fn panicked(room: &RoomId, e: tokio::task::JoinError) -> StorageError {
+    StorageError::Io {
+        room: room.to_string(),
+        source: std::io::Error::other(format!("storage task failed: {e}")),
+    }
+}
+
+/// Backoff after `failures` consecutive storage failures: 0.5 s doubling, at most 30 s.
+fn retry_delay(failures: u32) -> Duration {
+    Duration::from_millis(500u64.saturating_mul(1 << failures.min(6)).min(30_000))
+}

@@ -1,0 +1,115 @@
+//! What a room knows of a connection, and how it reaches it.
+
+use bytestring::ByteString;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth::Permission;
+use crate::ids::{ClientId, SessionId};
+
+/// Why a room ends a session; the transport turns it into a WebSocket close frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl CloseReason {
+    pub fn new(code: u16, reason: impl Into<String>) -> CloseReason {
+        CloseReason {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// 1013: the client could not keep up; it reconnects and catches up with a diff.
+    pub fn slow_client() -> CloseReason {
+        CloseReason::new(1013, "client too slow: outbound queue full")
+    }
+
+    /// 1001: the server is going away.
+    pub fn shutting_down() -> CloseReason {
+        CloseReason::new(1001, "server shutting down")
+    }
+
+    /// 1001: the room was closed (evicted or closed by an operator).
+    pub fn room_closed() -> CloseReason {
+        CloseReason::new(1001, "room closed")
+    }
+
+    /// 1011: the room's stored state could not be loaded.
+    pub fn storage_unavailable() -> CloseReason {
+        CloseReason::new(1011, "room storage unavailable, retry later")
+    }
+}
+
+/// The room's way to reach a connection: a bounded frame queue and a one-shot close signal.
+pub struct Outbox {
+    frames: mpsc::Sender<ByteString>,
+    close: Option<oneshot::Sender<CloseReason>>,
+}
+
+/// The connection's ends of an [`Outbox`].
+pub struct SessionLink {
+    pub frames: mpsc::Receiver<ByteString>,
+    pub close: oneshot::Receiver<CloseReason>,
+}
+
+/// The result of queueing a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    Queued,
+    /// The queue is full: the client is too slow and must be disconnected.
+    Full,
+    /// The connection is already gone; its leave is on the way.
+    Gone,
+}
+
+impl Outbox {
+    /// A new outbox holding at most `capacity` frames, with the connection's ends.
+    pub fn new(capacity: usize) -> (Outbox, SessionLink) {
+        let (frames_tx, frames_rx) = mpsc::channel(capacity.max(1));
+        let (close_tx, close_rx) = oneshot::channel();
+        (
+            Outbox {
+                frames: frames_tx,
+                close: Some(close_tx),
+            },
+            SessionLink {
+                frames: frames_rx,
+                close: close_rx,
+            },
+        )
+    }
+
+    pub(crate) fn send(&self, frame: &ByteString) -> Delivery {
+        match self.frames.try_send(frame.clone()) {
+            Ok(()) => Delivery::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Gone,
+        }
+    }
+
+    pub(crate) fn close(&mut self, reason: CloseReason) {
+        if let Some(close) = self.close.take() {
+            let _ = close.send(reason);
+        }
+    }
+}
+
+/// A connection asking to join a room, already authorized.
+pub struct NewSession {
+    pub client: ClientId,
+    pub permission: Permission,
+    pub metadata: Value,
+    pub outbox: Outbox,
+}
+
+/// A session as the room API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionInfo {
+    pub id: SessionId,
+    pub client: ClientId,
+    pub permission: Permission,
+    pub metadata: Value,
+}

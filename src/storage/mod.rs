@@ -1,0 +1,138 @@
+//! Where room documents live between processes.
+//!
+//! A backend stores one snapshot per room (the reference server's `<roomId>.json` format, produced
+//! and read by [`Document::encode_snapshot`]/[`Document::decode_snapshot`]). Calls block: the
+//! rooms runtime runs them on blocking threads, never on the async workers.
+//!
+//! How a write-ahead log fits: a room applies a request, then persists it, then acks. Snapshot
+//! backends persist by a throttled [`Storage::save`]; a log backend (RocksDB, next) appends the
+//! request's batch before the ack and folds the log into a snapshot with `save`.
+
+mod file;
+mod memory;
+
+use std::sync::Arc;
+
+pub use file::FileStorage;
+pub use memory::MemoryStorage;
+
+use crate::engine::{Document, SnapshotError};
+use crate::ids::RoomId;
+
+/// A failure of the storage layer. Never swallowed: the caller logs it, counts it, and retries.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage io error for room {room}: {source}")]
+    Io {
+        room: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("stored snapshot of room {room} is unreadable: {source}")]
+    Corrupt {
+        room: String,
+        #[source]
+        source: SnapshotError,
+    },
+}
+
+/// A storage backend. Implementations must be safe to call from several threads at once for
+/// different rooms; calls for one room are never concurrent (the room serializes them).
+pub trait Storage: Send + Sync + 'static {
+    /// A short name for logs and metrics.
+    fn name(&self) -> &'static str;
+
+    /// The room's last saved document, or `None` if the room was never saved.
+    fn load(&self, room: &RoomId) -> Result<Option<Document>, StorageError>;
+
+    /// Replaces the room's saved snapshot (bytes from [`Document::encode_snapshot`]) atomically:
+    /// after a crash, a load sees either the previous snapshot or this one, never a mix.
+    fn save(&self, room: &RoomId, snapshot: &[u8]) -> Result<(), StorageError>;
+
+    /// Removes everything stored for the room.
+    fn delete(&self, room: &RoomId) -> Result<(), StorageError>;
+
+    /// Ids of every stored room.
+    fn room_ids(&self) -> Result<Vec<RoomId>, StorageError>;
+}
+
+/// Which backend to open.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// Nothing survives a restart. For tests and throwaway rooms.
+    Memory,
+    /// One `<roomId>.json` per room in the data directory, compatible with the reference server.
+    File,
+}
+
+/// Opens the configured backend.
+pub fn open(
+    kind: StorageKind,
+    data_dir: &std::path::Path,
+) -> Result<Arc<dyn Storage>, StorageError> {
+    Ok(match kind {
+        StorageKind::Memory => Arc::new(MemoryStorage::default()),
+        StorageKind::File => Arc::new(FileStorage::open(data_dir)?),
+    })
+}
+
+fn decode(room: &RoomId, bytes: &[u8]) -> Result<Document, StorageError> {
+    Document::decode_snapshot(bytes).map_err(|source| StorageError::Corrupt {
+        room: room.to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod contract {
+    //! The contract every backend passes.
+    use super::*;
+    use crate::engine::Limits;
+    use serde_json::json;
+
+    pub fn check(storage: &dyn Storage) {
+        let room = RoomId::parse("contract-room").expect("valid id");
+        let other = RoomId::parse("other-room").expect("valid id");
+        assert!(
+            storage.load(&room).expect("load").is_none(),
+            "a new room has no snapshot"
+        );
+
+        let mut doc = Document::default();
+        let limits = Limits::default();
+        doc.apply(&[json!({"a/S": {"_exists": true, "x": 1}})], &limits);
+        doc.apply(&[json!({"b/S": {"_exists": true}})], &limits);
+        doc.apply(&[json!({"b/S": {"_exists": false}})], &limits);
+        storage.save(&room, &doc.encode_snapshot()).expect("save");
+        assert_eq!(
+            storage.load(&room).expect("load"),
+            Some(doc.clone()),
+            "round trip, tombstones kept"
+        );
+
+        doc.apply(&[json!({"a/S": {"x": 2}})], &limits);
+        storage
+            .save(&room, &doc.encode_snapshot())
+            .expect("save again");
+        assert_eq!(
+            storage.load(&room).expect("load"),
+            Some(doc.clone()),
+            "last save wins"
+        );
+
+        storage
+            .save(&other, &Document::default().encode_snapshot())
+            .expect("save other");
+        let mut ids = storage.room_ids().expect("ids");
+        ids.sort();
+        assert_eq!(ids, vec![room.clone(), other.clone()]);
+
+        storage.delete(&room).expect("delete");
+        assert!(storage.load(&room).expect("load").is_none(), "deleted");
+        assert_eq!(storage.room_ids().expect("ids"), vec![other.clone()]);
+        storage.delete(&room).expect("deleting twice is fine");
+    }
+}

@@ -1,0 +1,82 @@
+//! HTTP and WebSocket edge: actix-web routes, and one session loop per WebSocket connection.
+
+mod canvas_ws;
+mod limits;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+pub use limits::{ConnectionLimiter, LimitError, RateLimiter};
+
+use crate::auth::Authorizer;
+use crate::engine::Limits;
+use crate::metrics::Metrics;
+use crate::rooms::RoomManager;
+
+/// Settings of the WebSocket edge.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Largest accepted frame (after continuation frames are joined); larger closes with 1009.
+    pub max_frame_bytes: usize,
+    /// Frames queued for one connection before it counts as too slow and is closed with 1013.
+    pub outbound_queue: usize,
+    /// Messages per second a connection may send on average, and its burst.
+    pub messages_per_second: f64,
+    pub message_burst: u32,
+    /// A ping goes out this often; a connection silent for `heartbeat_timeout` is closed.
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub limits: Limits,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            max_frame_bytes: 1 << 20,
+            outbound_queue: 1024,
+            messages_per_second: 100.0,
+            message_burst: 200,
+            heartbeat_interval: Duration::from_secs(15),
+            heartbeat_timeout: Duration::from_secs(45),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// What every request handler shares.
+pub struct AppState {
+    pub manager: RoomManager,
+    pub authorizer: Arc<dyn Authorizer>,
+    pub limiter: Arc<ConnectionLimiter>,
+    pub metrics: Arc<Metrics>,
+    pub config: TransportConfig,
+    pub shutting_down: std::sync::atomic::AtomicBool,
+}
+
+/// Registers weft's routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(canvas_ws::connect))
+        .route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics));
+}
+
+async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+    if state.shutting_down.load(Ordering::SeqCst) {
+        return HttpResponse::ServiceUnavailable().json(json!({"status": "shutting_down"}));
+    }
+    HttpResponse::Ok().json(json!({
+        "status": "ok",
+        "rooms": state.metrics.rooms_active.load(Ordering::Relaxed),
+        "connections": state.metrics.connections_active.load(Ordering::Relaxed),
+    }))
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
