@@ -253,7 +253,8 @@ impl Room {
             idle_at: None,
             load_failed: false,
         };
-        let span = tracing::info_span!("room", room = %id);
+        // A root span: the room outlives the connection that happened to create it.
+        let span = tracing::info_span!(parent: None, "room", room = %id);
         runtime.spawn(tracing::Instrument::instrument(room.run(rx), span));
         RoomHandle { id, generation, tx }
     }
