@@ -11,3 +11,6 @@ mod session;
 pub use manager::{JoinError, RoomConfig, RoomManager};
 pub use room::RoomHandle;
 pub use session::{CloseReason, NewSession, Outbox, SessionInfo, SessionLink};
+
+#[cfg(test)]
+mod tests;

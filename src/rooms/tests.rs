@@ -1,0 +1,256 @@
+//! Runtime tests without a network: sessions are outboxes read directly.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::auth::Permission;
+use crate::engine::Document;
+use crate::ids::{ClientId, RoomId, SessionId};
+use crate::metrics::Metrics;
+use crate::protocol::canvas::{decode, ClientFrame};
+use crate::storage::{MemoryStorage, Storage, StorageError};
+
+/// Memory storage that counts loads and can be slow to save.
+#[derive(Default)]
+struct ProbeStorage {
+    inner: MemoryStorage,
+    loads: AtomicUsize,
+    save_delay: Duration,
+}
+
+impl Storage for ProbeStorage {
+    fn name(&self) -> &'static str {
+        "probe"
+    }
+    fn load(&self, room: &RoomId) -> Result<Option<Document>, StorageError> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        self.inner.load(room)
+    }
+    fn save(&self, room: &RoomId, snapshot: &[u8]) -> Result<(), StorageError> {
+        std::thread::sleep(self.save_delay);
+        self.inner.save(room, snapshot)
+    }
+    fn delete(&self, room: &RoomId) -> Result<(), StorageError> {
+        self.inner.delete(room)
+    }
+    fn room_ids(&self) -> Result<Vec<RoomId>, StorageError> {
+        self.inner.room_ids()
+    }
+}
+
+fn manager(storage: Arc<ProbeStorage>, config: RoomConfig) -> RoomManager {
+    RoomManager::new(storage, config, Arc::new(Metrics::default()))
+}
+
+fn room(id: &str) -> RoomId {
+    RoomId::parse(id).expect("valid room id")
+}
+
+struct TestSession {
+    id: SessionId,
+    handle: RoomHandle,
+    link: SessionLink,
+}
+
+impl TestSession {
+    async fn join(manager: &RoomManager, room_id: &str, client: &str, queue: usize) -> TestSession {
+        let (outbox, link) = Outbox::new(queue);
+        let new = NewSession {
+            client: ClientId::parse(client).expect("client id"),
+            permission: Permission::Readwrite,
+            metadata: Value::Null,
+            outbox,
+        };
+        let (handle, id) = manager.join(&room(room_id), new).await.expect("joins");
+        TestSession { id, handle, link }
+    }
+
+    async fn send(&self, frame: Value) {
+        let frame: ClientFrame = decode(&frame.to_string(), &Default::default()).expect("valid frame");
+        self.handle.frame(self.id, frame).await.expect("room alive");
+    }
+
+    async fn recv(&mut self) -> Value {
+        let frame = tokio::time::timeout(Duration::from_secs(5), self.link.frames.recv())
+            .await
+            .expect("a frame in time")
+            .expect("outbox open");
+        serde_json::from_str(&frame).expect("json")
+    }
+
+    /// Frames up to and including the first of type `kind`.
+    async fn recv_until(&mut self, kind: &str) -> Vec<Value> {
+        let mut frames = vec![];
+        loop {
+            let frame = self.recv().await;
+            let done = frame["type"] == kind;
+            frames.push(frame);
+            if done {
+                return frames;
+            }
+        }
+    }
+}
+
+fn write(message_id: &str, key: &str, x: i64) -> Value {
+    json!({"type": "patch", "messageId": message_id, "documentPatches": [{key: {"_exists": true, "x": x}}]})
+}
+
+/// Many concurrent first connects to a room that is not loaded share one room and one load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_connects_share_one_load() {
+    let storage = Arc::new(ProbeStorage::default());
+    let manager = manager(storage.clone(), RoomConfig::default());
+    let joins = (0..50).map(|i| {
+        let manager = manager.clone();
+        tokio::spawn(async move { TestSession::join(&manager, "race", &format!("c{i}"), 64).await })
+    });
+    let mut sessions = vec![];
+    for join in joins {
+        sessions.push(join.await.expect("task"));
+    }
+    assert_eq!(storage.loads.load(Ordering::SeqCst), 1);
+    assert_eq!(manager.room_ids(), vec![room("race")]);
+    let generations: std::collections::HashSet<_> =
+        sessions.iter().map(|s| s.handle.generation).collect();
+    assert_eq!(generations.len(), 1, "every session is in the same room");
+}
+
+/// An emptied room is saved and evicted after the idle timeout (30 s by default); a join before
+/// then keeps it; a later join loads what was saved.
+#[tokio::test(start_paused = true)]
+async fn idle_rooms_are_evicted_after_the_timeout() {
+    let storage = Arc::new(ProbeStorage::default());
+    let config = RoomConfig::default();
+    assert_eq!(config.idle_timeout, Duration::from_secs(30));
+    let manager = manager(storage.clone(), config);
+    let mut a = TestSession::join(&manager, "idle", "a", 64).await;
+    a.send(write("m1", "e/S", 1)).await;
+    a.recv_until("ack").await;
+    a.handle.leave(a.id).await;
+
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert_eq!(manager.room_ids(), vec![room("idle")], "still there before the timeout");
+    let b = TestSession::join(&manager, "idle", "b", 64).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(manager.room_ids(), vec![room("idle")], "a join cancels the eviction");
+    b.handle.leave(b.id).await;
+
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert!(manager.room_ids().is_empty(), "evicted");
+    assert_eq!(storage.loads.load(Ordering::SeqCst), 1);
+
+    let mut c = TestSession::join(&manager, "idle", "c", 64).await;
+    c.send(json!({"type": "reconnect", "lastTimestamp": 0, "protocolVersion": 2})).await;
+    let frames = c.recv_until("synced").await;
+    assert_eq!(
+        frames.last(),
+        Some(&json!({"type": "synced", "timestamp": 1})),
+        "reloaded from storage"
+    );
+    assert_eq!(storage.loads.load(Ordering::SeqCst), 2);
+}
+
+/// A connect that arrives while the room is still saving on close waits, then loads the saved
+/// state: a write acked before the close is never lost to a stale load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_reopened_during_its_final_save_loads_that_save() {
+    let storage = Arc::new(ProbeStorage {
+        save_delay: Duration::from_millis(300),
+        ..ProbeStorage::default()
+    });
+    let manager = manager(storage.clone(), RoomConfig::default());
+    let mut a = TestSession::join(&manager, "reopen", "a", 64).await;
+    a.send(write("m1", "e/S", 7)).await;
+    a.recv_until("ack").await;
+
+    let closing = {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.close_room(&room("reopen"), CloseReason::room_closed()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut b = TestSession::join(&manager, "reopen", "b", 64).await;
+    b.send(json!({"type": "reconnect", "lastTimestamp": 0, "protocolVersion": 2})).await;
+    let frames = b.recv_until("synced").await;
+    assert_eq!(frames.last(), Some(&json!({"type": "synced", "timestamp": 1})));
+    closing.await.expect("task").expect("saved");
+}
+
+/// A session whose queue is full is disconnected with 1013; the others keep going.
+#[tokio::test]
+async fn slow_sessions_are_disconnected_not_buffered() {
+    let manager = manager(Arc::new(ProbeStorage::default()), RoomConfig::default());
+    let mut fast = TestSession::join(&manager, "slow", "fast", 1024).await;
+    let mut slow = TestSession::join(&manager, "slow", "slow", 4).await;
+    slow.send(json!({"type": "reconnect", "lastTimestamp": 0, "protocolVersion": 2})).await;
+    for i in 0..10 {
+        fast.send(write(&format!("m{i}"), "e/S", i)).await;
+    }
+    let reason = tokio::time::timeout(Duration::from_secs(5), &mut slow.link.close)
+        .await
+        .expect("closed in time")
+        .expect("a reason");
+    assert_eq!(reason, CloseReason::slow_client());
+    assert_eq!(fast.handle.sessions().await.expect("room alive").len(), 1);
+    let mut frames = vec![];
+    while frames.last().map(|f: &Value| f["messageId"] != "m9").unwrap_or(true) {
+        frames.push(fast.recv().await);
+    }
+    let acks = frames.iter().filter(|f| f["type"] == "ack").count();
+    assert_eq!(acks, 10, "the fast client got every ack");
+    assert!(frames.contains(&json!({"type": "clientCount", "count": 1})));
+}
+
+/// Shutdown closes every session first, then saves; later joins are refused.
+#[tokio::test]
+async fn close_all_closes_sessions_then_saves_every_room() {
+    let storage = Arc::new(ProbeStorage::default());
+    let manager = manager(storage.clone(), RoomConfig::default());
+    let mut sessions = vec![];
+    for name in ["r1", "r2", "r3"] {
+        let mut s = TestSession::join(&manager, name, "a", 64).await;
+        s.send(write("m", "e/S", 1)).await;
+        s.recv_until("ack").await;
+        sessions.push(s);
+    }
+    assert!(manager.close_all().await.is_empty());
+    for s in &mut sessions {
+        let reason = (&mut s.link.close).await.expect("a reason");
+        assert_eq!(reason, CloseReason::shutting_down());
+    }
+    for name in ["r1", "r2", "r3"] {
+        let doc = storage.inner.load(&room(name)).expect("load").expect("saved");
+        assert_eq!(doc.clock(), 1);
+    }
+    let (outbox, _link) = Outbox::new(4);
+    let new = NewSession {
+        client: ClientId::parse("late").expect("id"),
+        permission: Permission::Readwrite,
+        metadata: Value::Null,
+        outbox,
+    };
+    assert_eq!(manager.join(&room("r1"), new).await.err(), Some(JoinError::ShuttingDown));
+}
+
+/// A room whose stored state cannot be read refuses joins instead of serving (and later saving)
+/// an empty document over it.
+#[tokio::test]
+async fn unreadable_rooms_refuse_joins_and_keep_their_data() {
+    let storage = Arc::new(ProbeStorage::default());
+    storage.inner.save(&room("bad"), b"{not json").expect("save");
+    let manager = manager(storage.clone(), RoomConfig::default());
+    let (outbox, _link) = Outbox::new(4);
+    let new = NewSession {
+        client: ClientId::parse("a").expect("id"),
+        permission: Permission::Readwrite,
+        metadata: Value::Null,
+        outbox,
+    };
+    assert_eq!(manager.join(&room("bad"), new).await.err(), Some(JoinError::StorageUnavailable));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(storage.inner.load(&room("bad")).is_err(), "the stored bytes are untouched");
+}
