@@ -21,6 +21,9 @@ use crate::metrics::Metrics;
 use crate::protocol::canvas::{self, ClientFrame, Patches, ServerFrame};
 use crate::storage::{Storage, StorageError};
 
+/// Appends a room may have in flight before it stops taking commands (backpressure to clients).
+const MAX_APPENDS_IN_FLIGHT: usize = 1024;
+
 /// Commands a room task processes, in arrival order.
 pub(crate) enum RoomCommand {
     Join {
@@ -217,6 +220,13 @@ pub(crate) struct Room {
     idle_at: Option<Instant>,
     /// Loading failed: joins are refused rather than served an empty document.
     load_failed: bool,
+    /// Clock up to which every write is durable; frames made later wait (see [`Outbox`]).
+    durable: u64,
+    /// Write-ahead appends queued and not yet confirmed, and where confirmations arrive.
+    appending: usize,
+    durable_tx: mpsc::Sender<Result<u64, StorageError>>,
+    /// A write-ahead append failed: the in-memory state is ahead of storage and is dropped.
+    write_failed: bool,
 }
 
 enum Flow {
@@ -238,6 +248,7 @@ impl Room {
         runtime: &tokio::runtime::Handle,
     ) -> RoomHandle {
         let (tx, rx) = mpsc::channel(config.command_queue.max(1));
+        let (durable_tx, durable_rx) = mpsc::channel(MAX_APPENDS_IN_FLIGHT);
         let room = Room {
             id: id.clone(),
             generation,
@@ -252,19 +263,30 @@ impl Room {
             save: SaveState::default(),
             idle_at: None,
             load_failed: false,
+            durable: 0,
+            appending: 0,
+            durable_tx,
+            write_failed: false,
         };
         // A root span: the room outlives the connection that happened to create it.
         let span = tracing::info_span!(parent: None, "room", room = %id);
-        runtime.spawn(tracing::Instrument::instrument(room.run(rx), span));
+        runtime.spawn(tracing::Instrument::instrument(
+            room.run(rx, durable_rx),
+            span,
+        ));
         RoomHandle { id, generation, tx }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<RoomCommand>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<RoomCommand>,
+        mut durable_rx: mpsc::Receiver<Result<u64, StorageError>>,
+    ) {
         Metrics::inc(&self.metrics.rooms_active);
         // A room nobody joins (its first connect failed) is evicted like an emptied one.
         self.idle_at = Some(Instant::now() + self.config.idle_timeout);
         let (reason, reply) = match self.load().await {
-            Ok(()) => self.serve(&mut rx).await,
+            Ok(()) => self.serve(&mut rx, &mut durable_rx).await,
             Err(e) => {
                 error!(error = %e, "cannot load room");
                 Metrics::inc(&self.metrics.storage_errors);
@@ -291,6 +313,7 @@ impl Room {
                 components = doc.live_components(),
                 "room loaded"
             );
+            self.durable = doc.clock();
             self.doc = doc;
         }
         Ok(())
@@ -300,6 +323,7 @@ impl Room {
     async fn serve(
         &mut self,
         rx: &mut mpsc::Receiver<RoomCommand>,
+        durable_rx: &mut mpsc::Receiver<Result<u64, StorageError>>,
     ) -> (
         CloseReason,
         Option<oneshot::Sender<Result<(), StorageError>>>,
@@ -307,7 +331,20 @@ impl Room {
         loop {
             let save_at = self.save.at.filter(|_| self.save.in_flight.is_none());
             tokio::select! {
-                cmd = rx.recv() => {
+                Some(result) = durable_rx.recv(), if self.appending > 0 => {
+                    self.appending -= 1;
+                    match result {
+                        Ok(clock) => self.made_durable(clock),
+                        Err(e) => {
+                            error!(error = %e, "write-ahead append failed; dropping unsaved state and closing the room");
+                            Metrics::inc(&self.metrics.storage_errors);
+                            self.write_failed = true;
+                            return (CloseReason::new(1011, "storage write failed; reconnect to retry"), None);
+                        }
+                    }
+                    self.disconnect_overflowed();
+                }
+                cmd = rx.recv(), if self.appending < MAX_APPENDS_IN_FLIGHT => {
                     let Some(cmd) = cmd else {
                         return (CloseReason::room_closed(), None);
                     };
@@ -468,8 +505,9 @@ impl Room {
     }
 
     fn send(&mut self, id: SessionId, frame: &ByteString) {
-        if let Some(session) = self.sessions.get(&id) {
-            if session.outbox.send(frame) == Delivery::Full {
+        let (tag, durable) = (self.doc.clock(), self.durable);
+        if let Some(session) = self.sessions.get_mut(&id) {
+            if session.outbox.send(frame, tag, durable) == Delivery::Full {
                 self.overflowed.push(id);
             }
         }
@@ -477,11 +515,22 @@ impl Room {
 
     /// Sends to every session but `except`; with `live_only`, only to sessions already synced.
     fn broadcast(&mut self, except: Option<SessionId>, frame: &ByteString, live_only: bool) {
-        for (id, session) in &self.sessions {
+        let (tag, durable) = (self.doc.clock(), self.durable);
+        for (id, session) in &mut self.sessions {
             if Some(*id) == except || (live_only && !session.live) {
                 continue;
             }
-            if session.outbox.send(frame) == Delivery::Full {
+            if session.outbox.send(frame, tag, durable) == Delivery::Full {
+                self.overflowed.push(*id);
+            }
+        }
+    }
+
+    /// Writes up to `clock` are durable: frames waiting for them leave.
+    fn made_durable(&mut self, clock: u64) {
+        self.durable = self.durable.max(clock);
+        for (id, session) in &mut self.sessions {
+            if session.outbox.has_held() && session.outbox.release(self.durable) == Delivery::Full {
                 self.overflowed.push(*id);
             }
         }
@@ -618,7 +667,9 @@ impl Room {
         };
         let timestamp = document.as_ref().map(|d| {
             Metrics::inc(&self.metrics.patches_applied);
-            self.doc.apply(&d.parsed, &self.config.limits)
+            let clock = self.doc.apply(&d.parsed, &self.config.limits);
+            self.persist(clock, d);
+            clock
         });
         if let Some(eph) = &ephemeral {
             self.ephemeral
@@ -637,6 +688,26 @@ impl Room {
     }
 
     // --- Persistence ----------------------------------------------------------------------------
+
+    /// Makes the write that moved the clock to `clock` durable: appended to the write-ahead log
+    /// (frames wait until it is), or, without a log, left to the next snapshot save.
+    fn persist(&mut self, clock: u64, patches: &Patches) {
+        let Some(log) = self.storage.write_ahead() else {
+            self.durable = clock;
+            return;
+        };
+        self.appending += 1;
+        let durable_tx = self.durable_tx.clone();
+        log.append(
+            &self.id,
+            clock,
+            patches.raw.get().as_bytes().to_vec(),
+            Box::new(move |result| {
+                // Capacity equals the in-flight limit, so this never finds the channel full.
+                let _ = durable_tx.try_send(result.map(|()| clock));
+            }),
+        );
+    }
 
     fn mark_dirty(&mut self) {
         self.save.dirty = true;
@@ -700,7 +771,7 @@ impl Room {
                 Metrics::inc(&self.metrics.snapshots_saved);
             }
         }
-        if !self.load_failed && (self.save.dirty || result.is_err()) {
+        if !self.load_failed && !self.write_failed && (self.save.dirty || result.is_err()) {
             result = self.final_save().await;
         }
         // Whoever still holds the old handle learns the room is gone and asks the manager again.

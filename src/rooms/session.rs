@@ -1,5 +1,7 @@
 //! What a room knows of a connection, and how it reaches it.
 
+use std::collections::VecDeque;
+
 use bytestring::ByteString;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -44,9 +46,15 @@ impl CloseReason {
 }
 
 /// The room's way to reach a connection: a bounded frame queue and a one-shot close signal.
+///
+/// With a write-ahead log, a frame may only leave once every write the room made before it is
+/// durable (an ack is a promise; a broadcast must not show a write a crash could undo). Such
+/// frames wait in `held`, tagged with the room clock at the time they were made, in order.
 pub struct Outbox {
     frames: mpsc::Sender<ByteString>,
     close: Option<oneshot::Sender<CloseReason>>,
+    held: VecDeque<(u64, ByteString)>,
+    capacity: usize,
 }
 
 /// The connection's ends of an [`Outbox`].
@@ -74,6 +82,8 @@ impl Outbox {
             Outbox {
                 frames: frames_tx,
                 close: Some(close_tx),
+                held: VecDeque::new(),
+                capacity: capacity.max(1),
             },
             SessionLink {
                 frames: frames_rx,
@@ -82,8 +92,41 @@ impl Outbox {
         )
     }
 
-    pub(crate) fn send(&self, frame: &ByteString) -> Delivery {
-        match self.frames.try_send(frame.clone()) {
+    /// Queues a frame made when the room clock was `tag`; it leaves once `durable >= tag`.
+    pub(crate) fn send(&mut self, frame: &ByteString, tag: u64, durable: u64) -> Delivery {
+        if tag <= durable && self.held.is_empty() {
+            return self.push(frame.clone());
+        }
+        if self.held.len() >= self.capacity {
+            return Delivery::Full;
+        }
+        self.held.push_back((tag, frame.clone()));
+        Delivery::Queued
+    }
+
+    /// Sends the held frames that are now durable.
+    pub(crate) fn release(&mut self, durable: u64) -> Delivery {
+        while let Some((tag, _)) = self.held.front() {
+            if *tag > durable {
+                break;
+            }
+            let Some((_, frame)) = self.held.pop_front() else {
+                break;
+            };
+            let delivery = self.push(frame);
+            if delivery != Delivery::Queued {
+                return delivery;
+            }
+        }
+        Delivery::Queued
+    }
+
+    pub(crate) fn has_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    fn push(&self, frame: ByteString) -> Delivery {
+        match self.frames.try_send(frame) {
             Ok(()) => Delivery::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
             Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Gone,

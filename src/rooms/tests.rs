@@ -70,7 +70,8 @@ impl TestSession {
     }
 
     async fn send(&self, frame: Value) {
-        let frame: ClientFrame = decode(&frame.to_string(), &Default::default()).expect("valid frame");
+        let frame: ClientFrame =
+            decode(&frame.to_string(), &Default::default()).expect("valid frame");
         self.handle.frame(self.id, frame).await.expect("room alive");
     }
 
@@ -134,10 +135,18 @@ async fn idle_rooms_are_evicted_after_the_timeout() {
     a.handle.leave(a.id).await;
 
     tokio::time::sleep(Duration::from_secs(29)).await;
-    assert_eq!(manager.room_ids(), vec![room("idle")], "still there before the timeout");
+    assert_eq!(
+        manager.room_ids(),
+        vec![room("idle")],
+        "still there before the timeout"
+    );
     let b = TestSession::join(&manager, "idle", "b", 64).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
-    assert_eq!(manager.room_ids(), vec![room("idle")], "a join cancels the eviction");
+    assert_eq!(
+        manager.room_ids(),
+        vec![room("idle")],
+        "a join cancels the eviction"
+    );
     b.handle.leave(b.id).await;
 
     tokio::time::sleep(Duration::from_secs(31)).await;
@@ -145,7 +154,8 @@ async fn idle_rooms_are_evicted_after_the_timeout() {
     assert_eq!(storage.loads.load(Ordering::SeqCst), 1);
 
     let mut c = TestSession::join(&manager, "idle", "c", 64).await;
-    c.send(json!({"type": "reconnect", "lastTimestamp": 0, "protocolVersion": 2})).await;
+    c.send(json!({"type": "reconnect", "lastTimestamp": 0, "protocolVersion": 2}))
+        .await;
     let frames = c.recv_until("synced").await;
     assert_eq!(
         frames.last(),
@@ -170,13 +180,21 @@ async fn a_room_reopened_during_its_final_save_loads_that_save() {
 
     let closing = {
         let manager = manager.clone();
-        tokio::spawn(async move { manager.close_room(&room("reopen"), CloseReason::room_closed()).await })
+        tokio::spawn(async move {
+            manager
+                .close_room(&room("reopen"), CloseReason::room_closed())
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut b = TestSession::join(&manager, "reopen", "b", 64).await;
-    b.send(json!({"type": "reconnect", "lastTimestamp": 0, "protocolVersion": 2})).await;
+    b.send(json!({"type": "reconnect", "lastTimestamp": 0, "protocolVersion": 2}))
+        .await;
     let frames = b.recv_until("synced").await;
-    assert_eq!(frames.last(), Some(&json!({"type": "synced", "timestamp": 1})));
+    assert_eq!(
+        frames.last(),
+        Some(&json!({"type": "synced", "timestamp": 1}))
+    );
     closing.await.expect("task").expect("saved");
 }
 
@@ -186,7 +204,8 @@ async fn slow_sessions_are_disconnected_not_buffered() {
     let manager = manager(Arc::new(ProbeStorage::default()), RoomConfig::default());
     let mut fast = TestSession::join(&manager, "slow", "fast", 1024).await;
     let mut slow = TestSession::join(&manager, "slow", "slow", 4).await;
-    slow.send(json!({"type": "reconnect", "lastTimestamp": 0, "protocolVersion": 2})).await;
+    slow.send(json!({"type": "reconnect", "lastTimestamp": 0, "protocolVersion": 2}))
+        .await;
     for i in 0..10 {
         fast.send(write(&format!("m{i}"), "e/S", i)).await;
     }
@@ -197,7 +216,11 @@ async fn slow_sessions_are_disconnected_not_buffered() {
     assert_eq!(reason, CloseReason::slow_client());
     assert_eq!(fast.handle.sessions().await.expect("room alive").len(), 1);
     let mut frames = vec![];
-    while frames.last().map(|f: &Value| f["messageId"] != "m9").unwrap_or(true) {
+    while frames
+        .last()
+        .map(|f: &Value| f["messageId"] != "m9")
+        .unwrap_or(true)
+    {
         frames.push(fast.recv().await);
     }
     let acks = frames.iter().filter(|f| f["type"] == "ack").count();
@@ -223,7 +246,11 @@ async fn close_all_closes_sessions_then_saves_every_room() {
         assert_eq!(reason, CloseReason::shutting_down());
     }
     for name in ["r1", "r2", "r3"] {
-        let doc = storage.inner.load(&room(name)).expect("load").expect("saved");
+        let doc = storage
+            .inner
+            .load(&room(name))
+            .expect("load")
+            .expect("saved");
         assert_eq!(doc.clock(), 1);
     }
     let (outbox, _link) = Outbox::new(4);
@@ -233,7 +260,10 @@ async fn close_all_closes_sessions_then_saves_every_room() {
         metadata: Value::Null,
         outbox,
     };
-    assert_eq!(manager.join(&room("r1"), new).await.err(), Some(JoinError::ShuttingDown));
+    assert_eq!(
+        manager.join(&room("r1"), new).await.err(),
+        Some(JoinError::ShuttingDown)
+    );
 }
 
 /// A room whose stored state cannot be read refuses joins instead of serving (and later saving)
@@ -241,7 +271,10 @@ async fn close_all_closes_sessions_then_saves_every_room() {
 #[tokio::test]
 async fn unreadable_rooms_refuse_joins_and_keep_their_data() {
     let storage = Arc::new(ProbeStorage::default());
-    storage.inner.save(&room("bad"), b"{not json").expect("save");
+    storage
+        .inner
+        .save(&room("bad"), b"{not json")
+        .expect("save");
     let manager = manager(storage.clone(), RoomConfig::default());
     let (outbox, _link) = Outbox::new(4);
     let new = NewSession {
@@ -250,7 +283,13 @@ async fn unreadable_rooms_refuse_joins_and_keep_their_data() {
         metadata: Value::Null,
         outbox,
     };
-    assert_eq!(manager.join(&room("bad"), new).await.err(), Some(JoinError::StorageUnavailable));
+    assert_eq!(
+        manager.join(&room("bad"), new).await.err(),
+        Some(JoinError::StorageUnavailable)
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(storage.inner.load(&room("bad")).is_err(), "the stored bytes are untouched");
+    assert!(
+        storage.inner.load(&room("bad")).is_err(),
+        "the stored bytes are untouched"
+    );
 }

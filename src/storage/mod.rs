@@ -54,6 +54,25 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Ids of every stored room.
     fn room_ids(&self) -> Result<Vec<RoomId>, StorageError>;
+
+    /// The backend's write-ahead log, if it has one. Then a room appends every request's document
+    /// patches before it acks them, and [`Storage::save`] only folds the log into a snapshot.
+    /// Without one, acked writes reach storage with the next (throttled) save.
+    fn write_ahead(&self) -> Option<&dyn WriteAhead> {
+        None
+    }
+}
+
+/// Called once an appended batch is durable, or failed.
+pub type AppendDone = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+
+/// A write-ahead log shared by all rooms.
+pub trait WriteAhead: Send + Sync {
+    /// Queues the document patches (raw JSON array, as received) of the request that moved the
+    /// room's clock to `clock`. Never blocks; `done` runs on the log's writer thread once the batch
+    /// is durable or has failed. Batches of one room are written in the order they are queued, and
+    /// after a failure no later batch of that room is written until the room is loaded again.
+    fn append(&self, room: &RoomId, clock: u64, patches: Vec<u8>, done: AppendDone);
 }
 
 /// Which backend to open.
