@@ -33,7 +33,7 @@ pub struct ShutdownHandle {
 impl Application {
     /// Opens storage, builds the authorizer and binds the listener (port 0 allowed).
     pub fn build(settings: &Settings) -> anyhow::Result<Application> {
-        let storage = storage::open(settings.storage, &settings.data_dir)
+        let storage = storage::open(settings.storage, &settings.data_dir, settings.durability)
             .with_context(|| format!("opening {:?} storage", settings.storage))?;
         let authorizer = authorizer(settings)?;
         let metrics = Arc::new(Metrics::default());

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Limits;
 use crate::rooms::RoomConfig;
-use crate::storage::StorageKind;
+use crate::storage::{Durability, StorageKind};
 use crate::transport::TransportConfig;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -20,6 +20,8 @@ pub struct Settings {
     /// Where storage keeps its files.
     pub data_dir: PathBuf,
     pub storage: StorageKind,
+    /// With RocksDB: what an acked write survives.
+    pub durability: Durability,
     pub log_format: LogFormat,
     pub auth: AuthSettings,
     pub limits: LimitSettings,
@@ -75,6 +77,7 @@ pub struct LimitSettings {
 pub struct RoomSettings {
     pub idle_timeout_ms: u64,
     pub save_throttle_ms: u64,
+    pub fold_interval_ms: u64,
 }
 
 impl Default for Settings {
@@ -82,7 +85,8 @@ impl Default for Settings {
         Settings {
             addr: SocketAddr::from(([127, 0, 0, 1], 8787)),
             data_dir: PathBuf::from("./data"),
-            storage: StorageKind::File,
+            storage: StorageKind::Rocksdb,
+            durability: Durability::ProcessCrash,
             log_format: LogFormat::Text,
             auth: AuthSettings::default(),
             limits: LimitSettings::default(),
@@ -126,6 +130,7 @@ impl Default for RoomSettings {
         RoomSettings {
             idle_timeout_ms: rooms.idle_timeout.as_millis() as u64,
             save_throttle_ms: rooms.save_throttle.as_millis() as u64,
+            fold_interval_ms: rooms.fold_interval.as_millis() as u64,
         }
     }
 }
@@ -159,9 +164,12 @@ pub struct Overrides {
     /// Data directory [default: ./data].
     #[arg(long, env = "WEFT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Storage backend [default: file].
+    /// Storage backend [default: rocksdb].
     #[arg(long, env = "WEFT_STORAGE")]
     pub storage: Option<StorageKind>,
+    /// With RocksDB, what an acked write survives [default: process-crash].
+    #[arg(long, env = "WEFT_DURABILITY")]
+    pub durability: Option<Durability>,
     /// Log format [default: text].
     #[arg(long, env = "WEFT_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -198,9 +206,12 @@ pub struct Overrides {
     /// Empty rooms are closed after this many milliseconds.
     #[arg(long, env = "WEFT_IDLE_TIMEOUT_MS")]
     pub idle_timeout_ms: Option<u64>,
-    /// At most one snapshot save per room per this many milliseconds.
+    /// At most one snapshot save per room per this many milliseconds (file storage).
     #[arg(long, env = "WEFT_SAVE_THROTTLE_MS")]
     pub save_throttle_ms: Option<u64>,
+    /// How often a changing room's log is folded into its snapshot (RocksDB).
+    #[arg(long, env = "WEFT_FOLD_INTERVAL_MS")]
+    pub fold_interval_ms: Option<u64>,
 }
 
 impl Settings {
@@ -218,6 +229,7 @@ impl Settings {
         set(&mut settings.addr, o.addr);
         set(&mut settings.data_dir, o.data_dir);
         set(&mut settings.storage, o.storage);
+        set(&mut settings.durability, o.durability);
         set(&mut settings.log_format, o.log_format);
         set(&mut settings.auth.mode, o.auth);
         let auth = &mut settings.auth;
@@ -233,6 +245,7 @@ impl Settings {
         set(&mut limits.message_burst, o.message_burst);
         set(&mut settings.rooms.idle_timeout_ms, o.idle_timeout_ms);
         set(&mut settings.rooms.save_throttle_ms, o.save_throttle_ms);
+        set(&mut settings.rooms.fold_interval_ms, o.fold_interval_ms);
         settings.validate()?;
         Ok(settings)
     }
@@ -284,6 +297,7 @@ impl Settings {
         RoomConfig {
             idle_timeout: Duration::from_millis(self.rooms.idle_timeout_ms),
             save_throttle: Duration::from_millis(self.rooms.save_throttle_ms),
+            fold_interval: Duration::from_millis(self.rooms.fold_interval_ms),
             limits: self.engine_limits(),
             ..RoomConfig::default()
         }

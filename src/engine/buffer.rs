@@ -38,7 +38,8 @@ impl<'a> BufferDelta<'a> {
     pub fn parse(map: &'a Map<String, Value>, max_len: usize) -> Result<Self, BufferDeltaError> {
         let len = map
             .get("len")
-            .and_then(Value::as_u64)
+            .and_then(super::whole_number)
+            .and_then(|n| u64::try_from(n).ok())
             .ok_or(BufferDeltaError::BadLen)?;
         if len > max_len as u64 {
             return Err(BufferDeltaError::TooLong { len, max: max_len });
@@ -50,10 +51,9 @@ impl<'a> BufferDelta<'a> {
         let runs = runs
             .iter()
             .map(|run| match run.as_array().map(Vec::as_slice) {
-                Some([offset, Value::Array(values)])
-                    if offset.is_i64() && values.iter().all(Value::is_number) =>
-                {
-                    Ok((offset.as_i64().unwrap_or_default(), values.as_slice()))
+                Some([offset, Value::Array(values)]) if values.iter().all(Value::is_number) => {
+                    let offset = super::whole_number(offset).ok_or(BufferDeltaError::BadRuns)?;
+                    Ok((offset, values.as_slice()))
                 }
                 _ => Err(BufferDeltaError::BadRuns),
             })
@@ -114,6 +114,8 @@ mod tests {
         assert_eq!(shrunk, json!([8, 5]));
         let from_string = apply(Some(json!("abc")), json!({"__buf":1,"len":2,"runs":[]}));
         assert_eq!(from_string, json!([0, 0]));
+        let float_numbers = apply(None, json!({"__buf":1.0,"len":2.0,"runs":[[1.0,[3]]]}));
+        assert_eq!(float_numbers, json!([0, 3]));
     }
 
     /// Malformed deltas and oversized lengths are refused with a reason.

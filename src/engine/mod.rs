@@ -37,3 +37,18 @@ mod patch;
 pub use document::{Document, SnapshotError};
 pub use ephemeral::Ephemeral;
 pub use patch::{validate_patches, Fields, Limits, PatchError};
+
+/// Largest integer a JavaScript client can hold exactly (2^53 - 1).
+pub const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
+
+/// A JSON number that is a whole number within JavaScript's safe range, written as `5` or `5.0`
+/// (clients in other languages may serialize floats).
+pub fn whole_number(value: &serde_json::Value) -> Option<i64> {
+    let n = value.as_i64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() <= MAX_SAFE_INTEGER as f64)
+            .map(|f| f as i64)
+    })?;
+    (n.abs() <= MAX_SAFE_INTEGER).then_some(n)
+}

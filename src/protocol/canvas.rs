@@ -105,9 +105,6 @@ struct Envelope<'a> {
     token: Option<Value>,
 }
 
-/// Largest integer a JavaScript client can hold exactly.
-const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
-
 /// Decodes one text frame. Patches are validated against `limits` here, before anything is applied.
 pub fn decode(text: &str, limits: &Limits) -> Result<ClientFrame, DecodeError> {
     let env: Envelope<'_> =
@@ -130,9 +127,8 @@ pub fn decode(text: &str, limits: &Limits) -> Result<ClientFrame, DecodeError> {
         "reconnect" => {
             let last_timestamp = match env.last_timestamp {
                 None | Some(Value::Null) => 0,
-                Some(v) => v
-                    .as_u64()
-                    .filter(|t| *t <= MAX_SAFE_INTEGER)
+                Some(v) => engine::whole_number(&v)
+                    .and_then(|t| u64::try_from(t).ok())
                     .ok_or_else(|| {
                         invalid(
                             "reconnect",

@@ -20,8 +20,10 @@ use crate::storage::{Storage, StorageError};
 pub struct RoomConfig {
     /// An empty room is closed (saved and dropped from memory) after this long.
     pub idle_timeout: Duration,
-    /// At most one snapshot save per this interval while a room changes.
+    /// At most one snapshot save per this interval while a room changes (snapshot backends).
     pub save_throttle: Duration,
+    /// With a write-ahead log, how often a changing room's log is folded into its snapshot.
+    pub fold_interval: Duration,
     /// Commands a room queues before senders wait.
     pub command_queue: usize,
     pub limits: Limits,
@@ -32,6 +34,7 @@ impl Default for RoomConfig {
         RoomConfig {
             idle_timeout: Duration::from_secs(30),
             save_throttle: Duration::from_secs(1),
+            fold_interval: Duration::from_secs(30),
             command_queue: 4096,
             limits: Limits::default(),
         }

@@ -712,7 +712,15 @@ impl Room {
     fn mark_dirty(&mut self) {
         self.save.dirty = true;
         if self.save.at.is_none() {
-            self.save.at = Some(Instant::now() + self.config.save_throttle);
+            self.save.at = Some(Instant::now() + self.save_interval());
+        }
+    }
+
+    /// Snapshot backends save often (unsaved writes are at risk); a log only needs folding.
+    fn save_interval(&self) -> Duration {
+        match self.storage.write_ahead() {
+            Some(_) => self.config.fold_interval,
+            None => self.config.save_throttle,
         }
     }
 
@@ -733,7 +741,7 @@ impl Room {
                 Metrics::inc(&self.metrics.snapshots_saved);
                 self.save.failures = 0;
                 if self.save.dirty && self.save.at.is_none() {
-                    self.save.at = Some(Instant::now() + self.config.save_throttle);
+                    self.save.at = Some(Instant::now() + self.save_interval());
                 }
             }
             Err(e) => {

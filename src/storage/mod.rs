@@ -4,17 +4,19 @@
 //! and read by [`Document::encode_snapshot`]/[`Document::decode_snapshot`]). Calls block: the
 //! rooms runtime runs them on blocking threads, never on the async workers.
 //!
-//! How a write-ahead log fits: a room applies a request, then persists it, then acks. Snapshot
-//! backends persist by a throttled [`Storage::save`]; a log backend (RocksDB, next) appends the
-//! request's batch before the ack and folds the log into a snapshot with `save`.
+//! A room applies a request, persists it, then acks. Snapshot backends (memory, file) persist by
+//! a throttled [`Storage::save`]; a backend with a [`WriteAhead`] log (RocksDB) appends every
+//! request's batch before its ack and folds the log into a snapshot with `save`.
 
 mod file;
 mod memory;
+mod rocks;
 
 use std::sync::Arc;
 
 pub use file::FileStorage;
 pub use memory::MemoryStorage;
+pub use rocks::{Durability, RocksStorage};
 
 use crate::engine::{Document, SnapshotError};
 use crate::ids::RoomId;
@@ -81,6 +83,8 @@ pub trait WriteAhead: Send + Sync {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum StorageKind {
+    /// RocksDB in `<data_dir>/rocksdb`: every acked write is in its write-ahead log first.
+    Rocksdb,
     /// Nothing survives a restart. For tests and throwaway rooms.
     Memory,
     /// One `<roomId>.json` per room in the data directory, compatible with the reference server.
@@ -91,8 +95,12 @@ pub enum StorageKind {
 pub fn open(
     kind: StorageKind,
     data_dir: &std::path::Path,
+    durability: Durability,
 ) -> Result<Arc<dyn Storage>, StorageError> {
     Ok(match kind {
+        StorageKind::Rocksdb => {
+            Arc::new(RocksStorage::open(&data_dir.join("rocksdb"), durability)?)
+        }
         StorageKind::Memory => Arc::new(MemoryStorage::default()),
         StorageKind::File => Arc::new(FileStorage::open(data_dir)?),
     })

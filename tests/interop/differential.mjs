@@ -225,6 +225,8 @@ class Run {
     this.lastFrameAt = { a: 0, b: 0 };
     this.clock = 0; // latest server timestamp seen on side a
     this.timeouts = [];
+    this.extraMismatches = []; // close-code problems of rejected connects
+    this.mismatchCount = 0;
   }
 
   pair(name, opts = {}) {
@@ -466,8 +468,6 @@ class Run {
     return out;
   }
 }
-Run.prototype.extraMismatches = null;
-Run.prototype.mismatchCount = 0;
 
 function defaultToken() {
   return TOKENS ? TOKENS.rw : undefined;
@@ -882,8 +882,6 @@ const SCRIPTED = [
 
 async function runScript(name, urls, fn) {
   const run = new Run(name, urls);
-  run.extraMismatches = [];
-  run.mismatchCount = 0;
   const t0 = Date.now();
   let note;
   try {
