@@ -13,7 +13,7 @@ use crate::auth::{AllowAll, Authorizer, JwtAuthorizer, JwtKey, TokenTable};
 use crate::config::{AuthMode, Settings};
 use crate::metrics::Metrics;
 use crate::rooms::RoomManager;
-use crate::storage;
+use crate::storage::{self, Storage};
 use crate::transport::{self, AppState, ConnectionLimiter};
 
 /// A bound, not yet running server.
@@ -35,6 +35,14 @@ impl Application {
     pub fn build(settings: &Settings) -> anyhow::Result<Application> {
         let storage = storage::open(settings.storage, &settings.data_dir, settings.durability)
             .with_context(|| format!("opening {:?} storage", settings.storage))?;
+        Application::build_with_storage(settings, storage)
+    }
+
+    /// Like [`Application::build`], with a storage backend of the caller's (embedding, tests).
+    pub fn build_with_storage(
+        settings: &Settings,
+        storage: Arc<dyn Storage>,
+    ) -> anyhow::Result<Application> {
         let authorizer = authorizer(settings)?;
         let metrics = Arc::new(Metrics::default());
         let manager = RoomManager::new(storage.clone(), settings.room_config(), metrics.clone());

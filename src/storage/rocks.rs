@@ -63,6 +63,12 @@ enum Job {
         room: RoomId,
         done: std_mpsc::Sender<Result<(), StorageError>>,
     },
+    /// Sent before a room is loaded: everything queued for the room's previous incarnation has
+    /// been written (or refused) once it is answered, and the room may append again.
+    Reopen {
+        room: RoomId,
+        done: std_mpsc::Sender<Result<(), StorageError>>,
+    },
 }
 
 pub struct RocksStorage {
@@ -71,9 +77,6 @@ pub struct RocksStorage {
     // flight (rooms::room::MAX_APPENDS_IN_FLIGHT) and folds/deletes wait for their reply.
     jobs: Mutex<Option<std_mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    /// Rooms whose append failed: later appends are refused until the room is loaded again, so
-    /// the log never has an entry after a hole.
-    failed: Arc<Mutex<HashSet<RoomId>>>,
 }
 
 fn io_error(room: &RoomId, e: impl std::fmt::Display) -> StorageError {
@@ -120,13 +123,12 @@ impl RocksStorage {
             source: std::io::Error::other(format!("opening RocksDB in {}: {e}", dir.display())),
         })?;
         let db = Arc::new(db);
-        let failed = Arc::new(Mutex::new(HashSet::new()));
         let (tx, rx) = std_mpsc::channel();
         let writer = {
-            let (db, failed) = (db.clone(), failed.clone());
+            let db = db.clone();
             std::thread::Builder::new()
                 .name("weft-rocksdb-writer".into())
-                .spawn(move || write_loop(&db, &rx, durability, &failed))
+                .spawn(move || write_loop(&db, &rx, durability))
                 .map_err(|e| StorageError::Io {
                     room: String::new(),
                     source: e,
@@ -136,7 +138,6 @@ impl RocksStorage {
             db,
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
-            failed,
         })
     }
 
@@ -184,7 +185,10 @@ impl Storage for RocksStorage {
     }
 
     fn load(&self, room: &RoomId) -> Result<Option<Document>, StorageError> {
-        lock(&self.failed).remove(room);
+        self.call(room, |done| Job::Reopen {
+            room: room.clone(),
+            done,
+        })?;
         let snapshot = self
             .db
             .get_cf(self.cf(SNAPSHOTS)?, room.as_str())
@@ -316,12 +320,10 @@ impl WriteAhead for RocksStorage {
 }
 
 /// The writer thread: takes every queued job, writes them as one batch, then answers them all.
-fn write_loop(
-    db: &DB,
-    jobs: &std_mpsc::Receiver<Job>,
-    durability: Durability,
-    failed: &Mutex<HashSet<RoomId>>,
-) {
+/// Rooms whose append failed are refused further appends and folds until they are reopened, so
+/// a room's log never has an entry after a hole.
+fn write_loop(db: &DB, jobs: &std_mpsc::Receiver<Job>, durability: Durability) {
+    let mut failed: HashSet<RoomId> = HashSet::new();
     let mut options = WriteOptions::default();
     options.set_sync(durability == Durability::PowerLoss);
     let (Some(snapshots), Some(log)) = (db.cf_handle(SNAPSHOTS), db.cf_handle(LOG)) else {
@@ -334,7 +336,6 @@ fn write_loop(
         let mut batch = WriteBatch::default();
         let mut refused = Vec::new();
         {
-            let failed = lock(failed);
             for (i, job) in group.iter().enumerate() {
                 match job {
                     Job::Append { room, .. } | Job::Fold { room, .. } if failed.contains(room) => {
@@ -359,6 +360,7 @@ fn write_loop(
                         batch.delete_cf(snapshots, room.as_str());
                         batch.delete_range_cf(log, log_prefix(room), log_end(room));
                     }
+                    Job::Reopen { .. } => {}
                 }
             }
         }
@@ -372,12 +374,16 @@ fn write_loop(
             match job {
                 Job::Append { room, done, .. } => {
                     if outcome.is_err() {
-                        lock(failed).insert(room.clone());
+                        failed.insert(room.clone());
                     }
                     done(outcome.map_err(|e| io_error(&room, e)));
                 }
                 Job::Fold { room, done, .. } | Job::Delete { room, done } => {
                     let _ = done.send(outcome.map_err(|e| io_error(&room, e)));
+                }
+                Job::Reopen { room, done } => {
+                    failed.remove(&room);
+                    let _ = done.send(Ok(()));
                 }
             }
         }
