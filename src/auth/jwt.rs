@@ -184,4 +184,37 @@ mod tests {
             Err(Denied("token invalid".into()))
         );
     }
+
+    /// RS256 tokens verify with the public key; a token signed with HS256 is refused.
+    #[tokio::test]
+    async fn rs256_uses_the_public_key() {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt/");
+        let read = |name: &str| std::fs::read(format!("{fixtures}{name}")).expect("fixture");
+        let auth = JwtAuthorizer::new(JwtKey::RsaPublicPem(read("rs256-public.pem"))).expect("key");
+        let signing = EncodingKey::from_rsa_pem(&read("rs256-private.pem")).expect("private key");
+        let claims = json!({"sub": "ann", "rooms": ["*"], "exp": now() + 600});
+        let token = encode(&Header::new(Algorithm::RS256), &claims, &signing).expect("signs");
+        let (room, client) = (
+            &RoomId::parse("r").expect("id"),
+            &ClientId::parse("c").expect("id"),
+        );
+        let grant = auth
+            .authorize(AuthRequest {
+                room,
+                client,
+                token: Some(&token),
+            })
+            .await
+            .expect("granted");
+        assert_eq!(grant.metadata["sub"], "ann");
+        let hs = sign(claims, b"secret");
+        let refused = auth
+            .authorize(AuthRequest {
+                room,
+                client,
+                token: Some(&hs),
+            })
+            .await;
+        assert_eq!(refused, Err(Denied("token invalid".into())));
+    }
 }

@@ -282,7 +282,9 @@ impl Connection {
                 return Some(End::Close(CloseReason::new(1007, e.to_string())));
             }
         };
-        let delivered = match frame {
+        // A room that is gone has sent this session its close reason; the loop picks it up, so
+        // a failed hand-over needs no handling here.
+        let _gone = match frame {
             // Authorized here, before later frames of this socket reach the room, so they are
             // handled with the new permission.
             ClientFrame::AuthRefresh { token } => {
@@ -304,8 +306,6 @@ impl Connection {
             }
             frame => self.room.frame(self.id, frame).await,
         };
-        // A closed room sends this session its close reason; the loop picks it up.
-        let _ = delivered;
         None
     }
 
