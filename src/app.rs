@@ -154,7 +154,10 @@ fn authorizer(settings: &Settings) -> anyhow::Result<Arc<dyn Authorizer>> {
                     "--auth jwt needs WEFT_JWT_SECRET, --jwt-secret-file or --jwt-public-key-file"
                 ),
             };
-            Arc::new(JwtAuthorizer::new(key).context("loading the JWT key")?)
+            Arc::new(
+                JwtAuthorizer::new(key, auth.jwt_audience.as_deref())
+                    .context("loading the JWT key")?,
+            )
         }
     })
 }

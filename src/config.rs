@@ -56,6 +56,8 @@ pub struct AuthSettings {
     pub jwt_secret: Option<String>,
     pub jwt_secret_file: Option<PathBuf>,
     pub jwt_public_key_file: Option<PathBuf>,
+    /// When set, JWTs must carry this `aud`.
+    pub jwt_audience: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -103,6 +105,7 @@ impl Default for AuthSettings {
             jwt_secret: None,
             jwt_secret_file: None,
             jwt_public_key_file: None,
+            jwt_audience: None,
         }
     }
 }
@@ -185,6 +188,9 @@ pub struct Overrides {
     /// RSA public key (PEM) for RS256 with `--auth jwt`.
     #[arg(long, env = "WEFT_JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
+    /// Audience JWTs must name in `aud` (unchecked when unset).
+    #[arg(long, env = "WEFT_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
     /// Largest accepted frame in bytes.
     #[arg(long, env = "WEFT_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
@@ -236,6 +242,7 @@ impl Settings {
         set_some(&mut auth.tokens_file, o.tokens_file);
         set_some(&mut auth.jwt_secret_file, o.jwt_secret_file);
         set_some(&mut auth.jwt_public_key_file, o.jwt_public_key_file);
+        set_some(&mut auth.jwt_audience, o.jwt_audience);
         let limits = &mut settings.limits;
         set(&mut limits.max_frame_bytes, o.max_frame_bytes);
         set(&mut limits.outbound_queue, o.outbound_queue);

@@ -3,6 +3,7 @@
 //! Layers, top to bottom; imports only point down:
 //! - [`app`]: wiring: settings -> storage -> authorizer -> [`rooms::RoomManager`] -> HTTP server
 //!   -> graceful shutdown. [`config`] holds the settings tree, [`telemetry`] the logging.
+//! - [`snapshot_cli`]: `weft snapshot`: export, import, inspect, restore `<roomId>.json` snapshots.
 //! - [`transport`]: actix-web routes and the WebSocket session loop (limits, heartbeat, decoding).
 //! - [`auth`]: who may connect where: none (development), a token table, or JWT.
 //! - [`rooms`]: the runtime: one task per room, sessions, persistence schedule, idle eviction.
@@ -20,6 +21,7 @@ pub mod ids;
 pub mod metrics;
 pub mod protocol;
 pub mod rooms;
+pub mod snapshot_cli;
 pub mod storage;
 pub mod telemetry;
 pub mod transport;

@@ -1,8 +1,11 @@
 //! The `weft` binary.
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
 use weft::config::{Overrides, Settings};
+use weft::snapshot_cli::SnapshotCommand;
 
 #[derive(Parser)]
 #[command(
@@ -18,10 +21,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (canvas-store protocol on `/`, health on `/healthz`, metrics on `/metrics`).
-    Serve(Overrides),
+    Serve(Box<Overrides>),
+    /// Export, import, inspect and restore room snapshots (`<roomId>.json` files).
+    ///
+    /// Snapshot files are in the npm reference server's format. The storage commands must not
+    /// run while `weft serve` uses the same data directory.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(overrides) => {
@@ -30,7 +39,18 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(weft::app::serve(settings))
+            runtime.block_on(weft::app::serve(settings))?;
+            Ok(ExitCode::SUCCESS)
         }
+        Command::Snapshot(command) => match weft::snapshot_cli::run(command) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!(
+                    "weft snapshot: error: {}",
+                    weft::snapshot_cli::error_chain(&e)
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        },
     }
 }

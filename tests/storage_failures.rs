@@ -130,8 +130,10 @@ async fn no_write_is_acked_unless_stored() {
         inner: RocksStorage::open(dir.path(), Durability::ProcessCrash).expect("open"),
         failing: AtomicBool::new(false),
     });
-    let mut settings = Settings::default();
-    settings.addr = "127.0.0.1:0".parse().expect("addr");
+    let mut settings = Settings {
+        addr: "127.0.0.1:0".parse().expect("addr"),
+        ..Settings::default()
+    };
     settings.limits.messages_per_second = 100_000.0;
     settings.limits.message_burst = 100_000;
     let app = Application::build_with_storage(&settings, disk.clone()).expect("builds");

@@ -73,16 +73,21 @@ fn now_micros(start: Instant) -> u64 {
     start.elapsed().as_micros() as u64
 }
 
-async fn client(
-    args: Arc<Args>,
-    room: usize,
-    index: usize,
+/// What every client task shares.
+struct Run {
+    args: Args,
     start: Instant,
-    ready: Arc<Barrier>,
-    stop: Arc<AtomicBool>,
+    ready: Barrier,
+    stop: AtomicBool,
+    /// Time between one client's writes in open loop; `None` for closed loop.
     interval: Option<Duration>,
-    stats: Arc<Mutex<Stats>>,
-) {
+    stats: Mutex<Stats>,
+}
+
+async fn client(run: Arc<Run>, room: usize, index: usize) {
+    let Run { args, start, .. } = &*run;
+    let (start, interval) = (*start, run.interval);
+    let (ready, stats) = (&run.ready, &run.stats);
     let client_id = format!("c{room}-{index}");
     let url = format!(
         "{}/?roomId={}-{room}&clientId={client_id}&token={}",
@@ -115,7 +120,7 @@ async fn client(
     let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(args.window.max(1)));
     let writer = {
-        let (sent, stop, in_flight) = (sent.clone(), stop.clone(), in_flight.clone());
+        let (sent, run, in_flight) = (sent.clone(), run.clone(), in_flight.clone());
         let closed_loop = interval.is_none();
         tokio::spawn(async move {
             let mut seq = 0u64;
@@ -128,7 +133,7 @@ async fn client(
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 t
             });
-            while !stop.load(Ordering::Relaxed) {
+            while !run.stop.load(Ordering::Relaxed) {
                 if closed_loop {
                     match in_flight.clone().acquire_owned().await {
                         Ok(permit) => permit.forget(),
@@ -183,7 +188,7 @@ async fn client(
             }
             _ => {}
         }
-        if stop.load(Ordering::Relaxed) && sent.lock().expect("sent").is_empty() {
+        if run.stop.load(Ordering::Relaxed) && sent.lock().expect("sent").is_empty() {
             break;
         }
     }
@@ -211,42 +216,37 @@ fn server_usage(pid: Option<u32>) -> Option<(f64, u64)> {
 
 #[tokio::main]
 async fn main() {
-    let args = Arc::new(Args::parse());
+    let args = Args::parse();
     let server_pid: Option<u32> = std::env::var("WEFT_LOAD_SERVER_PID")
         .ok()
         .and_then(|p| p.parse().ok());
     let total = args.rooms * args.clients;
     let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(total as f64 / args.rate));
-    let start = Instant::now();
-    let ready = Arc::new(Barrier::new(total + 1));
-    let stop = Arc::new(AtomicBool::new(false));
-    let stats = Arc::new(Mutex::new(Stats::default()));
+    let run = Arc::new(Run {
+        args: args.clone(),
+        start: Instant::now(),
+        ready: Barrier::new(total + 1),
+        stop: AtomicBool::new(false),
+        interval,
+        stats: Mutex::new(Stats::default()),
+    });
     let mut tasks = Vec::new();
     for room in 0..args.rooms {
         for index in 0..args.clients {
-            tasks.push(tokio::spawn(client(
-                args.clone(),
-                room,
-                index,
-                start,
-                ready.clone(),
-                stop.clone(),
-                interval,
-                stats.clone(),
-            )));
+            tasks.push(tokio::spawn(client(run.clone(), room, index)));
         }
     }
-    ready.wait().await;
+    run.ready.wait().await;
     let cpu_before = server_usage(server_pid);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_millis(500) + Duration::from_secs(args.duration_secs)).await;
     let measured = t0.elapsed().saturating_sub(Duration::from_millis(500));
     let cpu_after = server_usage(server_pid);
-    stop.store(true, Ordering::Relaxed);
+    run.stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
-    let mut stats = stats.lock().expect("stats");
+    let mut stats = run.stats.lock().expect("stats");
     stats.acks.sort_unstable();
     stats.broadcasts.sort_unstable();
     let secs = measured.as_secs_f64();

@@ -2,7 +2,8 @@
 //!
 //! Claims: `exp` (required), `sub` (the user), `rooms` (patterns, `["*"]` for all) or `room`
 //! (one id), `permission` (`readwrite` | `readonly`, default `readwrite`), optional `clientId`
-//! (binds the token to one client). Every claim becomes the session's metadata.
+//! (binds the token to one client), `aud` (checked when an audience is configured, ignored
+//! otherwise). Every claim becomes the session's metadata.
 
 use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -36,7 +37,11 @@ struct Claims {
 }
 
 impl JwtAuthorizer {
-    pub fn new(key: JwtKey) -> Result<JwtAuthorizer, jsonwebtoken::errors::Error> {
+    /// With `audience`, tokens must carry it in `aud`; without, `aud` is not checked.
+    pub fn new(
+        key: JwtKey,
+        audience: Option<&str>,
+    ) -> Result<JwtAuthorizer, jsonwebtoken::errors::Error> {
         let (key, alg) = match key {
             JwtKey::Secret(secret) => (DecodingKey::from_secret(&secret), Algorithm::HS256),
             JwtKey::RsaPublicPem(pem) => (DecodingKey::from_rsa_pem(&pem)?, Algorithm::RS256),
@@ -44,6 +49,10 @@ impl JwtAuthorizer {
         let mut validation = Validation::new(alg);
         validation.set_required_spec_claims(&["exp"]);
         validation.leeway = 5;
+        match audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
         Ok(JwtAuthorizer { key, validation })
     }
 }
@@ -113,7 +122,7 @@ mod tests {
     /// client are refused with a reason.
     #[tokio::test]
     async fn hs256_claims_are_enforced() {
-        let auth = JwtAuthorizer::new(JwtKey::Secret(b"s3cret".to_vec())).expect("key");
+        let auth = JwtAuthorizer::new(JwtKey::Secret(b"s3cret".to_vec()), None).expect("key");
         let room = RoomId::parse("doc-1").expect("id");
         let client = ClientId::parse("c1").expect("id");
         let check = |token: String| {
@@ -190,7 +199,8 @@ mod tests {
     async fn rs256_uses_the_public_key() {
         let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt/");
         let read = |name: &str| std::fs::read(format!("{fixtures}{name}")).expect("fixture");
-        let auth = JwtAuthorizer::new(JwtKey::RsaPublicPem(read("rs256-public.pem"))).expect("key");
+        let auth =
+            JwtAuthorizer::new(JwtKey::RsaPublicPem(read("rs256-public.pem")), None).expect("key");
         let signing = EncodingKey::from_rsa_pem(&read("rs256-private.pem")).expect("private key");
         let claims = json!({"sub": "ann", "rooms": ["*"], "exp": now() + 600});
         let token = encode(&Header::new(Algorithm::RS256), &claims, &signing).expect("signs");
@@ -216,5 +226,33 @@ mod tests {
             })
             .await;
         assert_eq!(refused, Err(Denied("token invalid".into())));
+    }
+
+    /// `aud` is ignored unless an audience is configured; then it must match.
+    #[tokio::test]
+    async fn audience_is_checked_when_configured() {
+        let (room, client) = (
+            &RoomId::parse("r").expect("id"),
+            &ClientId::parse("c").expect("id"),
+        );
+        let token = sign(
+            json!({"rooms": ["*"], "aud": "weft", "exp": now() + 600}),
+            b"k",
+        );
+        let open = JwtAuthorizer::new(JwtKey::Secret(b"k".to_vec()), None).expect("key");
+        let strict = JwtAuthorizer::new(JwtKey::Secret(b"k".to_vec()), Some("weft")).expect("key");
+        let other =
+            JwtAuthorizer::new(JwtKey::Secret(b"k".to_vec()), Some("billing")).expect("key");
+        let ask = || AuthRequest {
+            room,
+            client,
+            token: Some(&token),
+        };
+        assert!(open.authorize(ask()).await.is_ok());
+        assert!(strict.authorize(ask()).await.is_ok());
+        assert_eq!(
+            other.authorize(ask()).await,
+            Err(Denied("token invalid".into()))
+        );
     }
 }

@@ -107,6 +107,10 @@ struct Envelope<'a> {
 
 /// Decodes one text frame. Patches are validated against `limits` here, before anything is applied.
 pub fn decode(text: &str, limits: &Limits) -> Result<ClientFrame, DecodeError> {
+    // serde fills a struct from a JSON array too; a frame is an object with a `type`.
+    if !text.trim_start().starts_with('{') {
+        return Err(DecodeError::NotAFrame("not a JSON object".into()));
+    }
     let env: Envelope<'_> =
         serde_json::from_str(text).map_err(|e| DecodeError::NotAFrame(e.to_string()))?;
     let invalid = |kind: &'static str, reason: String| DecodeError::Invalid { kind, reason };

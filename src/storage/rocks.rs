@@ -80,8 +80,13 @@ pub struct RocksStorage {
 }
 
 fn io_error(room: &RoomId, e: impl std::fmt::Display) -> StorageError {
+    db_error(room.as_str(), e)
+}
+
+/// An error of the database as a whole, or of one room when `room` is not empty.
+fn db_error(room: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError::Io {
-        room: room.to_string(),
+        room: room.to_owned(),
         source: std::io::Error::other(e.to_string()),
     }
 }
@@ -261,7 +266,7 @@ impl Storage for RocksStorage {
 
     fn room_ids(&self) -> Result<Vec<RoomId>, StorageError> {
         let mut ids: Vec<RoomId> = Vec::new();
-        let whole = |e| io_error(&RoomId::parse("all").unwrap_or_else(|_| unreachable!()), e);
+        let whole = |e| db_error("", e);
         for item in self
             .db
             .iterator_cf(self.cf(SNAPSHOTS)?, IteratorMode::Start)

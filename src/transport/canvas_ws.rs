@@ -111,9 +111,11 @@ struct Connection {
 
 /// How a connection ends.
 enum End {
-    /// The peer closed or vanished: nothing more to send.
+    /// The peer vanished: nothing more to send.
     Gone,
-    /// We close, with this code and reason.
+    /// The peer closed: answer its close frame.
+    Answer(CloseReason),
+    /// We close, with this code and reason, after sending what is still queued.
     Close(CloseReason),
 }
 
@@ -150,7 +152,7 @@ impl Connection {
                 .await;
             }
         };
-        let (outbox, link) = Outbox::new(state.config.outbound_queue);
+        let (outbox, mut link) = Outbox::new(state.config.outbound_queue);
         let new = NewSession {
             client: client.clone(),
             permission: grant.permission,
@@ -180,15 +182,24 @@ impl Connection {
             client,
             room_id,
         };
-        let end = conn.serve(link).await;
+        let end = conn.serve(&mut link).await;
         conn.room.leave(conn.id).await;
-        if let End::Close(reason) = end {
-            debug!(code = reason.code, reason = %reason.reason, "closing");
-            close(conn.session, reason).await;
+        match end {
+            End::Gone => {}
+            End::Answer(reason) => close(conn.session, reason).await,
+            End::Close(reason) => {
+                // Deliver what the room queued before the session left (acks of applied writes),
+                // except to a client closed for being too slow to take them.
+                if reason != CloseReason::slow_client() {
+                    conn.drain(&mut link).await;
+                }
+                debug!(code = reason.code, reason = %reason.reason, "closing");
+                close(conn.session, reason).await;
+            }
         }
     }
 
-    async fn serve(&mut self, mut link: SessionLink) -> End {
+    async fn serve(&mut self, link: &mut SessionLink) -> End {
         let config = self.state.config.clone();
         let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
         heartbeat.tick().await;
@@ -198,12 +209,7 @@ impl Connection {
         loop {
             tokio::select! {
                 reason = &mut link.close => {
-                    let reason = reason.unwrap_or_else(|_| CloseReason::room_closed());
-                    if reason.code != CloseReason::slow_client().code {
-                        // Deliver what the room queued before closing (acks of a shutdown).
-                        self.drain(&mut link, config.heartbeat_timeout).await;
-                    }
-                    return End::Close(reason);
+                    return End::Close(reason.unwrap_or_else(|_| CloseReason::room_closed()));
                 }
                 frame = link.frames.recv() => match frame {
                     Some(frame) => {
@@ -219,22 +225,33 @@ impl Connection {
                 },
                 msg = self.stream.recv() => {
                     last_heard = Instant::now();
+                    let msg = match msg {
+                        None => return End::Gone,
+                        Some(Err(e)) => return End::Close(self.protocol_error(e)),
+                        Some(Ok(msg)) => msg,
+                    };
+                    // Every frame the server must act on costs a token, pings included (each
+                    // is answered); pongs and the closing handshake do not.
+                    let costs = !matches!(msg, AggregatedMessage::Pong(_) | AggregatedMessage::Close(_));
+                    if costs && !rate.allow(last_heard) {
+                        Metrics::inc(&self.state.metrics.rate_limited);
+                        warn!("rate limit exceeded");
+                        return End::Close(CloseReason::new(1008, "rate limit exceeded"));
+                    }
                     let text = match msg {
-                        None | Some(Ok(AggregatedMessage::Close(_))) => return End::Gone,
-                        Some(Err(ProtocolError::Overflow)) => {
-                            Metrics::inc(&self.state.metrics.frames_oversized);
-                            let limit = config.max_frame_bytes;
-                            return End::Close(CloseReason::new(1009, format!("message too big: limit is {limit} bytes")));
+                        AggregatedMessage::Close(reason) => {
+                            // Answer the closing handshake, echoing the client's code.
+                            let code = reason.map_or(1000, |r| u16::from(r.code));
+                            return End::Answer(CloseReason::new(code, ""));
                         }
-                        Some(Err(e)) => return End::Close(CloseReason::new(1002, format!("websocket protocol error: {e}"))),
-                        Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                        AggregatedMessage::Ping(bytes) => {
                             let _ = self.session.pong(&bytes).await;
                             continue;
                         }
-                        Some(Ok(AggregatedMessage::Pong(_))) => continue,
-                        Some(Ok(AggregatedMessage::Text(text))) => text,
+                        AggregatedMessage::Pong(_) => continue,
+                        AggregatedMessage::Text(text) => text,
                         // The reference server reads binary frames as UTF-8 text; so do we.
-                        Some(Ok(AggregatedMessage::Binary(bytes))) => match ByteString::try_from(bytes) {
+                        AggregatedMessage::Binary(bytes) => match ByteString::try_from(bytes) {
                             Ok(text) => text,
                             Err(_) => {
                                 Metrics::inc(&self.state.metrics.frames_ignored);
@@ -242,11 +259,6 @@ impl Connection {
                             }
                         },
                     };
-                    if !rate.allow(last_heard) {
-                        Metrics::inc(&self.state.metrics.rate_limited);
-                        warn!("rate limit exceeded");
-                        return End::Close(CloseReason::new(1008, "rate limit exceeded"));
-                    }
                     if let Some(end) = self.on_text(&text).await {
                         return end;
                     }
@@ -262,6 +274,24 @@ impl Connection {
                     }
                 }
             }
+        }
+    }
+
+    /// The close that answers a broken WebSocket frame.
+    fn protocol_error(&self, error: ProtocolError) -> CloseReason {
+        let oversized = || {
+            Metrics::inc(&self.state.metrics.frames_oversized);
+            let limit = self.state.config.max_frame_bytes;
+            CloseReason::new(1009, format!("message too big: limit is {limit} bytes"))
+        };
+        match error {
+            ProtocolError::Overflow => oversized(),
+            // actix-ws reports joined continuations over the limit as an IO error.
+            ProtocolError::Io(e) if e.to_string().contains("continuation size") => oversized(),
+            ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                CloseReason::new(1007, "text frame is not valid UTF-8")
+            }
+            e => CloseReason::new(1002, format!("websocket protocol error: {e}")),
         }
     }
 
@@ -314,9 +344,12 @@ impl Connection {
         matches!(timeout(limit, self.session.text(frame)).await, Ok(Ok(())))
     }
 
-    async fn drain(&mut self, link: &mut SessionLink, limit: Duration) {
+    /// Sends the frames still queued for this session until the room has let it go (it drops
+    /// the outbox), within one heartbeat timeout.
+    async fn drain(&mut self, link: &mut SessionLink) {
+        let limit = self.state.config.heartbeat_timeout;
         let deadline = Instant::now() + limit;
-        while let Ok(frame) = link.frames.try_recv() {
+        while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, link.frames.recv()).await {
             let left = deadline.saturating_duration_since(Instant::now());
             if !self.send(frame, left).await {
                 return;

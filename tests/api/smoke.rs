@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, within};
 
 /// A patch is acked to its sender, broadcast to the other client, and seen by a late joiner.
 #[tokio::test]
@@ -28,5 +28,5 @@ async fn patch_is_acked_broadcast_and_kept() {
             json!({"type": "synced", "timestamp": 1}),
         ]
     );
-    assert!(app.shutdown.shutdown().await);
+    assert!(within(app.shutdown.shutdown()).await);
 }

@@ -1,0 +1,385 @@
+//! Edge limits: message rate, connection caps, frame size, slow readers and the heartbeat.
+//!
+//! These run against real sockets and the server's real clock (its connections live on actix
+//! worker threads, which paused tokio time cannot reach), so the limits are set small and every
+//! wait is bounded.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::MaybeTlsStream;
+
+use crate::helpers::{
+    ack, count, doc_patch, eventually, reconnect, spawn_app_with, test_settings, Client, TestApp,
+    QUIET, WAIT,
+};
+
+/// The HTTP status and JSON body of a refused upgrade.
+async fn refused_upgrade(app: &TestApp, query: &str) -> (u16, Value) {
+    match app.try_connect(query).await {
+        Ok(_) => panic!("upgrade of {query} was accepted"),
+        Err(WsError::Http(response)) => {
+            let body = response.body().clone().unwrap_or_default();
+            (
+                response.status().as_u16(),
+                serde_json::from_slice(&body).expect("json body"),
+            )
+        }
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+    }
+}
+
+/// Five messages pass (the burst); the sixth sent at once closes the socket with 1008
+/// `rate limit exceeded` and is not applied. The five applied writes are acked before the close.
+#[tokio::test]
+async fn message_over_the_rate_limit_closes_with_1008() {
+    let mut settings = test_settings();
+    settings.limits.messages_per_second = 5.0;
+    settings.limits.message_burst = 5;
+    let app = spawn_app_with(settings).await;
+    let room = "l-rate";
+    let mut c = app.connect(room, "c").await;
+    assert_eq!(c.recv().await, count(1));
+    for i in 1..=6 {
+        c.send(doc_patch(
+            &format!("m{i}"),
+            json!([{"e/S": {"_exists": true, "i": i}}]),
+        ))
+        .await;
+    }
+    let (frames, close) = c.frames_until_close().await;
+    assert_eq!(close, (CloseCode::Policy, "rate limit exceeded".to_owned()));
+    assert_eq!(app.metric("weft_rate_limited").await, 1);
+    let doc = app.document(room).await;
+    assert_eq!(
+        (&doc["timestamp"], &doc["state"]["e/S"]["i"]),
+        (&json!(5), &json!(5)),
+        "exactly the first five are applied"
+    );
+    let acks: Vec<Value> = (1..=5).map(|i| ack(&format!("m{i}"), i)).collect();
+    assert_eq!(
+        frames, acks,
+        "every applied write is acked before the close"
+    );
+}
+
+/// A client that stays within its average rate is never limited: the bucket refills.
+#[tokio::test]
+async fn client_within_the_rate_is_not_limited() {
+    let mut settings = test_settings();
+    settings.limits.messages_per_second = 20.0;
+    settings.limits.message_burst = 2;
+    let app = spawn_app_with(settings).await;
+    let mut c = app.connect("l-rate-ok", "c").await;
+    assert_eq!(c.recv().await, count(1));
+    for round in 0..3u64 {
+        for i in 1..=2 {
+            c.send(doc_patch(
+                &format!("r{round}-{i}"),
+                json!([{"e/S": {"_exists": true}}]),
+            ))
+            .await;
+        }
+        for i in 1..=2 {
+            assert_eq!(c.recv().await, ack(&format!("r{round}-{i}"), round * 2 + i));
+        }
+        // Two tokens come back after 100 ms at 20 per second.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(app.metric("weft_rate_limited").await, 0);
+}
+
+/// With `max_connections = 2`, a third upgrade is refused with HTTP 503 and a JSON body; once a
+/// connection ends, a new one is accepted.
+#[tokio::test]
+async fn upgrade_beyond_max_connections_gets_503() {
+    let mut settings = test_settings();
+    settings.limits.max_connections = 2;
+    let app = spawn_app_with(settings).await;
+    let (a, _) = app.join("l-max", "a").await;
+    let (_b, _) = app.join("l-max", "b").await;
+    assert_eq!(
+        refused_upgrade(&app, "roomId=l-max&clientId=c").await,
+        (503, json!({"error": "server is at its connection limit"}))
+    );
+    assert_eq!(app.metric("weft_connections_refused").await, 1);
+    a.leave().await;
+    let app = &app;
+    eventually("a freed place is taken", || async move {
+        app.try_connect("roomId=l-max&clientId=c").await.is_ok()
+    })
+    .await;
+}
+
+/// With `max_connections_per_ip = 1`, a second upgrade from the same address gets HTTP 429.
+#[tokio::test]
+async fn upgrade_beyond_the_per_address_cap_gets_429() {
+    let mut settings = test_settings();
+    settings.limits.max_connections_per_ip = 1;
+    let app = spawn_app_with(settings).await;
+    let (_a, _) = app.join("l-per-ip", "a").await;
+    assert_eq!(
+        refused_upgrade(&app, "roomId=l-per-ip&clientId=b").await,
+        (
+            429,
+            json!({"error": "too many connections from this address"})
+        )
+    );
+    assert_eq!(app.metric("weft_connections_refused").await, 1);
+}
+
+/// A text frame of `size` bytes: a patch whose padding field fills it up.
+fn frame_of(size: usize, id: &str) -> String {
+    let empty = doc_patch(id, json!([{"e/S": {"_exists": true, "pad": ""}}])).to_string();
+    let pad = "p".repeat(size - empty.len());
+    let text = doc_patch(id, json!([{"e/S": {"_exists": true, "pad": pad}}])).to_string();
+    assert_eq!(text.len(), size);
+    text
+}
+
+/// A frame up to `max_frame_bytes` is accepted; one byte more closes the socket with 1009 and a
+/// reason giving the limit, and is not applied.
+#[tokio::test]
+async fn frame_over_max_frame_bytes_closes_with_1009() {
+    let mut settings = test_settings();
+    settings.limits.max_frame_bytes = 1024;
+    let app = spawn_app_with(settings).await;
+    let room = "l-frame";
+    let (mut a, _) = app.join(room, "a").await;
+    a.send_text(frame_of(1024, "fits")).await;
+    assert_eq!(a.recv().await, ack("fits", 1));
+    let (mut b, _) = app.join(room, "b").await;
+    assert_eq!(a.recv().await, count(2));
+    b.send_text(frame_of(1025, "big")).await;
+    assert_eq!(
+        b.closed().await,
+        (
+            CloseCode::Size,
+            "message too big: limit is 1024 bytes".to_owned()
+        )
+    );
+    assert_eq!(a.recv().await, count(1));
+    assert_eq!(app.metric("weft_frames_oversized").await, 1);
+    assert_eq!(app.document(room).await["timestamp"], 1);
+    // A binary frame counts the same.
+    let (mut c, _) = app.join(room, "c").await;
+    c.send_message(Message::binary(frame_of(1500, "bin").into_bytes()))
+        .await;
+    assert_eq!(c.closed().await.0, CloseCode::Size);
+    a.send(doc_patch("after", json!([{"e/S": {"x": 1}}]))).await;
+    assert_eq!(a.recv_until("ack").await.last(), Some(&ack("after", 2)));
+}
+
+/// Sends `text` as a fragmented message of `parts` frames.
+async fn send_fragmented(c: &mut Client, text: &str, parts: usize) {
+    let bytes = text.as_bytes();
+    let chunk = bytes.len().div_ceil(parts);
+    let pieces: Vec<&[u8]> = bytes.chunks(chunk).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        let opcode = if i == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        let last = i + 1 == pieces.len();
+        c.send_message(Message::Frame(Frame::message(piece.to_vec(), opcode, last)))
+            .await;
+    }
+}
+
+/// A message split into continuation frames is joined and handled as one frame when the whole
+/// fits in `max_frame_bytes`.
+#[tokio::test]
+async fn fragmented_message_within_the_limit_is_joined() {
+    let mut settings = test_settings();
+    settings.limits.max_frame_bytes = 1024;
+    let app = spawn_app_with(settings).await;
+    let (mut a, _) = app.join("l-fragments", "a").await;
+    send_fragmented(&mut a, &frame_of(900, "joined"), 3).await;
+    assert_eq!(a.recv().await, ack("joined", 1));
+}
+
+/// A message whose continuation frames are each small but together exceed `max_frame_bytes` is
+/// refused like one big frame: 1009 with the limit in the reason, counted as oversized.
+#[tokio::test]
+async fn fragmented_message_over_the_limit_closes_with_1009() {
+    let mut settings = test_settings();
+    settings.limits.max_frame_bytes = 1024;
+    let app = spawn_app_with(settings).await;
+    let room = "l-fragments-big";
+    let (mut a, _) = app.join(room, "a").await;
+    let (mut b, _) = app.join(room, "b").await;
+    assert_eq!(a.recv().await, count(2));
+    send_fragmented(&mut b, &frame_of(1500, "big"), 3).await;
+    assert_eq!(
+        b.close_or_error().await,
+        Ok((
+            CloseCode::Size,
+            "message too big: limit is 1024 bytes".to_owned()
+        ))
+    );
+    assert_eq!(a.recv().await, count(1));
+    assert_eq!(app.metric("weft_frames_oversized").await, 1);
+    assert_eq!(app.document(room).await["timestamp"], 0);
+}
+
+/// A client that never reads, while another floods large patches, is closed with 1013 once its
+/// outbound queue is full; the writer keeps getting its acks throughout and after.
+#[tokio::test]
+async fn slow_reader_is_closed_with_1013_and_the_writer_keeps_going() {
+    let mut settings = test_settings();
+    settings.limits.outbound_queue = 8;
+    settings.limits.messages_per_second = 100_000.0;
+    settings.limits.message_burst = 100_000;
+    let app = spawn_app_with(settings).await;
+    let room = "l-slow";
+    let (mut fast, _) = app.join(room, "fast").await;
+
+    // A small receive buffer, so the kernel absorbs little before the server's queue fills.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let stream = socket.connect(app.addr).await.expect("tcp connects");
+    let (ws, _) = tokio_tungstenite::client_async(
+        app.url(&format!("roomId={room}&clientId=slow")),
+        MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .expect("upgrade");
+    let mut slow = Client { ws };
+    slow.send(reconnect(0)).await;
+    slow.recv_until("synced").await;
+    assert_eq!(fast.recv().await, count(2));
+
+    let blob = "x".repeat(64 * 1024);
+    let started = Instant::now();
+    let mut clock = 0;
+    let mut slow_dropped = false;
+    while !slow_dropped {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "slow reader still connected after {clock} patches"
+        );
+        clock += 1;
+        let id = format!("m{clock}");
+        fast.send(doc_patch(
+            &id,
+            json!([{"e/S": {"_exists": true, "blob": blob}}]),
+        ))
+        .await;
+        loop {
+            let frame = fast.recv().await;
+            if frame == count(1) {
+                slow_dropped = true;
+            } else {
+                assert_eq!(frame, ack(&id, clock));
+                break;
+            }
+        }
+    }
+    fast.send(doc_patch("after", json!([{"e/S": {"n": 1}}])))
+        .await;
+    let frames = fast.recv_until("ack").await;
+    assert_eq!(frames.last(), Some(&ack("after", clock + 1)));
+    assert_eq!(app.metric("weft_slow_clients_disconnected").await, 1);
+    assert_eq!(app.sessions(room).await.len(), 1);
+    assert_eq!(
+        slow.closed().await,
+        (
+            CloseCode::Again,
+            "client too slow: outbound queue full".to_owned()
+        )
+    );
+}
+
+/// With a 100 ms heartbeat and a 300 ms timeout, a client that never answers pings is closed
+/// with 1001 `heartbeat timeout` and counted; a client that answers them stays connected.
+#[tokio::test]
+async fn client_that_does_not_answer_pings_is_closed() {
+    let mut settings = test_settings();
+    settings.limits.heartbeat_interval_ms = 100;
+    settings.limits.heartbeat_timeout_ms = 300;
+    let app = spawn_app_with(settings).await;
+    let room = "l-heartbeat";
+    let (mut live, _) = app.join(room, "live").await;
+    // The server last hears from `mute` after this instant (its `reconnect`); it is never polled
+    // after its handshake, so its pings are never answered.
+    let started = Instant::now();
+    let (mut mute, _) = app.join(room, "mute").await;
+    assert_eq!(live.recv().await, count(2));
+    assert_eq!(live.recv().await, count(1));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(app.metric("weft_heartbeat_timeouts").await, 1);
+    assert_eq!(
+        mute.closed().await,
+        (CloseCode::Away, "heartbeat timeout".to_owned())
+    );
+    // `live` has been answering pings all along (tungstenite answers while polled).
+    assert!(live.silent_for(Duration::from_millis(800)).await);
+    live.send(doc_patch("m1", json!([{"e/S": {"_exists": true}}])))
+        .await;
+    assert_eq!(live.recv().await, ack("m1", 1));
+    assert_eq!(app.metric("weft_heartbeat_timeouts").await, 1);
+}
+
+/// A client that only sends frames (and never reads pongs or pings) counts as alive: any inbound
+/// frame resets the heartbeat.
+#[tokio::test]
+async fn inbound_frames_keep_a_connection_alive() {
+    let mut settings = test_settings();
+    settings.limits.heartbeat_interval_ms = 100;
+    settings.limits.heartbeat_timeout_ms = 300;
+    let app = spawn_app_with(settings).await;
+    let (mut c, _) = app.join("l-heartbeat-frames", "c").await;
+    let until = Instant::now() + Duration::from_millis(900);
+    let mut n = 0;
+    while Instant::now() < until {
+        n += 1;
+        c.send(json!({"type": "patch", "messageId": format!("e{n}"), "ephemeralPatches": [{"c/c": {"_exists": true, "n": n}}]}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every presence patch was acked, in order, and the socket is still open.
+    for i in 1..=n {
+        assert_eq!(c.recv().await, ack(&format!("e{i}"), 0));
+    }
+    assert!(c.silent_for(QUIET).await);
+    assert_eq!(app.metric("weft_heartbeat_timeouts").await, 0);
+}
+
+/// Binary frames that are not UTF-8 are still messages: they count against the rate limit, so
+/// a client cannot flood them for free.
+#[tokio::test]
+async fn invalid_binary_frames_count_against_the_rate_limit() {
+    let mut settings = test_settings();
+    settings.limits.messages_per_second = 5.0;
+    settings.limits.message_burst = 5;
+    let app = spawn_app_with(settings).await;
+    let mut c = app.connect("l-rate-binary", "c").await;
+    assert_eq!(c.recv().await, count(1));
+    for _ in 0..20 {
+        c.send_message(Message::binary(vec![0xff, 0xfe, 0xfd]))
+            .await;
+    }
+    c.send(doc_patch("m1", json!([{"e/S": {"_exists": true}}])))
+        .await;
+    let first = tokio::time::timeout(WAIT, c.ws.next())
+        .await
+        .expect("a frame within the wait")
+        .expect("a frame")
+        .expect("no error");
+    assert_eq!(
+        first,
+        Message::Close(Some(CloseFrame {
+            code: CloseCode::Policy,
+            reason: "rate limit exceeded".into()
+        })),
+        "the sixth message must close the socket, not be handled"
+    );
+    assert_eq!(app.metric("weft_rate_limited").await, 1);
+}
