@@ -155,15 +155,13 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// Command-line (and `WEFT_*` environment) overrides; unset ones keep the file's value.
+/// Where the settings come from and where rooms are stored: shared by `weft serve` and the
+/// `weft snapshot` commands.
 #[derive(Debug, Default, Clone, clap::Args)]
-pub struct Overrides {
+pub struct StorageArgs {
     /// TOML config file.
     #[arg(long, env = "WEFT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Listen address [default: 127.0.0.1:8787].
-    #[arg(long, env = "WEFT_ADDR")]
-    pub addr: Option<SocketAddr>,
     /// Data directory [default: ./data].
     #[arg(long, env = "WEFT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -173,6 +171,16 @@ pub struct Overrides {
     /// With RocksDB, what an acked write survives [default: process-crash].
     #[arg(long, env = "WEFT_DURABILITY")]
     pub durability: Option<Durability>,
+}
+
+/// Command-line (and `WEFT_*` environment) overrides; unset ones keep the file's value.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// Listen address [default: 127.0.0.1:8787].
+    #[arg(long, env = "WEFT_ADDR")]
+    pub addr: Option<SocketAddr>,
     /// Log format [default: text].
     #[arg(long, env = "WEFT_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -223,7 +231,7 @@ pub struct Overrides {
 impl Settings {
     /// Defaults, then the config file, then the overrides.
     pub fn load(overrides: &Overrides) -> Result<Settings, ConfigError> {
-        let mut settings = match &overrides.config {
+        let mut settings = match &overrides.storage.config {
             Some(path) => Settings::from_file(path)?,
             None => Settings::default(),
         };
@@ -233,9 +241,9 @@ impl Settings {
         }
         let o = overrides.clone();
         set(&mut settings.addr, o.addr);
-        set(&mut settings.data_dir, o.data_dir);
-        set(&mut settings.storage, o.storage);
-        set(&mut settings.durability, o.durability);
+        set(&mut settings.data_dir, o.storage.data_dir);
+        set(&mut settings.storage, o.storage.storage);
+        set(&mut settings.durability, o.storage.durability);
         set(&mut settings.log_format, o.log_format);
         set(&mut settings.auth.mode, o.auth);
         let auth = &mut settings.auth;
@@ -357,7 +365,10 @@ mod tests {
         )
         .expect("write");
         let overrides = Overrides {
-            config: Some(path.clone()),
+            storage: StorageArgs {
+                config: Some(path.clone()),
+                ..StorageArgs::default()
+            },
             max_frame_bytes: Some(200),
             ..Overrides::default()
         };

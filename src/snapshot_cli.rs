@@ -26,10 +26,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::config::{ConfigError, Overrides, Settings};
+use crate::config::{ConfigError, Overrides, Settings, StorageArgs};
 use crate::engine::{Document, SnapshotError};
 use crate::ids::{IdError, RoomId};
-use crate::storage::{self, Durability, Storage, StorageError, StorageKind};
+use crate::storage::{self, Storage, StorageError, StorageKind};
 
 /// How many of the largest components `inspect` lists.
 const LARGEST: usize = 5;
@@ -64,35 +64,12 @@ pub enum SnapshotCommand {
     Restore(RestoreArgs),
 }
 
-/// Which storage to open: the storage part of `weft serve`'s settings, layered the same way
-/// (defaults < `--config` file < `WEFT_*` environment < flags).
-#[derive(Debug, Clone, Default, Args)]
-pub struct StorageArgs {
-    /// TOML config file (the one `weft serve` uses; only its storage settings matter here).
-    #[arg(long, env = "WEFT_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Data directory [default: ./data].
-    #[arg(long, env = "WEFT_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Storage backend [default: rocksdb]. `memory` keeps nothing and is refused.
-    #[arg(long, env = "WEFT_STORAGE")]
-    pub storage: Option<StorageKind>,
-    /// With RocksDB, what a written room survives [default: process-crash].
-    #[arg(long, env = "WEFT_DURABILITY")]
-    pub durability: Option<Durability>,
-}
-
-impl StorageArgs {
-    /// `weft serve`'s settings with these flags applied (the other settings keep their layers).
-    fn settings(&self) -> Result<Settings, ConfigError> {
-        Settings::load(&Overrides {
-            config: self.config.clone(),
-            data_dir: self.data_dir.clone(),
-            storage: self.storage,
-            durability: self.durability,
-            ..Overrides::default()
-        })
-    }
+/// `weft serve`'s settings with these storage flags applied (the others keep their layers).
+fn settings(storage: &StorageArgs) -> Result<Settings, ConfigError> {
+    Settings::load(&Overrides {
+        storage: storage.clone(),
+        ..Overrides::default()
+    })
 }
 
 #[derive(Debug, Args)]
@@ -405,7 +382,7 @@ fn stdout_error(source: io::Error) -> CliError {
 
 fn export(args: &ExportArgs) -> Result<(), CliError> {
     let room = parse_room(&args.room)?;
-    let opened = open_storage(&args.storage.settings()?, false)?;
+    let opened = open_storage(&settings(&args.storage)?, false)?;
     let doc = opened
         .storage
         .load(&room)?
@@ -445,7 +422,7 @@ fn import(args: &ImportArgs) -> Result<(), CliError> {
         Some(id) => Some(parse_room(id)?),
         None => None,
     };
-    let opened = open_storage(&args.storage.settings()?, true)?;
+    let opened = open_storage(&settings(&args.storage)?, true)?;
     let existing: HashSet<RoomId> = opened.storage.room_ids()?.into_iter().collect();
 
     // First pass: every file must name a room, parse, and not clobber anything. Files are read
@@ -791,7 +768,7 @@ fn restore_one(
 
 fn restore(args: &RestoreArgs) -> Result<(), CliError> {
     let started = Instant::now();
-    let settings = args.storage.settings()?;
+    let settings = settings(&args.storage)?;
     // Restoring a file-storage directory into itself would only rewrite (or refuse) every file.
     if settings.storage == StorageKind::File {
         if let (Ok(a), Ok(b)) = (args.dir.canonicalize(), settings.data_dir.canonicalize()) {
