@@ -283,10 +283,13 @@ impl Room {
         mut durable_rx: mpsc::Receiver<Result<u64, StorageError>>,
     ) {
         Metrics::inc(&self.metrics.rooms_active);
-        // A room nobody joins (its first connect failed) is evicted like an emptied one.
-        self.idle_at = Some(Instant::now() + self.config.idle_timeout);
         let (reason, reply) = match self.load().await {
-            Ok(()) => self.serve(&mut rx, &mut durable_rx).await,
+            Ok(()) => {
+                // Counted from the end of the load, however long it took: a room nobody joins
+                // (its first connect failed) is evicted like an emptied one.
+                self.idle_at = Some(Instant::now() + self.config.idle_timeout);
+                self.serve(&mut rx, &mut durable_rx).await
+            }
             Err(e) => {
                 error!(error = %e, "cannot load room");
                 Metrics::inc(&self.metrics.storage_errors);
@@ -330,7 +333,10 @@ impl Room {
     ) {
         loop {
             let save_at = self.save.at.filter(|_| self.save.in_flight.is_none());
+            // Biased: storage results and due saves first (they are rare and must not starve),
+            // then commands, and idle eviction last, so a join already queued keeps the room.
             tokio::select! {
+                biased;
                 Some(result) = durable_rx.recv(), if self.appending > 0 => {
                     self.appending -= 1;
                     match result {
@@ -344,6 +350,13 @@ impl Room {
                     }
                     self.disconnect_overflowed();
                 }
+                result = wait_save(&mut self.save.in_flight), if self.save.in_flight.is_some() => {
+                    self.save.in_flight = None;
+                    self.saved(result);
+                }
+                _ = sleep_until(save_at.unwrap_or_else(Instant::now)), if save_at.is_some() => {
+                    self.start_save();
+                }
                 cmd = rx.recv(), if self.appending < MAX_APPENDS_IN_FLIGHT => {
                     let Some(cmd) = cmd else {
                         return (CloseReason::room_closed(), None);
@@ -353,13 +366,6 @@ impl Room {
                     if let Flow::Close { reason, reply } = flow {
                         return (reason, reply);
                     }
-                }
-                result = wait_save(&mut self.save.in_flight), if self.save.in_flight.is_some() => {
-                    self.save.in_flight = None;
-                    self.saved(result);
-                }
-                _ = sleep_until(save_at.unwrap_or_else(Instant::now)), if save_at.is_some() => {
-                    self.start_save();
                 }
                 _ = sleep_until(self.idle_at.unwrap_or_else(Instant::now)), if self.idle_at.is_some() => {
                     info!("room idle, evicting");

@@ -1,0 +1,373 @@
+#!/usr/bin/env node
+// Three REAL clients (`WebsocketAdapter` from @woven-ecs/canvas-store 2.0.1) edit the same keys
+// while the Rust test (tests/crash.rs, npm_clients_converge_across_kill_9_restarts) kill -9s the
+// server and restarts it on the same port; the clients reconnect by themselves (backoff
+// 0.5-10 s). Once the edits stop, every client and a late joiner must hold the same document.
+//
+//   node crash-converge.mjs --url ws://127.0.0.1:PORT [--seed N] [--timeout-ms N]
+//
+// Control protocol, one line each way:
+//   stdout `ready`      all clients synced, the shared keys exist everywhere; edits are running
+//   stdout `sent`       (from then on until `done`) a client just sent a document patch and has
+//                       not had its ack yet: the test kills the server on one of these
+//   stdin  `online?`    stdout `online` once every client is connected and has had `synced` on
+//                       that connection (edits keep running)
+//   stdin  `done`       edits stop; wait until every client is quiet and all views are equal,
+//                       add a late joiner and compare; stdout `converged ...`, exit 0
+// Other stdout lines start with `# `. A failure is written to stderr, exit 1.
+//
+// Each client is driven the way CanvasStore.sync() drives it (as in woven-scenarios.mjs): every
+// 16 ms it pull()s, applies what it pulled to its view, makes its edits on top, push()es. Edits:
+// partial edits of four shared keys (mostly two, so in-flight patches collide), creates of keys
+// of its own and partial edits of those. No deletes: deletion races are client-side
+// (see woven-scenarios.mjs, delete-race) and not what this test is about.
+//
+// The driver works around one CLIENT bug (@woven-ecs/canvas-store 2.0.1, WebsocketAdapter.pull):
+// pull() empties `offlineBuffer` whenever it applies pending document patches, even while the
+// socket is down. When the server dies, the adapter moves its unacked in-flight patches into
+// `offlineBuffer` (requeueInFlight) to send them with the next `reconnect`; a broadcast that
+// arrived just before the close is still pending, the next tick's pull() applies it and drops
+// the buffer, and those edits are lost for good (the author's view keeps them: the clients never
+// converge). So a tick skips pull() while the offline buffer has not reached the server (offline,
+// or its `reconnect` not answered with `synced` yet); the converged line counts these ticks.
+//
+// A `resync` from the server fails the run: a client only learns clocks from acks and
+// broadcasts, which weft sends once the write is durable, so after a restart its clock can never
+// be behind a client's cursor.
+
+import { createInterface } from 'node:readline';
+import WebSocket from 'ws';
+import { WebsocketAdapter } from '@woven-ecs/canvas-store';
+import {
+  applyPatchToView,
+  assertLocalUrl,
+  canon,
+  jsonEqual,
+  parseArgs,
+  randomId,
+  rng,
+  short,
+  sleep,
+} from './lib/common.mjs';
+
+globalThis.WebSocket = WebSocket;
+
+const ORIGIN_ECS = 1; // Origin.ECS in @woven-ecs/canvas-store
+const TICK_MS = 16;
+
+const USAGE = `usage: node crash-converge.mjs --url ws://127.0.0.1:PORT [--seed N] [--timeout-ms N]
+--seed        seed of the edit choices (default: the clock)
+--timeout-ms  deadline for convergence after \`done\` and for \`online\` (default 30000)
+`;
+const args = parseArgs(
+  process.argv.slice(2),
+  { '--url': 'string', '--seed': 'int', '--timeout-ms': 'int' },
+  USAGE,
+);
+if (!args.url) {
+  process.stderr.write(USAGE);
+  process.exit(2);
+}
+assertLocalUrl(args.url, '--url');
+const TIMEOUT_MS = args.timeoutMs ?? 30000;
+const r = rng(args.seed ?? Date.now());
+
+const say = (line) => process.stdout.write(`${line}\n`);
+let announceSends = false;
+
+const ticker = new Set();
+setInterval(() => {
+  for (const c of ticker) c.tick();
+}, TICK_MS).unref();
+
+class Client {
+  constructor(room, name) {
+    this.name = name;
+    this.doc = {};
+    this.queued = [];
+    this.inTick = null;
+    this.editor = null;
+    this.edits = 0;
+    this.own = [];
+    this.opens = 0;
+    this.syncedHere = false; // `synced` arrived on the current connection
+    this.syncs = 0;
+    this.resyncs = 0;
+    this.cutOff = 0; // unacked patches in flight when a connection dropped
+    this.deferredPulls = 0; // ticks that skipped pull() to keep an unsent offline buffer
+    this.adapter = new WebsocketAdapter({
+      url: args.url,
+      clientId: randomId(name),
+      documentId: room,
+      usePersistence: false,
+      components: [],
+      singletons: [],
+      onConnectivityChange: (online) => {
+        this.syncedHere = false;
+        if (online) this.opens++;
+        // Called before the adapter requeues its unacked patches: these were cut off.
+        else this.cutOff += this.adapter.inFlight.size;
+      },
+    });
+    // Watch the frames the adapter handles (it calls this.handleMessage for each one).
+    const handle = this.adapter.handleMessage.bind(this.adapter);
+    this.adapter.handleMessage = (data) => {
+      let type;
+      try {
+        type = JSON.parse(String(data)).type;
+      } catch {
+        type = undefined;
+      }
+      if (type === 'synced') {
+        this.syncedHere = true;
+        this.syncs++;
+      } else if (type === 'resync') {
+        this.resyncs++;
+        say(`# ${this.name}: resync ${short(String(data), 200)}`);
+      }
+      handle(data);
+    };
+  }
+
+  async start() {
+    await this.adapter.init();
+    ticker.add(this);
+  }
+
+  online() {
+    return this.adapter.isOnline && this.syncedHere;
+  }
+
+  tick() {
+    // Work around a CLIENT bug (see the header): while the offline buffer has not reached the
+    // server (offline, or the reconnect carrying it not answered yet), pull() would clear it.
+    const a = this.adapter;
+    const unsent = Object.keys(a.offlineBuffer).length > 0 && !this.syncedHere;
+    if (unsent && a.pendingDocumentPatches.length > 0) this.deferredPulls++;
+    const pulled = unsent ? [] : a.pull();
+    for (const m of pulled) {
+      if (m.syncBehavior === 'document') applyPatchToView(this.doc, m.patch);
+    }
+    // Edit only when this push flushes at once: an edit waiting in the send buffer is not
+    // protected from broadcasts pulled meanwhile (a client-side race, see woven-scenarios.mjs).
+    let local = [];
+    if (this.flushReady()) {
+      local = this.queued;
+      this.queued = [];
+      for (const m of local) applyPatchToView(this.doc, m.patch);
+      if (this.editor) {
+        this.inTick = local;
+        try {
+          this.editor(this);
+        } finally {
+          this.inTick = null;
+        }
+      }
+    }
+    const before = this.adapter.inFlight.size;
+    this.adapter.push([...local, ...pulled]);
+    // Lets the test kill the server while this patch waits for its ack.
+    if (announceSends && this.adapter.inFlight.size > before) say('sent');
+  }
+
+  flushReady() {
+    const a = this.adapter;
+    if (!a.isOnline) return true; // offline edits go to the offline buffer
+    return performance.now() - a.lastSendTime >= a.sendInterval;
+  }
+
+  edit(patch) {
+    this.edits++;
+    const m = { patch, origin: ORIGIN_ECS, syncBehavior: 'document' };
+    if (this.inTick) {
+      applyPatchToView(this.doc, patch);
+      this.inTick.push(m);
+    } else {
+      this.queued.push(m);
+    }
+  }
+
+  quiet() {
+    const a = this.adapter;
+    return (
+      this.queued.length === 0 &&
+      a.inFlight.size === 0 &&
+      a.documentSendBuffer.length === 0 &&
+      Object.keys(a.offlineBuffer).length === 0 &&
+      a.pendingDocumentPatches.length === 0
+    );
+  }
+
+  close() {
+    ticker.delete(this);
+    this.adapter.close();
+  }
+}
+
+async function waitFor(cond, what, timeoutMs = TIMEOUT_MS) {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'function' ? what() : what}`);
+    }
+    await sleep(20);
+  }
+}
+
+function viewDiff(views) {
+  const keys = new Set();
+  for (const [, v] of views) for (const k of Object.keys(v)) keys.add(k);
+  const lines = [];
+  for (const k of [...keys].sort()) {
+    const vals = views.map(([, v]) => v[k]);
+    if (vals.every((x) => jsonEqual(x, vals[0]))) continue;
+    lines.push(`  key ${k}:`);
+    for (let i = 0; i < views.length; i++) {
+      lines.push(`    ${views[i][0].padEnd(6)} ${vals[i] === undefined ? '(absent)' : short(vals[i], 200)}`);
+    }
+    if (lines.length > 60) {
+      lines.push('  ...');
+      break;
+    }
+  }
+  return lines.join('\n');
+}
+
+const allEqual = (views) => views.every(([, v]) => jsonEqual(v, views[0][1]));
+
+/** Every client quiet and all views equal, twice in a row 150 ms apart. */
+async function converge(clients, label) {
+  const deadline = Date.now() + TIMEOUT_MS;
+  let since = 0;
+  for (;;) {
+    const views = clients.map((c) => [c.name, c.doc]);
+    if (clients.every((c) => c.online() && c.quiet()) && allEqual(views)) {
+      if (!since) since = Date.now();
+      else if (Date.now() - since >= 150) return;
+    } else {
+      since = 0;
+    }
+    if (Date.now() > deadline) {
+      const busy = clients.filter((c) => !(c.online() && c.quiet())).map((c) => c.name);
+      throw new Error(
+        `${label}: no convergence after ${TIMEOUT_MS} ms` +
+          (busy.length ? ` (offline or busy: ${busy.join(', ')})` : '') +
+          `\n${viewDiff(views) || '  (views equal)'}`,
+      );
+    }
+    await sleep(25);
+  }
+}
+
+const FIELDS = ['x', 'y', 'color', 'label'];
+const SHARED = ['s0/shape', 's1/shape', 's2/shape', 's3/shape'];
+
+function fieldEdit(c, keys) {
+  const live = keys.filter((k) => c.doc[k]);
+  if (live.length === 0) return;
+  const patch = {};
+  for (let i = r.range(1, 2); i > 0; i--) {
+    const v = (patch[r.pick(live)] ??= {});
+    for (let j = r.range(1, 3); j > 0; j--) {
+      const f = r.pick(FIELDS);
+      v[f] = f === 'x' || f === 'y' ? r.int(1000) : `${c.name}#${c.edits}`;
+    }
+  }
+  c.edit(patch);
+}
+
+function record(c, label) {
+  return { _exists: true, x: r.int(1000), y: r.int(1000), color: `${c.name}-color`, label };
+}
+
+function editor(c) {
+  const roll = r.next();
+  if (roll < 0.08) {
+    const key = `${c.name}-${c.own.length}/shape`;
+    c.own.push(key);
+    c.edit({ [key]: record(c, `${c.name} made ${key}`) });
+  } else if (roll < 0.25 && c.own.length > 0) {
+    fieldEdit(c, c.own);
+  } else {
+    fieldEdit(c, r.chance(0.7) ? SHARED.slice(0, 2) : SHARED);
+  }
+}
+
+async function main() {
+  const room = randomId('crash');
+  const clients = ['A', 'B', 'C'].map((n) => new Client(room, n));
+  const [A] = clients;
+  await A.start();
+  await waitFor(() => A.online(), 'A to sync');
+  await Promise.all(clients.slice(1).map((c) => c.start()));
+  await waitFor(
+    () => clients.every((c) => c.online() && c.adapter.connectedUsers >= clients.length),
+    'all clients to sync and see each other',
+  );
+  A.edit(Object.fromEntries(SHARED.map((k) => [k, record(A, 'shared')])));
+  await converge(clients, 'after creating the shared keys');
+  for (const c of clients) c.editor = editor;
+  announceSends = true;
+  say('ready');
+
+  const lines = createInterface({ input: process.stdin });
+  for await (const line of lines) {
+    const command = line.trim();
+    if (command === 'online?') {
+      await waitFor(
+        () => clients.every((c) => c.online()),
+        () => `every client online (${clients.map((c) => `${c.name}: ${c.online() ? 'online' : 'offline'}`).join(', ')})`,
+      );
+      say(`# online: ${clients.map((c) => `${c.name} opens=${c.opens} edits=${c.edits} cut-off=${c.cutOff}`).join(', ')}`);
+      say('online');
+    } else if (command === 'done') {
+      for (const c of clients) c.editor = null;
+      announceSends = false;
+      await converge(clients, 'after the edits stopped');
+      const late = new Client(room, 'late');
+      await late.start();
+      await waitFor(() => late.online() && late.quiet(), 'the late joiner to sync');
+      await sleep(100);
+      const all = [...clients, late];
+      const problems = [];
+      const resyncs = all.reduce((n, c) => n + c.resyncs, 0);
+      if (resyncs > 0) {
+        problems.push(`${resyncs} resync(s): weft restarted behind a clock a client had seen (an acked or broadcast write was lost)`);
+      }
+      if (!allEqual(all.map((c) => [c.name, c.doc]))) {
+        problems.push(`the late joiner differs\n${viewDiff(all.map((c) => [c.name, c.doc]))}`);
+      }
+      const own = clients.flatMap((c) => c.own);
+      const missing = own.filter((k) => !late.doc[k]);
+      if (missing.length) problems.push(`created keys missing for the late joiner: ${missing.join(', ')}`);
+      const cursors = clients.map((c) => c.adapter.lastTimestamp);
+      if (late.adapter.lastTimestamp < Math.max(...cursors)) {
+        problems.push(
+          `the late joiner's clock ${late.adapter.lastTimestamp} is behind a client's cursor (${cursors.join(', ')})`,
+        );
+      }
+      if (problems.length) throw new Error(problems.join('\n'));
+      say(
+        `converged: ${Object.keys(late.doc).length} keys (${own.length} created during the crashes), ` +
+          `clock ${late.adapter.lastTimestamp}, edits ${clients.map((c) => `${c.name}:${c.edits}`).join(' ')}, ` +
+          `connections ${clients.map((c) => `${c.name}:${c.opens}`).join(' ')}, ` +
+          `unacked patches cut off ${clients.map((c) => `${c.name}:${c.cutOff}`).join(' ')}, ` +
+          `pulls deferred ${clients.map((c) => `${c.name}:${c.deferredPulls}`).join(' ')}, ` +
+          `0 resyncs, doc ${canon(late.doc).length} bytes`,
+      );
+      for (const c of all) c.close();
+      return;
+    } else if (command) {
+      throw new Error(`unknown command ${command}`);
+    }
+  }
+  throw new Error('stdin closed before `done`');
+}
+
+main().then(
+  () => process.exit(0),
+  (e) => {
+    process.stderr.write(`crash-converge: ${e.stack ?? e}\n`);
+    process.exit(1);
+  },
+);
