@@ -61,6 +61,8 @@ impl Application {
                 .app_data(app_state.clone())
                 .configure(transport::routes)
         })
+        // Small real-time frames: send each at once instead of waiting to coalesce (Nagle).
+        .tcp_nodelay(true)
         .disable_signals()
         .shutdown_timeout(5)
         .bind(settings.addr)

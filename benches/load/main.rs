@@ -95,7 +95,7 @@ async fn client(run: Arc<Run>, room: usize, index: usize) {
         args.room_prefix,
         args.token
     );
-    let (mut ws, _) = match tokio_tungstenite::connect_async(&url).await {
+    let (mut ws, _) = match tokio_tungstenite::connect_async_with_config(&url, None, true).await {
         Ok(ok) => ok,
         Err(e) => {
             eprintln!("connect {url}: {e}");
