@@ -167,11 +167,14 @@ fn authorizer(settings: &Settings) -> anyhow::Result<Arc<dyn Authorizer>> {
 /// Runs the server until SIGINT or SIGTERM, then shuts down gracefully. Prints
 /// `listening on ADDR` on stdout once bound, for scripts and tests.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives right after `listening on` must not kill the process
+    // with the default action.
+    let signals = Signals::install()?;
     let app = Application::build(&settings)?;
     println!("listening on {}", app.addr());
     let shutdown = app.shutdown_handle();
     let server = tokio::spawn(app.run());
-    wait_for_signal().await?;
+    signals.wait().await;
     let saved = shutdown.shutdown().await;
     match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(Ok(()))) => {}
@@ -186,13 +189,24 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => info!("SIGTERM received"),
+            _ = self.int.recv() => info!("SIGINT received"),
+        }
+    }
 }
