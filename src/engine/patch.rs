@@ -10,7 +10,8 @@ pub type Fields = Map<String, Value>;
 /// Bounds the engine enforces on what a patch may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Longest array a buffer delta may create.
+    /// Longest array a buffer delta may create, and the most values all buffer deltas of one
+    /// request may create together (so a small frame cannot ask for many huge arrays).
     pub max_buffer_len: usize,
 }
 
@@ -33,6 +34,8 @@ pub enum PatchError {
     ComponentNotObject { key: String },
     #[error("component {key:?}: `_exists` must be a boolean")]
     ExistsNotBool { key: String },
+    #[error("buffer deltas of one request may create at most {max} values")]
+    TooManyBufferValues { max: usize },
     #[error("component {key:?} field {field:?}: {source}")]
     BadBuffer {
         key: String,
@@ -45,6 +48,7 @@ pub enum PatchError {
 /// well formed and within `limits`. Everything the engine later applies or relays passed this.
 pub fn validate_patches(patches: &Value, limits: &Limits) -> Result<(), PatchError> {
     let list = patches.as_array().ok_or(PatchError::NotAList)?;
+    let mut buffer_values = 0usize;
     for (index, patch) in list.iter().enumerate() {
         let patch = patch
             .as_object()
@@ -59,13 +63,20 @@ pub fn validate_patches(patches: &Value, limits: &Limits) -> Result<(), PatchErr
             for (field, value) in fields {
                 if let Value::Object(map) = value {
                     if buffer::is_marked(value) {
-                        BufferDelta::parse(map, limits.max_buffer_len).map_err(|source| {
-                            PatchError::BadBuffer {
-                                key: key.clone(),
-                                field: field.clone(),
-                                source,
-                            }
-                        })?;
+                        let delta =
+                            BufferDelta::parse(map, limits.max_buffer_len).map_err(|source| {
+                                PatchError::BadBuffer {
+                                    key: key.clone(),
+                                    field: field.clone(),
+                                    source,
+                                }
+                            })?;
+                        buffer_values = buffer_values.saturating_add(delta.len);
+                        if buffer_values > limits.max_buffer_len {
+                            return Err(PatchError::TooManyBufferValues {
+                                max: limits.max_buffer_len,
+                            });
+                        }
                     }
                 }
             }
@@ -151,6 +162,18 @@ mod tests {
             let err = validate_patches(&patches, &limits).unwrap_err().to_string();
             assert!(err.contains(want), "{patches}: {err}");
         }
+        let small = Limits { max_buffer_len: 4 };
+        let delta = |len: usize| json!({"__buf": 1, "len": len, "runs": []});
+        let three_and_two = json!([{"k": {"a": delta(3)}}, {"j": {"b": delta(2)}}]);
+        assert_eq!(
+            validate_patches(&three_and_two, &small),
+            Err(PatchError::TooManyBufferValues { max: 4 }),
+            "the cap holds across fields and patches of one request"
+        );
+        assert_eq!(
+            validate_patches(&json!([{"k": {"a": delta(2), "b": delta(2)}}]), &small),
+            Ok(())
+        );
         let ok = json!([{"k": {"_exists": true, "pts": {"__buf": 1, "len": 2, "runs": [[0, [1.5]]]}}}, {}]);
         assert_eq!(validate_patches(&ok, &limits), Ok(()));
     }

@@ -1,0 +1,2 @@
+//! Checks shared by the fuzz targets and tests/fuzz_regressions.rs.
+pub mod checks;
