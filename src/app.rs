@@ -21,6 +21,7 @@ pub struct Application {
     server: actix_web::dev::Server,
     addr: SocketAddr,
     state: web::Data<AppState>,
+    storage: Arc<dyn Storage>,
 }
 
 /// Stops a running [`Application`] gracefully.
@@ -28,6 +29,7 @@ pub struct Application {
 pub struct ShutdownHandle {
     server: actix_web::dev::ServerHandle,
     state: web::Data<AppState>,
+    storage: Arc<dyn Storage>,
 }
 
 impl Application {
@@ -77,6 +79,7 @@ impl Application {
             server: server.run(),
             addr,
             state,
+            storage,
         })
     }
 
@@ -96,6 +99,7 @@ impl Application {
         ShutdownHandle {
             server: self.server.handle(),
             state: self.state.clone(),
+            storage: self.storage.clone(),
         }
     }
 
@@ -117,6 +121,7 @@ impl ShutdownHandle {
             error!(error = %e, "room could not be saved at shutdown");
         }
         self.server.stop(true).await;
+        self.storage.close();
         info!(unsaved_rooms = errors.len(), "shutdown complete");
         errors.is_empty()
     }

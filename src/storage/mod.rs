@@ -63,6 +63,10 @@ pub trait Storage: Send + Sync + 'static {
     fn write_ahead(&self) -> Option<&dyn WriteAhead> {
         None
     }
+
+    /// Called once at shutdown, after every room is saved: finish queued writes and stop
+    /// background work, so the process can exit cleanly.
+    fn close(&self) {}
 }
 
 /// Called once an appended batch is durable, or failed.

@@ -174,13 +174,22 @@ impl RocksStorage {
     }
 }
 
-impl Drop for RocksStorage {
-    fn drop(&mut self) {
-        // Closing the queue ends the writer after it wrote everything queued.
+impl RocksStorage {
+    /// Ends the writer after it wrote everything queued, then stops RocksDB's background threads
+    /// (flushes, compactions): a process that exits with them running can abort in RocksDB's
+    /// static destructors.
+    fn stop(&self) {
         lock(&self.jobs).take();
         if let Some(writer) = lock(&self.writer).take() {
             let _ = writer.join();
         }
+        self.db.cancel_all_background_work(true);
+    }
+}
+
+impl Drop for RocksStorage {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -307,6 +316,10 @@ impl Storage for RocksStorage {
 
     fn write_ahead(&self) -> Option<&dyn WriteAhead> {
         Some(self)
+    }
+
+    fn close(&self) {
+        self.stop();
     }
 }
 
