@@ -11,6 +11,9 @@
 //! of every incarnation goes to one file whose tail is part of any failure message. The tests run
 //! one at a time: they measure recovery and drive timing-bounded clients on a small machine.
 
+mod common;
+use common::wait_with_deadline;
+
 use std::collections::{HashMap, VecDeque};
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -230,23 +233,6 @@ impl Drop for Weft {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-    }
-}
-
-fn wait_with_deadline(child: &mut Child, limit: Duration) -> Result<ExitStatus, String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Ok(status),
-            Ok(None) => {}
-            Err(e) => return Err(format!("waiting for the process: {e}")),
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("process did not exit within {limit:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

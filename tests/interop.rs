@@ -3,12 +3,14 @@
 //! `tests/interop/`; they need Node.js and `npm ci` there (`scripts/test` does both). The tests
 //! run one at a time: the differential test compares timing-bounded steps and the machine is small.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -83,7 +85,8 @@ impl Server {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        wait_with_deadline(&mut self.child, Duration::from_secs(20))
+        common::wait_with_deadline(&mut self.child, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -93,20 +96,6 @@ impl Drop for Server {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-    }
-}
-
-fn wait_with_deadline(child: &mut Child, limit: Duration) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("process did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -120,7 +109,7 @@ fn node(script: &str, args: &[&str], limit: Duration) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("node runs");
-    let status = wait_with_deadline(&mut child, limit);
+    let status = common::wait_with_deadline(&mut child, limit).unwrap_or_else(|e| panic!("{e}"));
     let Output { stdout, stderr, .. } = Output {
         status,
         stdout: read_all(child.stdout.take()),
