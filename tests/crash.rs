@@ -12,7 +12,7 @@
 //! one at a time: they measure recovery and drive timing-bounded clients on a small machine.
 
 mod common;
-use common::wait_with_deadline;
+use common::{interop_dir, wait_with_deadline};
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::OpenOptions;
@@ -1168,10 +1168,6 @@ fn a_long_unfolded_log_recovers_completely_after_kill_9() {
 
 // --- The npm client across crashes ------------------------------------------------------------
 
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
 /// The Node script, driven line by line over stdin/stdout.
 struct Script {
     child: Child,
@@ -1191,15 +1187,7 @@ impl Script {
             .stderr(Stdio::piped())
             .spawn()
             .expect("node runs (Node.js is needed for this test)");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = common::stdout_lines(&mut child);
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut pipe = child.stderr.take().expect("stderr piped");
         let sink = stderr.clone();

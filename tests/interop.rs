@@ -4,19 +4,13 @@
 //! run one at a time: the differential test compares timing-bounded steps and the machine is small.
 
 mod common;
+use common::interop_dir;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::Duration;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
 
 fn tokens_file() -> String {
     interop_dir().join("tokens.json").display().to_string()
@@ -44,18 +38,19 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("server starts");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.to_owned());
-                }
+        let lines = common::stdout_lines(&mut child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .expect("server prints `listening on ADDR`");
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                break addr.to_owned();
             }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server prints `listening on ADDR`");
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.into_iter().for_each(drop));
         Server { child, addr }
     }
 

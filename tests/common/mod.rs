@@ -20,3 +20,25 @@ pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> Result<ExitStat
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The Node interop scripts' folder.
+#[allow(dead_code)] // not every test binary that includes this module runs Node
+pub fn interop_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// Forwards a process's stdout, line by line, to a channel (read on its own thread).
+#[allow(dead_code)]
+pub fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader};
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
