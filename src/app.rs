@@ -9,8 +9,9 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tracing::{error, info, warn};
 
-use crate::auth::{AllowAll, Authorizer, JwtAuthorizer, JwtKey, TokenTable};
+use crate::auth::{AllowAll, Authorizer, GameAuth, JwtAuthorizer, JwtKey, TokenTable};
 use crate::config::{AuthMode, Settings};
+use crate::game::{GameRooms, LogicFactory, NamespaceOptions, Namespaces};
 use crate::metrics::Metrics;
 use crate::rooms::RoomManager;
 use crate::storage::{self, Storage};
@@ -32,12 +33,67 @@ pub struct ShutdownHandle {
     storage: Arc<dyn Storage>,
 }
 
+/// Builds a server: settings, an optional storage backend of the caller's, and the game room
+/// namespaces it serves (none by default; [`crate::game::namespaces::shipped`] are the ones the
+/// `weft` binary serves).
+pub struct ServerBuilder {
+    settings: Settings,
+    storage: Option<Arc<dyn Storage>>,
+    namespaces: Namespaces,
+}
+
+impl ServerBuilder {
+    pub fn new(settings: Settings) -> ServerBuilder {
+        ServerBuilder {
+            settings,
+            storage: None,
+            namespaces: Namespaces::new(),
+        }
+    }
+
+    /// Uses this storage backend instead of opening the configured one.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> ServerBuilder {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Serves a game room namespace (`GET /api/room?namespace=NAME&id=...`).
+    pub fn namespace(
+        mut self,
+        name: &str,
+        options: NamespaceOptions,
+        logic: LogicFactory,
+    ) -> anyhow::Result<ServerBuilder> {
+        self.namespaces
+            .register(name, options, logic)
+            .map_err(anyhow::Error::msg)?;
+        Ok(self)
+    }
+
+    /// Serves every namespace of `namespaces` (replacing those registered so far).
+    pub fn namespaces(mut self, namespaces: Namespaces) -> ServerBuilder {
+        self.namespaces = namespaces;
+        self
+    }
+
+    /// Opens storage (unless given), builds the authorizers and binds the listener.
+    pub fn build(self) -> anyhow::Result<Application> {
+        let settings = &self.settings;
+        let storage = match self.storage {
+            Some(storage) => storage,
+            None => storage::open(settings.storage, &settings.data_dir, settings.durability)
+                .with_context(|| format!("opening {:?} storage", settings.storage))?,
+        };
+        Application::assemble(settings, storage, self.namespaces)
+    }
+}
+
 impl Application {
-    /// Opens storage, builds the authorizer and binds the listener (port 0 allowed).
+    /// The `weft` binary's server: the configured storage and the shipped game namespaces.
     pub fn build(settings: &Settings) -> anyhow::Result<Application> {
-        let storage = storage::open(settings.storage, &settings.data_dir, settings.durability)
-            .with_context(|| format!("opening {:?} storage", settings.storage))?;
-        Application::build_with_storage(settings, storage)
+        ServerBuilder::new(settings.clone())
+            .namespaces(crate::game::namespaces::shipped())
+            .build()
     }
 
     /// Like [`Application::build`], with a storage backend of the caller's (embedding, tests).
@@ -45,12 +101,27 @@ impl Application {
         settings: &Settings,
         storage: Arc<dyn Storage>,
     ) -> anyhow::Result<Application> {
+        ServerBuilder::new(settings.clone())
+            .storage(storage)
+            .namespaces(crate::game::namespaces::shipped())
+            .build()
+    }
+
+    fn assemble(
+        settings: &Settings,
+        storage: Arc<dyn Storage>,
+        namespaces: Namespaces,
+    ) -> anyhow::Result<Application> {
         let authorizer = authorizer(settings)?;
+        let game_auth = Arc::new(game_auth(settings)?);
         let metrics = Arc::new(Metrics::default());
         let manager = RoomManager::new(storage.clone(), settings.room_config(), metrics.clone());
+        let games = GameRooms::new(namespaces, storage.clone());
         let limits = &settings.limits;
         let state = web::Data::new(AppState {
             manager,
+            games,
+            game_auth,
             authorizer,
             limiter: ConnectionLimiter::new(limits.max_connections, limits.max_connections_per_ip),
             metrics,
@@ -103,8 +174,14 @@ impl Application {
         }
     }
 
+    pub fn games(&self) -> GameRooms {
+        self.state.games.clone()
+    }
+
     /// Serves until the server is stopped (see [`ShutdownHandle::shutdown`]).
     pub async fn run(self) -> std::io::Result<()> {
+        // Expired saved game rooms are deleted, and due timers wake their rooms.
+        self.state.games.start();
         self.server.await
     }
 }
@@ -116,7 +193,15 @@ impl ShutdownHandle {
         info!("shutting down: no new connections, closing sessions, saving rooms");
         self.state.shutting_down.store(true, Ordering::SeqCst);
         self.server.pause().await;
-        let errors = self.state.manager.close_all().await;
+        let mut errors = self.state.games.close_all().await;
+        errors.extend(
+            self.state
+                .manager
+                .close_all()
+                .await
+                .into_iter()
+                .map(|e| e.to_string()),
+        );
         for e in &errors {
             error!(error = %e, "room could not be saved at shutdown");
         }
@@ -125,6 +210,35 @@ impl ShutdownHandle {
         info!(unsaved_rooms = errors.len(), "shutdown complete");
         errors.is_empty()
     }
+}
+
+/// How game room tokens are checked: the EdgeBase secret if configured; else any token with
+/// `--auth none` (development), or none at all.
+fn game_auth(settings: &Settings) -> anyhow::Result<GameAuth> {
+    let auth = &settings.auth;
+    let secret = match (&auth.edgebase_secret_file, &auth.edgebase_secret) {
+        (Some(path), _) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .trim_ascii()
+                .to_vec(),
+        ),
+        (None, Some(secret)) => Some(secret.as_bytes().to_vec()),
+        (None, None) => None,
+    };
+    Ok(match (secret, auth.mode) {
+        (Some(secret), _) => GameAuth::with_secret(&secret),
+        (None, AuthMode::None) => {
+            warn!("!!! game rooms accept any token (no EdgeBase secret, --auth none): the token's `sub` (or the token itself) is the user id. Set WEFT_EDGEBASE_SECRET in production !!!");
+            GameAuth::Insecure
+        }
+        (None, _) => {
+            warn!(
+                "game rooms refuse every token: set WEFT_EDGEBASE_SECRET or --edgebase-secret-file"
+            );
+            GameAuth::Disabled
+        }
+    })
 }
 
 fn authorizer(settings: &Settings) -> anyhow::Result<Arc<dyn Authorizer>> {

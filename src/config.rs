@@ -58,6 +58,11 @@ pub struct AuthSettings {
     pub jwt_public_key_file: Option<PathBuf>,
     /// When set, JWTs must carry this `aud`.
     pub jwt_audience: Option<String>,
+    /// Game rooms: the EdgeBase user secret that signs access tokens. Prefer
+    /// `edgebase_secret_file` or `WEFT_EDGEBASE_SECRET`. Without one, game rooms accept any token
+    /// (development only) when `mode` is `none`, and refuse every token otherwise.
+    pub edgebase_secret: Option<String>,
+    pub edgebase_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -72,6 +77,10 @@ pub struct LimitSettings {
     pub max_buffer_len: usize,
     pub heartbeat_interval_ms: u64,
     pub heartbeat_timeout_ms: u64,
+    /// Game rooms: time allowed for the `auth` frame.
+    pub game_auth_timeout_ms: u64,
+    /// Game rooms: a connection silent this long is closed (keep above the SDKs' 30 s ping).
+    pub game_stale_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -106,6 +115,8 @@ impl Default for AuthSettings {
             jwt_secret_file: None,
             jwt_public_key_file: None,
             jwt_audience: None,
+            edgebase_secret: None,
+            edgebase_secret_file: None,
         }
     }
 }
@@ -123,6 +134,8 @@ impl Default for LimitSettings {
             max_buffer_len: Limits::default().max_buffer_len,
             heartbeat_interval_ms: transport.heartbeat_interval.as_millis() as u64,
             heartbeat_timeout_ms: transport.heartbeat_timeout.as_millis() as u64,
+            game_auth_timeout_ms: transport.game_auth_timeout.as_millis() as u64,
+            game_stale_timeout_ms: transport.game_stale_timeout.as_millis() as u64,
         }
     }
 }
@@ -199,6 +212,9 @@ pub struct Overrides {
     /// Audience JWTs must name in `aud` (unchecked when unset).
     #[arg(long, env = "WEFT_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// File holding the EdgeBase user secret for game room tokens (or set WEFT_EDGEBASE_SECRET).
+    #[arg(long, env = "WEFT_EDGEBASE_SECRET_FILE")]
+    pub edgebase_secret_file: Option<PathBuf>,
     /// Largest accepted frame in bytes.
     #[arg(long, env = "WEFT_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
@@ -239,6 +255,9 @@ impl Settings {
         if let Ok(secret) = std::env::var("WEFT_JWT_SECRET") {
             settings.auth.jwt_secret = Some(secret);
         }
+        if let Ok(secret) = std::env::var("WEFT_EDGEBASE_SECRET") {
+            settings.auth.edgebase_secret = Some(secret);
+        }
         let o = overrides.clone();
         set(&mut settings.addr, o.addr);
         set(&mut settings.data_dir, o.storage.data_dir);
@@ -251,6 +270,7 @@ impl Settings {
         set_some(&mut auth.jwt_secret_file, o.jwt_secret_file);
         set_some(&mut auth.jwt_public_key_file, o.jwt_public_key_file);
         set_some(&mut auth.jwt_audience, o.jwt_audience);
+        set_some(&mut auth.edgebase_secret_file, o.edgebase_secret_file);
         let limits = &mut settings.limits;
         set(&mut limits.max_frame_bytes, o.max_frame_bytes);
         set(&mut limits.outbound_queue, o.outbound_queue);
@@ -294,11 +314,17 @@ impl Settings {
                 l.heartbeat_interval_ms as f64,
             ),
             ("limits.heartbeat_timeout_ms", l.heartbeat_timeout_ms as f64),
+            ("limits.game_auth_timeout_ms", l.game_auth_timeout_ms as f64),
         ];
         for (name, value) in positive {
             if !(value > 0.0 && value.is_finite()) {
                 return Err(ConfigError::Invalid(format!("{name} must be positive")));
             }
+        }
+        if l.game_stale_timeout_ms <= 30_000 {
+            return Err(ConfigError::Invalid(
+                "limits.game_stale_timeout_ms must exceed 30000 (the SDKs ping every 30 s)".into(),
+            ));
         }
         if l.heartbeat_timeout_ms <= l.heartbeat_interval_ms {
             return Err(ConfigError::Invalid(
@@ -328,6 +354,8 @@ impl Settings {
             heartbeat_interval: Duration::from_millis(l.heartbeat_interval_ms),
             heartbeat_timeout: Duration::from_millis(l.heartbeat_timeout_ms),
             limits: self.engine_limits(),
+            game_auth_timeout: Duration::from_millis(l.game_auth_timeout_ms),
+            game_stale_timeout: Duration::from_millis(l.game_stale_timeout_ms),
         }
     }
 

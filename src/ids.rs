@@ -77,6 +77,35 @@ impl fmt::Display for ClientId {
     }
 }
 
+/// Where a game room's record is stored: its namespace and id, both valid [`RoomId`]s, so the
+/// key is a safe relative path `namespace/id` (`/` cannot occur in either part).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordKey {
+    pub namespace: RoomId,
+    pub id: RoomId,
+}
+
+impl RecordKey {
+    pub fn new(namespace: RoomId, id: RoomId) -> RecordKey {
+        RecordKey { namespace, id }
+    }
+
+    /// Parses `namespace/id`.
+    pub fn parse(key: &str) -> Option<RecordKey> {
+        let (namespace, id) = key.split_once('/')?;
+        Some(RecordKey {
+            namespace: RoomId::parse(namespace).ok()?,
+            id: RoomId::parse(id).ok()?,
+        })
+    }
+}
+
+impl fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.id)
+    }
+}
+
 /// One connection's session in a room; unique for the life of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u64);

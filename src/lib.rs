@@ -6,6 +6,8 @@
 //! - [`snapshot_cli`]: `weft snapshot`: export, import, inspect, restore `<roomId>.json` snapshots.
 //! - [`transport`]: actix-web routes and the WebSocket session loop (limits, heartbeat, decoding).
 //! - [`auth`]: who may connect where: none (development), a token table, or JWT.
+//! - [`game`]: game rooms (EdgeBase Rooms protocol, Colyseus room model): namespaces, the
+//!   handler trait and builder, one task per room, matchmaking.
 //! - [`rooms`]: the runtime: one task per room, sessions, persistence schedule, idle eviction.
 //! - [`protocol`]: wire types of the canvas-store protocol (JSON Schemas in `schemas/`).
 //! - [`storage`]: where rooms live between processes: memory, JSON snapshot files.
@@ -17,6 +19,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod engine;
+pub mod game;
 pub mod ids;
 pub mod metrics;
 pub mod protocol;

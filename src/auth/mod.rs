@@ -4,9 +4,11 @@
 //! session's [`Permission`] and metadata, or refuses with a reason that is sent to the client as
 //! the WebSocket close reason (code 1008).
 
+mod edgebase;
 mod jwt;
 mod tokens;
 
+pub use edgebase::{GameAuth, Identity, TokenRefused};
 pub use jwt::{JwtAuthorizer, JwtKey};
 pub use tokens::TokenTable;
 

@@ -33,6 +33,7 @@ pub mod buffer;
 mod document;
 mod ephemeral;
 mod patch;
+pub mod tree;
 
 pub use document::{Document, SnapshotError};
 pub use ephemeral::Ephemeral;

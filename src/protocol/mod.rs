@@ -1,3 +1,4 @@
 //! Wire types, one module per protocol. Each message has a JSON Schema and examples in `schemas/`.
 
 pub mod canvas;
+pub mod game;

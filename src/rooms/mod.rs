@@ -10,6 +10,7 @@ mod session;
 
 pub use manager::{JoinError, RoomConfig, RoomManager};
 pub use room::RoomHandle;
+pub(crate) use session::Delivery;
 pub use session::{CloseReason, NewSession, Outbox, SessionInfo, SessionLink};
 
 #[cfg(test)]

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use super::{decode, Storage, StorageError};
 use crate::engine::Document;
-use crate::ids::RoomId;
+use crate::ids::{RecordKey, RoomId};
+
+/// Game room records live in this subdirectory, apart from canvas snapshots.
+const RECORDS_DIR: &str = "game-rooms";
 
 pub struct FileStorage {
     dir: PathBuf,
@@ -30,24 +33,43 @@ impl FileStorage {
         self.dir.join(format!("{room}.json"))
     }
 
+    /// The record file of a game room: `<dir>/game-rooms/<namespace>/<id>.json`.
+    pub fn record_path(&self, key: &RecordKey) -> PathBuf {
+        self.dir
+            .join(RECORDS_DIR)
+            .join(key.namespace.as_str())
+            .join(format!("{}.json", key.id))
+    }
+
     fn write_atomic(&self, room: &RoomId, bytes: &[u8]) -> std::io::Result<()> {
-        let target = self.path(room);
-        let tmp = self
-            .dir
-            .join(format!("{room}.json.{}.tmp", uuid::Uuid::new_v4()));
-        let result = (|| {
-            let mut file = fs::File::create(&tmp)?;
-            file.write_all(bytes)?;
-            // Data reaches the disk before the rename makes it visible, so a power loss cannot
-            // leave an empty file where the last good snapshot was.
-            file.sync_all()?;
-            fs::rename(&tmp, &target)?;
-            fs::File::open(&self.dir)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        write_atomic(&self.path(room), bytes)
+    }
+}
+
+/// Writes `target` so that a crash leaves either the old or the new content.
+fn write_atomic(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!("{name}.{}.tmp", uuid::Uuid::new_v4()));
+    let result = (|| {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        // Data reaches the disk before the rename makes it visible, so a power loss cannot
+        // leave an empty file where the last good snapshot was.
+        file.sync_all()?;
+        fs::rename(&tmp, target)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn record_error(key: &RecordKey, source: std::io::Error) -> StorageError {
+    StorageError::Io {
+        room: key.to_string(),
+        source,
     }
 }
 
@@ -103,6 +125,60 @@ impl Storage for FileStorage {
             }
         }
         Ok(ids)
+    }
+
+    fn load_record(&self, key: &RecordKey) -> Result<Option<Vec<u8>>, StorageError> {
+        match fs::read(self.record_path(key)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(record_error(key, e)),
+        }
+    }
+
+    fn save_record(&self, key: &RecordKey, bytes: &[u8]) -> Result<(), StorageError> {
+        let path = self.record_path(key);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| record_error(key, e))?;
+        }
+        write_atomic(&path, bytes).map_err(|e| record_error(key, e))
+    }
+
+    fn delete_record(&self, key: &RecordKey) -> Result<(), StorageError> {
+        match fs::remove_file(self.record_path(key)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(record_error(key, e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn record_keys(&self) -> Result<Vec<RecordKey>, StorageError> {
+        let io = |source| StorageError::Io {
+            room: String::new(),
+            source,
+        };
+        let root = self.dir.join(RECORDS_DIR);
+        let mut keys = Vec::new();
+        let namespaces = match fs::read_dir(&root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(keys),
+            Err(e) => return Err(io(e)),
+        };
+        for ns in namespaces {
+            let ns = ns.map_err(io)?;
+            let Ok(namespace) = RoomId::parse(&ns.file_name().to_string_lossy()) else {
+                continue;
+            };
+            for entry in fs::read_dir(ns.path()).map_err(io)? {
+                let name = entry.map_err(io)?.file_name();
+                if let Some(id) = name
+                    .to_string_lossy()
+                    .strip_suffix(".json")
+                    .and_then(|s| RoomId::parse(s).ok())
+                {
+                    keys.push(RecordKey::new(namespace.clone(), id));
+                }
+            }
+        }
+        Ok(keys)
     }
 }
 

@@ -19,7 +19,7 @@ pub use memory::MemoryStorage;
 pub use rocks::{Durability, RocksStorage};
 
 use crate::engine::{Document, SnapshotError};
-use crate::ids::RoomId;
+use crate::ids::{RecordKey, RoomId};
 
 /// A failure of the storage layer. Never swallowed: the caller logs it, counts it, and retries.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +62,28 @@ pub trait Storage: Send + Sync + 'static {
     /// Without one, acked writes reach storage with the next (throttled) save.
     fn write_ahead(&self) -> Option<&dyn WriteAhead> {
         None
+    }
+
+    /// The saved record of a game room (an opaque JSON document owned by the game layer), or
+    /// `None`. Records live beside canvas snapshots and never collide with them.
+    /// The default (for backends written before game rooms) stores none.
+    fn load_record(&self, _key: &RecordKey) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(None)
+    }
+
+    /// Replaces a game room's record atomically (durable as configured when this returns).
+    fn save_record(&self, key: &RecordKey, _bytes: &[u8]) -> Result<(), StorageError> {
+        Err(no_records(key))
+    }
+
+    /// Removes a game room's record; removing a missing one is fine.
+    fn delete_record(&self, key: &RecordKey) -> Result<(), StorageError> {
+        Err(no_records(key))
+    }
+
+    /// Every stored game room record's key.
+    fn record_keys(&self) -> Result<Vec<RecordKey>, StorageError> {
+        Ok(Vec::new())
     }
 
     /// Called once at shutdown, after every room is saved: finish queued writes and stop
@@ -108,6 +130,16 @@ pub fn open(
         StorageKind::Memory => Arc::new(MemoryStorage::default()),
         StorageKind::File => Arc::new(FileStorage::open(data_dir)?),
     })
+}
+
+fn no_records(key: &RecordKey) -> StorageError {
+    StorageError::Io {
+        room: key.to_string(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this storage backend keeps no game room records",
+        ),
+    }
 }
 
 fn decode(room: &RoomId, bytes: &[u8]) -> Result<Document, StorageError> {
@@ -165,5 +197,23 @@ pub(crate) mod contract {
         assert!(storage.load(&room).expect("load").is_none(), "deleted");
         assert_eq!(storage.room_ids().expect("ids"), vec![other.clone()]);
         storage.delete(&room).expect("deleting twice is fine");
+
+        // Game room records: beside snapshots, never listed as canvas rooms.
+        let key = RecordKey::parse("battle/room-1").expect("key");
+        assert!(storage.load_record(&key).expect("load").is_none());
+        storage
+            .save_record(&key, b"{\"v\":1}")
+            .expect("save record");
+        storage.save_record(&key, b"{\"v\":2}").expect("save again");
+        assert_eq!(
+            storage.load_record(&key).expect("load").as_deref(),
+            Some(&b"{\"v\":2}"[..])
+        );
+        assert_eq!(storage.record_keys().expect("keys"), vec![key.clone()]);
+        assert_eq!(storage.room_ids().expect("ids"), vec![other.clone()]);
+        storage.delete_record(&key).expect("delete record");
+        storage.delete_record(&key).expect("deleting twice is fine");
+        assert!(storage.load_record(&key).expect("load").is_none());
+        assert!(storage.record_keys().expect("keys").is_empty());
     }
 }

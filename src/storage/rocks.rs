@@ -25,10 +25,12 @@ use tracing::{error, warn};
 
 use super::{AppendDone, Storage, StorageError, WriteAhead};
 use crate::engine::{Document, Limits};
-use crate::ids::RoomId;
+use crate::ids::{RecordKey, RoomId};
 
 const SNAPSHOTS: &str = "snapshots";
 const LOG: &str = "log";
+/// Game room records, keyed `namespace/id`.
+const RECORDS: &str = "game_rooms";
 /// Most jobs folded into one write.
 const MAX_GROUP: usize = 4096;
 
@@ -67,6 +69,12 @@ enum Job {
     /// been written (or refused) once it is answered, and the room may append again.
     Reopen {
         room: RoomId,
+        done: std_mpsc::Sender<Result<(), StorageError>>,
+    },
+    /// Puts (or with `None` deletes) a game room record.
+    Record {
+        key: RecordKey,
+        bytes: Option<Vec<u8>>,
         done: std_mpsc::Sender<Result<(), StorageError>>,
     },
 }
@@ -122,7 +130,8 @@ impl RocksStorage {
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.increase_parallelism(2);
-        let cfs = [SNAPSHOTS, LOG].map(|name| ColumnFamilyDescriptor::new(name, opts.clone()));
+        let cfs =
+            [SNAPSHOTS, LOG, RECORDS].map(|name| ColumnFamilyDescriptor::new(name, opts.clone()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| StorageError::Io {
             room: String::new(),
             source: std::io::Error::other(format!("opening RocksDB in {}: {e}", dir.display())),
@@ -164,6 +173,20 @@ impl RocksStorage {
             .map_err(|_| io_error(room, "storage is closed"))?;
         rx.recv()
             .unwrap_or_else(|_| Err(io_error(room, "storage writer stopped")))
+    }
+
+    /// Record writes go through the writer thread: one ordering, one sync policy, and nothing
+    /// is written after `close`.
+    fn record_job(&self, key: &RecordKey, bytes: Option<Vec<u8>>) -> Result<(), StorageError> {
+        let (tx, rx) = std_mpsc::channel();
+        let job = Job::Record {
+            key: key.clone(),
+            bytes,
+            done: tx,
+        };
+        let closed = || db_error(&key.to_string(), "storage is closed");
+        self.submit(job).map_err(|_| closed())?;
+        rx.recv().unwrap_or_else(|_| Err(closed()))
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StorageError> {
@@ -314,6 +337,31 @@ impl Storage for RocksStorage {
         Ok(ids)
     }
 
+    fn load_record(&self, key: &RecordKey) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db
+            .get_cf(self.cf(RECORDS)?, key.to_string())
+            .map_err(|e| db_error(&key.to_string(), e))
+    }
+
+    fn save_record(&self, key: &RecordKey, bytes: &[u8]) -> Result<(), StorageError> {
+        self.record_job(key, Some(bytes.to_vec()))
+    }
+
+    fn delete_record(&self, key: &RecordKey) -> Result<(), StorageError> {
+        self.record_job(key, None)
+    }
+
+    fn record_keys(&self) -> Result<Vec<RecordKey>, StorageError> {
+        let mut keys = Vec::new();
+        for item in self.db.iterator_cf(self.cf(RECORDS)?, IteratorMode::Start) {
+            let (key, _) = item.map_err(|e| db_error("", e))?;
+            if let Some(key) = std::str::from_utf8(&key).ok().and_then(RecordKey::parse) {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
+    }
+
     fn write_ahead(&self) -> Option<&dyn WriteAhead> {
         Some(self)
     }
@@ -344,7 +392,11 @@ fn write_loop(db: &DB, jobs: &std_mpsc::Receiver<Job>, durability: Durability) {
     let mut failed: HashSet<RoomId> = HashSet::new();
     let mut options = WriteOptions::default();
     options.set_sync(durability == Durability::PowerLoss);
-    let (Some(snapshots), Some(log)) = (db.cf_handle(SNAPSHOTS), db.cf_handle(LOG)) else {
+    let (Some(snapshots), Some(log), Some(records)) = (
+        db.cf_handle(SNAPSHOTS),
+        db.cf_handle(LOG),
+        db.cf_handle(RECORDS),
+    ) else {
         error!("RocksDB column families missing; the writer cannot run");
         return;
     };
@@ -379,6 +431,10 @@ fn write_loop(db: &DB, jobs: &std_mpsc::Receiver<Job>, durability: Durability) {
                         batch.delete_range_cf(log, log_prefix(room), log_end(room));
                     }
                     Job::Reopen { .. } => {}
+                    Job::Record { key, bytes, .. } => match bytes {
+                        Some(bytes) => batch.put_cf(records, key.to_string(), bytes),
+                        None => batch.delete_cf(records, key.to_string()),
+                    },
                 }
             }
         }
@@ -402,6 +458,9 @@ fn write_loop(db: &DB, jobs: &std_mpsc::Receiver<Job>, durability: Durability) {
                 Job::Reopen { room, done } => {
                     failed.remove(&room);
                     let _ = done.send(Ok(()));
+                }
+                Job::Record { key, done, .. } => {
+                    let _ = done.send(outcome.map_err(|e| db_error(&key.to_string(), e)));
                 }
             }
         }

@@ -1,6 +1,8 @@
 //! HTTP and WebSocket edge: actix-web routes, and one session loop per WebSocket connection.
 
 mod canvas_ws;
+mod game_http;
+mod game_ws;
 mod limits;
 
 use std::sync::atomic::Ordering;
@@ -12,8 +14,9 @@ use serde_json::json;
 
 pub use limits::{ConnectionLimiter, LimitError, RateLimiter};
 
-use crate::auth::Authorizer;
+use crate::auth::{Authorizer, GameAuth};
 use crate::engine::Limits;
+use crate::game::GameRooms;
 use crate::metrics::Metrics;
 use crate::rooms::RoomManager;
 
@@ -31,6 +34,10 @@ pub struct TransportConfig {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub limits: Limits,
+    /// Game rooms: the `auth` frame must arrive within this long (close 4001).
+    pub game_auth_timeout: Duration,
+    /// Game rooms: a connection silent this long is closed (4007). The SDKs ping every 30 s.
+    pub game_stale_timeout: Duration,
 }
 
 impl Default for TransportConfig {
@@ -43,6 +50,8 @@ impl Default for TransportConfig {
             heartbeat_interval: Duration::from_secs(15),
             heartbeat_timeout: Duration::from_secs(45),
             limits: Limits::default(),
+            game_auth_timeout: Duration::from_secs(5),
+            game_stale_timeout: Duration::from_secs(75),
         }
     }
 }
@@ -50,6 +59,8 @@ impl Default for TransportConfig {
 /// What every request handler shares.
 pub struct AppState {
     pub manager: RoomManager,
+    pub games: GameRooms,
+    pub game_auth: Arc<GameAuth>,
     pub authorizer: Arc<dyn Authorizer>,
     pub limiter: Arc<ConnectionLimiter>,
     pub metrics: Arc<Metrics>,
@@ -60,6 +71,9 @@ pub struct AppState {
 /// Registers weft's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(canvas_ws::connect))
+        .route("/api/room", web::get().to(game_ws::connect))
+        .route("/api/room/metadata", web::get().to(game_http::metadata))
+        .route("/api/room/matchmake", web::post().to(game_http::matchmake))
         .route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(metrics));
 }

@@ -1,0 +1,574 @@
+//! [`GameRooms`]: the registered namespaces and the live game rooms. Loads each room exactly once
+//! (a room being closed finishes its final save before it is loaded again), answers metadata and
+//! matchmaking, deletes expired saved state, and wakes saved rooms whose timers fall due.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use super::logic::{LogicFactory, Sender};
+use super::options::NamespaceOptions;
+use super::record::{unix_ms, RoomRecord};
+use super::room::{self, Command, JoinRefused};
+use crate::ids::{RecordKey, RoomId};
+use crate::protocol::game::ErrorCode;
+use crate::rooms::{Outbox, SessionLink};
+use crate::storage::{Storage, StorageError};
+
+/// A registered namespace.
+pub struct Namespace {
+    pub name: RoomId,
+    pub options: Arc<NamespaceOptions>,
+    pub factory: LogicFactory,
+}
+
+/// The namespaces a server serves, registered on the server builder.
+#[derive(Default, Clone)]
+pub struct Namespaces {
+    map: HashMap<String, Arc<Namespace>>,
+}
+
+impl Namespaces {
+    pub fn new() -> Namespaces {
+        Namespaces::default()
+    }
+
+    /// Registers a namespace; its name must be a valid room id and its options in range.
+    pub fn register(
+        &mut self,
+        name: &str,
+        options: NamespaceOptions,
+        factory: LogicFactory,
+    ) -> Result<&mut Self, String> {
+        let id = RoomId::parse(name).map_err(|e| format!("namespace {name:?}: {e}"))?;
+        options
+            .validate()
+            .map_err(|e| format!("namespace {name:?}: {e}"))?;
+        if self.map.contains_key(name) {
+            return Err(format!("namespace {name:?} is registered twice"));
+        }
+        self.map.insert(
+            name.to_owned(),
+            Arc::new(Namespace {
+                name: id,
+                options: Arc::new(options),
+                factory,
+            }),
+        );
+        Ok(self)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Namespace>> {
+        self.map.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
+}
+
+/// What the rest of the server may know of a live room without asking it.
+#[derive(Debug)]
+pub struct RoomStatus {
+    /// Players holding a seat.
+    pub players: AtomicUsize,
+    /// Players with a joined connection (the others are within their reconnect grace period).
+    pub connected: AtomicUsize,
+    pub max_players: AtomicUsize,
+    pub locked: AtomicBool,
+    pub private: AtomicBool,
+    metadata: Mutex<Value>,
+    /// Seats promised by matchmaking, each until its deadline.
+    reservations: Mutex<Vec<Instant>>,
+}
+
+/// How long a seat handed out by matchmaking is held for the client to join.
+const RESERVATION: Duration = Duration::from_secs(15);
+
+impl RoomStatus {
+    pub(super) fn new(max_players: usize) -> RoomStatus {
+        RoomStatus {
+            players: AtomicUsize::new(0),
+            connected: AtomicUsize::new(0),
+            max_players: AtomicUsize::new(max_players),
+            locked: AtomicBool::new(false),
+            private: AtomicBool::new(false),
+            metadata: Mutex::new(Value::Object(Map::new())),
+            reservations: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn metadata(&self) -> Value {
+        self.metadata
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(super) fn set_metadata(&self, metadata: &Value) {
+        *self.metadata.lock().unwrap_or_else(|e| e.into_inner()) = metadata.clone();
+    }
+
+    fn live_reservations(&self) -> usize {
+        let mut r = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        r.retain(|deadline| *deadline > now);
+        r.len()
+    }
+
+    /// Takes one matchmaking reservation, if any (a join consumes the seat it was promised).
+    pub(super) fn take_reservation(&self) -> bool {
+        let _ = self.live_reservations();
+        self.reservations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .is_some()
+    }
+
+    /// No seat left for a new player (reserved seats count as taken).
+    pub fn is_full(&self) -> bool {
+        self.players.load(Ordering::Relaxed) + self.live_reservations()
+            >= self.max_players.load(Ordering::Relaxed)
+    }
+
+    /// Checked before the WebSocket upgrade, when the user is not known yet: full even if every
+    /// seat held for a disconnected player were given up (so such a player can still come back).
+    pub fn is_full_for_newcomers(&self) -> bool {
+        self.connected.load(Ordering::Relaxed) + self.live_reservations()
+            >= self.max_players.load(Ordering::Relaxed)
+    }
+
+    /// Reserves a seat for a matchmade client, unless the room is full, locked or private.
+    fn try_reserve(&self) -> bool {
+        if self.locked.load(Ordering::Relaxed) || self.private.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.is_full() {
+            return false;
+        }
+        self.reservations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Instant::now() + RESERVATION);
+        true
+    }
+}
+
+/// A live room's mailbox.
+#[derive(Clone)]
+pub struct RoomHandle {
+    pub(super) commands: mpsc::Sender<Command>,
+    pub status: Arc<RoomStatus>,
+}
+
+impl RoomHandle {
+    /// Queues a command; `false` when the room has stopped (the caller reloads it and retries).
+    pub(super) async fn send(&self, command: Command) -> bool {
+        self.commands.send(command).await.is_ok()
+    }
+
+    /// Runs an action; its result or error reaches the connection's outbox.
+    pub async fn action(
+        &self,
+        connection_id: String,
+        request_id: String,
+        action_type: String,
+        payload: Value,
+    ) {
+        self.send(Command::Action {
+            connection_id,
+            request_id,
+            action_type,
+            payload,
+        })
+        .await;
+    }
+
+    /// The client left on purpose (`leave`): `on_leave(Leave)` at once.
+    pub async fn leave(&self, connection_id: String) {
+        self.send(Command::Leave { connection_id }).await;
+    }
+
+    /// The socket closed: the player keeps its seat for the reconnect grace period.
+    pub async fn disconnected(&self, connection_id: String) {
+        self.send(Command::Disconnected { connection_id }).await;
+    }
+
+    /// The connection's token was refreshed (same user, maybe a new role).
+    pub async fn refreshed(&self, sender: Sender) {
+        self.send(Command::Refreshed { sender }).await;
+    }
+}
+
+/// The result of [`GameRooms::join`].
+pub enum JoinOutcome {
+    /// Joined: the room's handle and this connection's ends of its outbox (the `sync` is first).
+    Joined(RoomHandle, SessionLink),
+    /// Refused: `error {code, message}` then close 4003.
+    Denied(ErrorCode, String),
+    /// The room cannot be loaded; the client may retry later.
+    Unavailable(String),
+    ShuttingDown,
+}
+
+enum Slot {
+    Live {
+        handle: RoomHandle,
+        generation: u64,
+    },
+    /// Saving for the last time; the sender flips to `true` when done.
+    Closing(watch::Receiver<bool>),
+}
+
+/// The game rooms of one server. Cheap to clone.
+#[derive(Clone)]
+pub struct GameRooms {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    namespaces: Namespaces,
+    storage: Arc<dyn Storage>,
+    slots: Mutex<HashMap<RecordKey, Slot>>,
+    closing: Mutex<HashMap<RecordKey, watch::Sender<bool>>>,
+    generations: AtomicU64,
+    shutting_down: AtomicBool,
+}
+
+/// Why a room could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomUnavailable {
+    #[error("unknown namespace {0:?}")]
+    UnknownNamespace(String),
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+/// A matchmaking answer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Match {
+    pub namespace: String,
+    pub id: String,
+    /// A new room was made for this request.
+    pub created: bool,
+}
+
+impl GameRooms {
+    pub fn new(namespaces: Namespaces, storage: Arc<dyn Storage>) -> GameRooms {
+        GameRooms {
+            inner: Arc::new(Inner {
+                namespaces,
+                storage,
+                slots: Mutex::new(HashMap::new()),
+                closing: Mutex::new(HashMap::new()),
+                generations: AtomicU64::new(0),
+                shutting_down: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn namespaces(&self) -> &Namespaces {
+        &self.inner.namespaces
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.inner.storage
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<RecordKey, Slot>> {
+        self.inner.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live room's status, without loading it.
+    pub fn status(&self, key: &RecordKey) -> Option<Arc<RoomStatus>> {
+        match self.slots().get(key) {
+            Some(Slot::Live { handle, .. }) => Some(handle.status.clone()),
+            _ => None,
+        }
+    }
+
+    /// The room's handle, loading the room if it is not live. Waits for a closing room's final
+    /// save first, so a room is never live twice.
+    pub async fn handle(&self, key: &RecordKey) -> Result<RoomHandle, RoomUnavailable> {
+        loop {
+            if self.inner.shutting_down.load(Ordering::SeqCst) {
+                return Err(RoomUnavailable::ShuttingDown);
+            }
+            let mut wait = {
+                let mut slots = self.slots();
+                match slots.get(key) {
+                    Some(Slot::Live { handle, .. }) => return Ok(handle.clone()),
+                    Some(Slot::Closing(done)) => done.clone(),
+                    None => {
+                        let namespace = self
+                            .inner
+                            .namespaces
+                            .get(key.namespace.as_str())
+                            .ok_or_else(|| {
+                                RoomUnavailable::UnknownNamespace(key.namespace.to_string())
+                            })?
+                            .clone();
+                        let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
+                        let handle = room::spawn(self.clone(), key.clone(), namespace, generation);
+                        slots.insert(
+                            key.clone(),
+                            Slot::Live {
+                                handle: handle.clone(),
+                                generation,
+                            },
+                        );
+                        return Ok(handle);
+                    }
+                }
+            };
+            // The sender is dropped (or flips) when the final save is done.
+            let _ = wait.wait_for(|done| *done).await;
+        }
+    }
+
+    /// Joins a player's connection to the room (loading it if needed).
+    pub async fn join(
+        &self,
+        key: &RecordKey,
+        sender: Sender,
+        options: Value,
+        outbox_capacity: usize,
+    ) -> JoinOutcome {
+        // A room may be closing as the join arrives; it then asks us to retry on a fresh load.
+        for _ in 0..5 {
+            let handle = match self.handle(key).await {
+                Ok(handle) => handle,
+                Err(RoomUnavailable::ShuttingDown) => return JoinOutcome::ShuttingDown,
+                Err(e) => return JoinOutcome::Unavailable(e.to_string()),
+            };
+            let (outbox, link) = Outbox::new(outbox_capacity);
+            let (reply, answer) = oneshot::channel();
+            let command = Command::Join {
+                sender: sender.clone(),
+                options: options.clone(),
+                outbox,
+                reply,
+            };
+            if !handle.send(command).await {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            match answer.await {
+                Ok(Ok(())) => return JoinOutcome::Joined(handle, link),
+                Ok(Err(JoinRefused::Denied { code, message })) => {
+                    return JoinOutcome::Denied(code, message)
+                }
+                Ok(Err(JoinRefused::Unavailable(message))) => {
+                    return JoinOutcome::Unavailable(message)
+                }
+                Ok(Err(JoinRefused::Retry)) | Err(_) => tokio::task::yield_now().await,
+            }
+        }
+        JoinOutcome::Unavailable("the room is restarting; retry".into())
+    }
+
+    /// The room is about to save for the last time: no new handles until [`Self::closed`].
+    pub(super) fn closing(&self, key: &RecordKey, generation: u64) {
+        let mut slots = self.slots();
+        if matches!(slots.get(key), Some(Slot::Live { generation: g, .. }) if *g == generation) {
+            let (tx, rx) = watch::channel(false);
+            slots.insert(key.clone(), Slot::Closing(rx));
+            self.inner
+                .closing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.clone(), tx);
+        }
+    }
+
+    /// The room's final save is done (or failed and was logged); it may be loaded again.
+    pub(super) fn closed(&self, key: &RecordKey) {
+        let mut slots = self.slots();
+        if matches!(slots.get(key), Some(Slot::Closing(_))) {
+            slots.remove(key);
+        }
+        drop(slots);
+        if let Some(tx) = self
+            .inner
+            .closing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key)
+        {
+            let _ = tx.send(true);
+        }
+    }
+
+    /// Public metadata of a room: live, saved (within its TTL), or `{}`.
+    pub async fn metadata(&self, key: &RecordKey) -> Result<Value, StorageError> {
+        if let Some(status) = self.status(key) {
+            return Ok(status.metadata());
+        }
+        let ttl = self
+            .inner
+            .namespaces
+            .get(key.namespace.as_str())
+            .map_or(u64::MAX, |n| n.options.state_ttl.as_millis() as u64);
+        let storage = self.inner.storage.clone();
+        let k = key.clone();
+        let bytes = tokio::task::spawn_blocking(move || storage.load_record(&k))
+            .await
+            .map_err(|e| StorageError::Io {
+                room: key.to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        Ok(bytes
+            .and_then(|b| RoomRecord::decode(&b).ok())
+            .filter(|r| !r.expired(ttl, unix_ms()))
+            .map_or_else(|| Value::Object(Map::new()), |r| r.metadata))
+    }
+
+    /// Join-or-create: a live room of the namespace that is not locked, private or full (a seat
+    /// is reserved for the caller), else a new room id, loaded and reserved.
+    pub async fn matchmake(&self, namespace: &str) -> Result<Match, RoomUnavailable> {
+        let ns = self
+            .inner
+            .namespaces
+            .get(namespace)
+            .ok_or_else(|| RoomUnavailable::UnknownNamespace(namespace.to_owned()))?;
+        {
+            let slots = self.slots();
+            for (key, slot) in slots.iter() {
+                if let Slot::Live { handle, .. } = slot {
+                    if key.namespace == ns.name && handle.status.try_reserve() {
+                        return Ok(Match {
+                            namespace: namespace.to_owned(),
+                            id: key.id.to_string(),
+                            created: false,
+                        });
+                    }
+                }
+            }
+        }
+        let id = RoomId::parse(&uuid::Uuid::new_v4().to_string())
+            .unwrap_or_else(|_| unreachable!("a UUID is a valid room id"));
+        let key = RecordKey::new(ns.name.clone(), id.clone());
+        let handle = self.handle(&key).await?;
+        handle.status.try_reserve();
+        Ok(Match {
+            namespace: namespace.to_owned(),
+            id: id.to_string(),
+            created: true,
+        })
+    }
+
+    /// At startup: deletes saved rooms past their TTL and wakes those with pending timers.
+    pub fn start(&self) {
+        let rooms = self.clone();
+        tokio::spawn(async move {
+            loop {
+                rooms.sweep().await;
+                tokio::time::sleep(Duration::from_secs(600)).await;
+            }
+        });
+    }
+
+    async fn sweep(&self) {
+        let storage = self.inner.storage.clone();
+        let keys = match tokio::task::spawn_blocking(move || storage.record_keys()).await {
+            Ok(Ok(keys)) => keys,
+            Ok(Err(e)) => {
+                error!(error = %e, "listing saved game rooms failed");
+                return;
+            }
+            Err(_) => return,
+        };
+        for key in keys {
+            let Some(ns) = self.inner.namespaces.get(key.namespace.as_str()).cloned() else {
+                continue;
+            };
+            if self.status(&key).is_some() {
+                continue;
+            }
+            let storage = self.inner.storage.clone();
+            let k = key.clone();
+            let Ok(Ok(Some(bytes))) =
+                tokio::task::spawn_blocking(move || storage.load_record(&k)).await
+            else {
+                continue;
+            };
+            let Ok(record) = RoomRecord::decode(&bytes) else {
+                warn!(room = %key, "saved game room is unreadable; left as it is");
+                continue;
+            };
+            if record.expired(ns.options.state_ttl.as_millis() as u64, unix_ms()) {
+                info!(room = %key, "saved game room expired; deleting it");
+                let storage = self.inner.storage.clone();
+                let k = key.clone();
+                let _ = tokio::task::spawn_blocking(move || storage.delete_record(&k)).await;
+            } else if let Some(due) = record.timers.values().map(|t| t.due_ms).min() {
+                self.wake_at(key, due);
+            }
+        }
+    }
+
+    /// Loads the room when its earliest timer falls due, so timers fire without a player.
+    pub(super) fn wake_at(&self, key: RecordKey, due_ms: u64) {
+        let rooms = self.clone();
+        tokio::spawn(async move {
+            let wait = due_ms.saturating_sub(unix_ms());
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            if rooms.status(&key).is_none() {
+                if let Ok(handle) = rooms.handle(&key).await {
+                    let _ = handle.send(Command::Wake).await;
+                }
+            }
+        });
+    }
+
+    /// Shutdown: refuses new rooms, closes every session (1001) and saves every room. Returns
+    /// the rooms that could not be saved.
+    pub async fn close_all(&self) -> Vec<String> {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        let handles: Vec<(RecordKey, RoomHandle)> = self
+            .slots()
+            .iter()
+            .filter_map(|(k, s)| match s {
+                Slot::Live { handle, .. } => Some((k.clone(), handle.clone())),
+                Slot::Closing(_) => None,
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for (key, handle) in handles {
+            let (tx, rx) = oneshot::channel();
+            if handle.send(Command::Shutdown { done: tx }).await {
+                if let Ok(Err(e)) = rx.await {
+                    error!(room = %key, error = %e, "game room could not be saved at shutdown");
+                    failed.push(key.to_string());
+                }
+            }
+        }
+        // Rooms that were already closing finish their own save.
+        let waits: Vec<watch::Receiver<bool>> = self
+            .slots()
+            .values()
+            .filter_map(|s| match s {
+                Slot::Closing(rx) => Some(rx.clone()),
+                Slot::Live { .. } => None,
+            })
+            .collect();
+        for mut rx in waits {
+            let _ = rx.wait_for(|done| *done).await;
+        }
+        failed
+    }
+
+    /// Live rooms (for metrics and health).
+    pub fn live_rooms(&self) -> usize {
+        self.slots()
+            .values()
+            .filter(|s| matches!(s, Slot::Live { .. }))
+            .count()
+    }
+}

@@ -1,0 +1,26 @@
+//! Game rooms: the EdgeBase Rooms model (shared, per-player and server-only state, actions,
+//! messages, kicks, named timers, metadata, reconnect grace) and the Colyseus room model
+//! (simulation tick, patch rate, clock callbacks, lock, max players, auto-dispose) on one API.
+//!
+//! A namespace is registered with its [`NamespaceOptions`] and a [`LogicFactory`] (a
+//! [`RoomLogic`] implementation, or a [`RoomBuilder`] of closures). Each live room is one task
+//! ([`room`]) that owns a [`RoomContext`] and handles one event at a time; [`GameRooms`] loads
+//! rooms on demand, saves them, restores them within their TTL and answers matchmaking.
+
+mod context;
+mod logic;
+mod manager;
+pub mod namespaces;
+mod options;
+mod record;
+mod room;
+
+pub use context::{ClockId, RoomContext, StateError};
+pub use logic::{
+    HandlerError, HandlerResult, LeaveReason, LogicFactory, RoomBuilder, RoomLogic, Sender,
+};
+pub use manager::{
+    GameRooms, JoinOutcome, Match, Namespace, Namespaces, RoomHandle, RoomStatus, RoomUnavailable,
+};
+pub use options::NamespaceOptions;
+pub use record::RoomRecord;

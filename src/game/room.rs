@@ -1,0 +1,677 @@
+//! One game room: a task that owns its [`RoomContext`] and logic and handles one event at a time
+//! (a command from a connection, a timer, a simulation tick, a clock callback, a flush, a save).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn, Instrument};
+
+use super::context::{Connection, Effect, RoomContext, Seat, Tracked};
+use super::logic::{HandlerError, HandlerResult, LeaveReason, RoomLogic, Sender};
+use super::manager::{GameRooms, Namespace, RoomHandle, RoomStatus};
+use super::record::{unix_ms, RoomRecord};
+use crate::ids::RecordKey;
+use crate::protocol::game::{close, ErrorCode, ServerFrame};
+use crate::rooms::{CloseReason, Outbox};
+use crate::storage::StorageError;
+
+/// Commands queued per room before senders wait.
+const COMMAND_QUEUE: usize = 256;
+
+/// A room with no players and nothing pending is disposed of after this long (a player that
+/// reconnects at once finds it still loaded).
+const EMPTY_LINGER: Duration = Duration::from_secs(5);
+
+/// What connections (and the manager) ask of a room.
+pub(super) enum Command {
+    Join {
+        sender: Sender,
+        options: Value,
+        outbox: Outbox,
+        reply: oneshot::Sender<Result<(), JoinRefused>>,
+    },
+    Action {
+        connection_id: String,
+        request_id: String,
+        action_type: String,
+        payload: Value,
+    },
+    /// The client sent `leave`.
+    Leave { connection_id: String },
+    /// The socket closed without `leave`.
+    Disconnected { connection_id: String },
+    /// The connection's token was refreshed.
+    Refreshed { sender: Sender },
+    /// Loaded to fire a timer: nothing to do but run.
+    Wake,
+    /// Server shutdown: close every connection (1001), save, stop.
+    Shutdown {
+        done: oneshot::Sender<Result<(), StorageError>>,
+    },
+}
+
+/// Why a join was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JoinRefused {
+    /// Refused for good: `error {code, message}`, then close 4003.
+    Denied { code: ErrorCode, message: String },
+    /// The room was closing; ask the manager for a fresh handle and retry.
+    Retry,
+    /// The room cannot be loaded (storage); close 1011.
+    Unavailable(String),
+}
+
+pub(super) fn spawn(
+    rooms: GameRooms,
+    key: RecordKey,
+    namespace: Arc<Namespace>,
+    generation: u64,
+) -> RoomHandle {
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let status = Arc::new(RoomStatus::new(namespace.options.max_players));
+    let handle = RoomHandle {
+        commands: tx,
+        status: status.clone(),
+    };
+    let span = tracing::info_span!("game_room", room = %key);
+    tokio::spawn(
+        async move {
+            let ctx = RoomContext::new(
+                key.clone(),
+                namespace.options.clone(),
+                rooms.storage().clone(),
+                status,
+            );
+            let room = Room {
+                logic: (namespace.factory)(),
+                ctx,
+                rooms,
+                generation,
+                commands: rx,
+                last_tick: Instant::now(),
+                flush_at: None,
+                save_at: None,
+                empty_since: None,
+                had_players: false,
+                stop: false,
+            };
+            room.run().await;
+        }
+        .instrument(span),
+    );
+    handle
+}
+
+struct Room {
+    logic: Box<dyn RoomLogic>,
+    ctx: RoomContext,
+    rooms: GameRooms,
+    generation: u64,
+    commands: mpsc::Receiver<Command>,
+    last_tick: Instant,
+    /// When changes made outside a client request are flushed.
+    flush_at: Option<Instant>,
+    /// When unsaved changes are saved.
+    save_at: Option<Instant>,
+    /// Since when the room has had no seats and no connections.
+    empty_since: Option<Instant>,
+    /// Some player held a seat since the last `on_destroy`.
+    had_players: bool,
+    stop: bool,
+}
+
+/// Runs a hook under the namespace's handler timeout.
+async fn guarded<T>(
+    timeout: Duration,
+    hook: impl std::future::Future<Output = HandlerResult<T>>,
+) -> HandlerResult<T> {
+    match tokio::time::timeout(timeout, hook).await {
+        Ok(result) => result,
+        Err(_) => Err(HandlerError::with_code(
+            ErrorCode::ActionTimeout,
+            format!("handler did not finish within {} ms", timeout.as_millis()),
+        )),
+    }
+}
+
+impl Room {
+    async fn run(mut self) {
+        if let Err(message) = self.load().await {
+            error!(error = %message, "game room could not be loaded");
+            self.refuse_all(JoinRefused::Unavailable(message)).await;
+            return;
+        }
+        if self.ctx.seats.is_empty() {
+            self.empty_since = Some(Instant::now());
+        }
+        while !self.stop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(command) => self.handle(command).await,
+                    None => break,
+                },
+                _ = sleep_until(deadline) => self.on_deadline().await,
+            }
+            self.after_event().await;
+        }
+        self.finish().await;
+    }
+
+    /// Restores the saved room, unless it has expired (then it is deleted and starts fresh).
+    async fn load(&mut self) -> Result<(), String> {
+        let storage = self.ctx.storage.clone();
+        let key = self.ctx.key.clone();
+        let bytes = tokio::task::spawn_blocking(move || storage.load_record(&key))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let Some(bytes) = bytes else { return Ok(()) };
+        let record = RoomRecord::decode(&bytes)
+            .map_err(|e| format!("saved game room is unreadable (left untouched): {e}"))?;
+        if record.expired(self.ctx.options.state_ttl.as_millis() as u64, unix_ms()) {
+            info!("saved state expired (stateTTL); starting fresh");
+            let storage = self.ctx.storage.clone();
+            let key = self.ctx.key.clone();
+            tokio::task::spawn_blocking(move || storage.delete_record(&key))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            return Ok(());
+        }
+        let ctx = &mut self.ctx;
+        ctx.created = record.created;
+        ctx.shared = Tracked::new(record.shared, record.shared_version);
+        ctx.server = record.server;
+        ctx.set_metadata(record.metadata);
+        ctx.timers = record.timers;
+        ctx.status.locked.store(record.locked, Ordering::Relaxed);
+        ctx.status.private.store(record.private, Ordering::Relaxed);
+        let grace = Instant::now() + ctx.options.reconnect_timeout;
+        for (user, saved) in record.players {
+            ctx.players
+                .insert(user.clone(), Tracked::new(saved.state, saved.version));
+            let sender = saved.sender.map_or_else(
+                || Sender {
+                    user_id: user.clone(),
+                    connection_id: String::new(),
+                    role: "user".into(),
+                    email: None,
+                    is_anonymous: false,
+                    custom: Value::Null,
+                },
+                |s| s.into_sender(&user),
+            );
+            ctx.seats.insert(
+                user,
+                Seat {
+                    sender,
+                    connections: 0,
+                    grace_until: Some(grace),
+                },
+            );
+        }
+        self.had_players = !ctx.seats.is_empty();
+        publish_counts(ctx);
+        ctx.unsaved = false;
+        info!(
+            players = ctx.seats.len(),
+            timers = ctx.timers.len(),
+            "restored from storage"
+        );
+        Ok(())
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let timer = self
+            .ctx
+            .timers
+            .values()
+            .map(|t| t.due_ms)
+            .min()
+            .map(|due| now + Duration::from_millis(due.saturating_sub(unix_ms())));
+        let tick = self.ctx.simulation.map(|i| self.last_tick + i);
+        let grace = self.ctx.seats.values().filter_map(|s| s.grace_until).min();
+        let linger = self.empty_since.map(|t| t + EMPTY_LINGER);
+        [
+            timer,
+            tick,
+            grace,
+            linger,
+            self.ctx.next_clock_due(),
+            self.flush_at,
+            self.save_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Join {
+                sender,
+                options,
+                outbox,
+                reply,
+            } => {
+                let result = self.join(sender, &options, outbox).await;
+                let _ = reply.send(result);
+            }
+            Command::Action {
+                connection_id,
+                request_id,
+                action_type,
+                payload,
+            } => {
+                self.action(&connection_id, &request_id, &action_type, payload)
+                    .await;
+            }
+            Command::Leave { connection_id } => {
+                if let Some(mut connection) = self.ctx.connections.shift_remove(&connection_id) {
+                    connection
+                        .outbox
+                        .close(CloseReason::new(close::LEFT, "left the room"));
+                    self.connection_gone(&connection.user_id, true).await;
+                }
+            }
+            Command::Disconnected { connection_id } => {
+                if let Some(connection) = self.ctx.connections.shift_remove(&connection_id) {
+                    self.connection_gone(&connection.user_id, false).await;
+                }
+            }
+            Command::Refreshed { sender } => {
+                if let Some(seat) = self.ctx.seats.get_mut(&sender.user_id) {
+                    seat.sender = Sender {
+                        connection_id: seat.sender.connection_id.clone(),
+                        ..sender
+                    };
+                }
+            }
+            Command::Wake => {}
+            Command::Shutdown { done } => {
+                self.ctx.flush();
+                for (_, mut connection) in self.ctx.connections.drain(..) {
+                    connection.outbox.close(CloseReason::shutting_down());
+                }
+                let result = self.ctx.save_state().await;
+                let _ = done.send(result);
+                self.stop = true;
+            }
+        }
+    }
+
+    async fn join(
+        &mut self,
+        sender: Sender,
+        options: &Value,
+        outbox: Outbox,
+    ) -> Result<(), JoinRefused> {
+        let user = sender.user_id.clone();
+        let timeout = self.ctx.options.handler_timeout;
+        if !self.ctx.seats.contains_key(&user) {
+            let reserved = self.ctx.status.take_reservation();
+            if self.ctx.is_locked() {
+                return Err(denied(ErrorCode::JoinDenied, "room is locked"));
+            }
+            if self.ctx.seats.len() >= self.ctx.max_players() {
+                return Err(denied(
+                    ErrorCode::RoomFull,
+                    &format!("room is full ({} players)", self.ctx.max_players()),
+                ));
+            }
+            let _ = reserved;
+            if !self.ctx.created {
+                let created = guarded(timeout, self.logic.on_create(&mut self.ctx, options)).await;
+                if let Err(e) = created {
+                    warn!(error = %e, "on_create failed; the join is refused");
+                    return Err(denied(ErrorCode::JoinDenied, &e.message));
+                }
+                self.ctx.created = true;
+                self.ctx.unsaved = true;
+            }
+            self.ctx.seats.insert(
+                user.clone(),
+                Seat {
+                    sender: sender.clone(),
+                    connections: 0,
+                    grace_until: None,
+                },
+            );
+            let joined =
+                guarded(timeout, self.logic.on_join(&mut self.ctx, &sender, options)).await;
+            if let Err(e) = joined {
+                self.ctx.seats.shift_remove(&user);
+                self.ctx.players.shift_remove(&user);
+                self.ctx.flush();
+                return Err(denied(ErrorCode::JoinDenied, &e.message));
+            }
+            self.had_players = true;
+        }
+        let Some(seat) = self.ctx.seats.get_mut(&user) else {
+            return Err(denied(
+                ErrorCode::JoinDenied,
+                "the join handler removed the player",
+            ));
+        };
+        // A reconnect within the grace period resumes the seat without `on_join`.
+        seat.connections += 1;
+        seat.grace_until = None;
+        seat.sender = sender.clone();
+        // Earlier connections see the join's changes as deltas; this one gets them in its sync.
+        self.ctx.flush();
+        let connection_id = sender.connection_id.clone();
+        self.ctx.connections.insert(
+            connection_id.clone(),
+            Connection {
+                user_id: user,
+                outbox,
+            },
+        );
+        let sync = self.ctx.sync_frame_for(&connection_id);
+        self.ctx.deliver(&connection_id, &sync);
+        publish_counts(&self.ctx);
+        Ok(())
+    }
+
+    async fn action(
+        &mut self,
+        connection_id: &str,
+        request_id: &str,
+        action_type: &str,
+        payload: Value,
+    ) {
+        let Some(connection) = self.ctx.connections.get(connection_id) else {
+            return;
+        };
+        let Some(seat) = self.ctx.seats.get(&connection.user_id) else {
+            return;
+        };
+        let sender = Sender {
+            connection_id: connection_id.to_owned(),
+            ..seat.sender.clone()
+        };
+        let timeout = self.ctx.options.handler_timeout;
+        let result = guarded(
+            timeout,
+            self.logic
+                .on_action(&mut self.ctx, &sender, action_type, payload),
+        )
+        .await;
+        // The action's changes go out before its result.
+        self.ctx.flush();
+        let frame = match &result {
+            Ok(value) => ServerFrame::ActionResult {
+                request_id,
+                action_type,
+                result: value,
+            }
+            .encode(),
+            Err(e) => {
+                debug!(action = action_type, error = %e, "action failed");
+                ServerFrame::ActionError {
+                    request_id,
+                    action_type,
+                    code: e.code.as_str(),
+                    message: &e.message,
+                }
+                .encode()
+            }
+        };
+        self.ctx.deliver(connection_id, &frame);
+    }
+
+    /// A connection of `user` ended; the seat is given up at once on `leave` (or with no grace
+    /// period), else after the reconnect grace period.
+    async fn connection_gone(&mut self, user: &str, left: bool) {
+        let grace = self.ctx.options.reconnect_timeout;
+        let Some(seat) = self.ctx.seats.get_mut(user) else {
+            return;
+        };
+        seat.connections = seat.connections.saturating_sub(1);
+        if seat.connections > 0 {
+            return;
+        }
+        if left {
+            self.remove_player(user, LeaveReason::Leave).await;
+        } else if grace.is_zero() {
+            self.remove_player(user, LeaveReason::Disconnect).await;
+        } else {
+            seat.grace_until = Some(Instant::now() + grace);
+            publish_counts(&self.ctx);
+        }
+    }
+
+    /// Gives up a player's seat: `on_leave`, then its player state is dropped.
+    async fn remove_player(&mut self, user: &str, reason: LeaveReason) {
+        let Some(seat) = self.ctx.seats.shift_remove(user) else {
+            return;
+        };
+        let timeout = self.ctx.options.handler_timeout;
+        if let Err(e) = guarded(
+            timeout,
+            self.logic.on_leave(&mut self.ctx, &seat.sender, reason),
+        )
+        .await
+        {
+            warn!(user, error = %e, "on_leave failed");
+        }
+        self.ctx.players.shift_remove(user);
+        self.ctx.unsaved = true;
+        self.ctx.flush();
+        publish_counts(&self.ctx);
+    }
+
+    async fn kick(&mut self, user: &str) {
+        let kicked = ServerFrame::Kicked.encode();
+        let ids: Vec<String> = self
+            .ctx
+            .connections
+            .iter()
+            .filter(|(_, c)| c.user_id == user)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            self.ctx.deliver(&id, &kicked);
+            if let Some(mut connection) = self.ctx.connections.shift_remove(&id) {
+                connection
+                    .outbox
+                    .close(CloseReason::new(close::KICKED, "kicked"));
+            }
+        }
+        self.remove_player(user, LeaveReason::Kicked).await;
+    }
+
+    async fn on_deadline(&mut self) {
+        let now = Instant::now();
+        let timeout = self.ctx.options.handler_timeout;
+        // Named timers that are due, earliest first.
+        let now_ms = unix_ms();
+        let mut due: Vec<(u64, String)> = self
+            .ctx
+            .timers
+            .iter()
+            .filter(|(_, t)| t.due_ms <= now_ms)
+            .map(|(name, t)| (t.due_ms, name.clone()))
+            .collect();
+        due.sort();
+        for (_, name) in due {
+            let Some(timer) = self.ctx.timers.remove(&name) else {
+                continue;
+            };
+            self.ctx.unsaved = true;
+            if let Err(e) = guarded(
+                timeout,
+                self.logic.on_timer(&mut self.ctx, &name, timer.data),
+            )
+            .await
+            {
+                warn!(timer = %name, error = %e, "timer handler failed");
+            }
+        }
+        if let Some(interval) = self.ctx.simulation {
+            if now >= self.last_tick + interval {
+                let dt = now - self.last_tick;
+                self.last_tick = now;
+                if let Err(e) = guarded(timeout, self.logic.on_tick(&mut self.ctx, dt)).await {
+                    warn!(error = %e, "tick handler failed");
+                }
+            }
+        } else {
+            self.last_tick = now;
+        }
+        self.ctx.run_due_clock(now);
+        let expired: Vec<String> = self
+            .ctx
+            .seats
+            .iter()
+            .filter(|(_, s)| s.grace_until.is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for user in expired {
+            self.remove_player(&user, LeaveReason::Disconnect).await;
+        }
+        if self.flush_at.is_some_and(|t| t <= now) {
+            self.flush_at = None;
+            self.ctx.flush();
+        }
+        if self.save_at.is_some_and(|t| t <= now) {
+            self.save_at = None;
+            self.save().await;
+        }
+        if self.empty_since.is_some_and(|t| t + EMPTY_LINGER <= now) && self.ctx.auto_dispose {
+            self.stop = true;
+        }
+    }
+
+    /// After every event: carry out kicks, drop slow connections, schedule flush and save,
+    /// and notice an emptied room.
+    async fn after_event(&mut self) {
+        loop {
+            let effects = std::mem::take(&mut self.ctx.effects);
+            let slow = std::mem::take(&mut self.ctx.slow);
+            if effects.is_empty() && slow.is_empty() {
+                break;
+            }
+            for id in slow {
+                if let Some(connection) = self.ctx.connections.shift_remove(&id) {
+                    self.connection_gone(&connection.user_id, false).await;
+                }
+            }
+            for effect in effects {
+                match effect {
+                    Effect::Kick(user) => self.kick(&user).await,
+                    Effect::DisconnectAll => {
+                        let users: Vec<String> = self.ctx.seats.keys().cloned().collect();
+                        for user in users {
+                            self.kick(&user).await;
+                        }
+                        self.ctx.auto_dispose = true;
+                        self.empty_since = Some(Instant::now() - EMPTY_LINGER);
+                    }
+                }
+            }
+        }
+        if self.ctx.is_dirty() && self.flush_at.is_none() {
+            self.flush_at = Some(Instant::now() + self.ctx.patch_rate);
+        }
+        if self.ctx.unsaved && self.save_at.is_none() {
+            self.save_at = Some(Instant::now() + self.ctx.options.state_save_interval);
+        }
+        let empty = self.ctx.seats.is_empty() && self.ctx.connections.is_empty();
+        if empty && self.had_players {
+            self.had_players = false;
+            let timeout = self.ctx.options.handler_timeout;
+            if let Err(e) = guarded(timeout, self.logic.on_destroy(&mut self.ctx)).await {
+                warn!(error = %e, "on_destroy failed");
+            }
+            self.ctx.flush();
+            self.save().await;
+        }
+        if !empty {
+            self.empty_since = None;
+        } else if self.empty_since.is_none() {
+            self.empty_since = Some(Instant::now());
+        }
+    }
+
+    async fn save(&mut self) {
+        if let Err(e) = self.ctx.save_state().await {
+            error!(error = %e, "saving the game room failed; retrying later");
+            self.save_at = Some(Instant::now() + Duration::from_secs(1));
+        } else {
+            self.save_at = None;
+        }
+    }
+
+    /// Leaves the manager's map: no new commands, a final save, then the room may load again.
+    async fn finish(mut self) {
+        self.rooms.closing(&self.ctx.key, self.generation);
+        self.commands.close();
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Join { reply, .. } => {
+                    let _ = reply.send(Err(JoinRefused::Retry));
+                }
+                Command::Shutdown { done } => {
+                    let _ = done.send(Ok(()));
+                }
+                _ => {}
+            }
+        }
+        if self.ctx.unsaved || !self.ctx.timers.is_empty() {
+            self.save().await;
+        }
+        for (_, mut connection) in self.ctx.connections.drain(..) {
+            connection.outbox.close(CloseReason::room_closed());
+        }
+        self.rooms.closed(&self.ctx.key);
+        if let Some(due) = self.ctx.timers.values().map(|t| t.due_ms).min() {
+            self.rooms.wake_at(self.ctx.key.clone(), due);
+        }
+        debug!("game room closed");
+    }
+
+    /// The room could not load: refuse whatever arrives until the manager forgets it.
+    async fn refuse_all(mut self, reason: JoinRefused) {
+        self.rooms.closing(&self.ctx.key, self.generation);
+        self.commands.close();
+        while let Some(command) = self.commands.recv().await {
+            match command {
+                Command::Join { reply, .. } => {
+                    let _ = reply.send(Err(reason.clone()));
+                }
+                Command::Shutdown { done } => {
+                    let _ = done.send(Ok(()));
+                }
+                _ => {}
+            }
+        }
+        self.rooms.closed(&self.ctx.key);
+    }
+}
+
+/// Publishes the seat counts the manager and the upgrade check read.
+fn publish_counts(ctx: &RoomContext) {
+    let connected = ctx.seats.values().filter(|s| s.connections > 0).count();
+    ctx.status.players.store(ctx.seats.len(), Ordering::Relaxed);
+    ctx.status.connected.store(connected, Ordering::Relaxed);
+}
+
+fn denied(code: ErrorCode, message: &str) -> JoinRefused {
+    JoinRefused::Denied {
+        code,
+        message: message.to_owned(),
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
