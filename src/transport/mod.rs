@@ -85,6 +85,7 @@ async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "status": "ok",
         "rooms": state.metrics.rooms_active.load(Ordering::Relaxed),
+        "game_rooms": state.games.live_rooms(),
         "connections": state.metrics.connections_active.load(Ordering::Relaxed),
     }))
 }
