@@ -1,12 +1,16 @@
 # Shared by scripts/serve and scripts/test: install what is missing, nothing else.
 
-# The build needs a C toolchain and libclang (bindgen, for the RocksDB bindings).
+# The build needs a C toolchain and libclang (bindgen, for the RocksDB bindings), and OpenSSL
+# headers plus pkg-config for the tests' EdgeBase SDK.
 ensure_build_deps() {
   local missing=()
   command -v cc >/dev/null 2>&1 || missing+=(build-essential)
   if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
     missing+=(libclang-dev clang)
   fi
+  # The EdgeBase Rust SDK (a dev-dependency of the game interop tests) links OpenSSL via native-tls.
+  [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+  command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing system packages: ${missing[*]}" >&2
     local sudo=""

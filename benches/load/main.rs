@@ -1,26 +1,61 @@
-//! `weft-load`: a load generator for the canvas-store protocol.
+//! `weft-load`: a load generator for canvas-store servers (weft, the npm reference server,
+//! `weft-ceiling`).
 //!
-//! Opens `rooms x clients` WebSocket sessions against a running server, syncs each one, then
-//! has every client write small patches (moving a shape it owns) either as fast as acks come back
-//! with `--window` writes in flight (closed loop) or at a fixed offered rate (open loop, so
-//! latency is honest). It reports acked patches per second, ack latency and sender-to-peer
-//! broadcast latency percentiles, and prints one JSON line with the same numbers.
+//! Scenarios (`--scenario`):
+//! - `busy`: 10 rooms x 10 editors, 3,000 patches/s offered in total (30 Hz each);
+//! - `large-room`: 1 room x 200 clients at 2 patches/s each;
+//! - `many-small`: 1,000 rooms x 2 clients at 1 patch/s each;
+//! - `idle`: 10,000 connections that sync and then idle: server memory per connection;
+//! - `reconnect-storm`: 1,000 clients go offline while others edit, then reconnect at once;
+//! - `large-doc`: one room of 100,000 components: first join and reconnect-diff times.
+//!
+//! `--rooms`, `--clients` and `--rate` override a scenario's sizes. Editing scenarios run open
+//! loop (a fixed offered rate; latency counts from when a patch was due, so it stays honest when
+//! the server falls behind) or closed loop with `--rate 0` (`--window` patches in flight per
+//! editor). `--traffic mixed` sends a realistic editing mix instead of moves only.
 //!
 //! ```text
-//! cargo run --release --bin weft-load -- --url ws://127.0.0.1:8787 --rooms 10 --clients 10 \
-//!     --duration-secs 10 --rate 3000
+//! weft-load --url ws://127.0.0.1:8787 --scenario busy --rate 5000 --duration-secs 5 \
+//!     --server-pid $(pgrep -n weft) --json-out result.json
 //! ```
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod client;
+mod scenarios;
+mod stats;
+mod traffic;
 
-use clap::Parser;
-use futures_util::{SinkExt, StreamExt};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, ValueEnum};
 use serde_json::{json, Value};
-use tokio::sync::Barrier;
-use tokio_tungstenite::tungstenite::Message;
+
+use scenarios::{Target, TrafficSpec};
+use traffic::Traffic;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Busy,
+    LargeRoom,
+    ManySmall,
+    Idle,
+    ReconnectStorm,
+    LargeDoc,
+}
+
+impl Scenario {
+    /// Default (rooms, clients per room, offered patches/s).
+    fn sizes(self) -> (usize, usize, f64) {
+        match self {
+            Scenario::Busy => (10, 10, 3000.0),
+            Scenario::LargeRoom => (1, 200, 400.0),
+            Scenario::ManySmall => (1000, 2, 2000.0),
+            Scenario::Idle => (1000, 10, 0.0),
+            Scenario::ReconnectStorm => (10, 100, 0.0),
+            Scenario::LargeDoc => (1, 1, 0.0),
+        }
+    }
+}
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Load generator for weft and other canvas-store servers")]
@@ -28,262 +63,246 @@ struct Args {
     /// Server base URL.
     #[arg(long, default_value = "ws://127.0.0.1:8787")]
     url: String,
-    #[arg(long, default_value_t = 10)]
-    rooms: usize,
-    /// Clients per room.
-    #[arg(long, default_value_t = 10)]
-    clients: usize,
-    #[arg(long, default_value_t = 10)]
-    duration_secs: u64,
-    /// Total offered patches per second (open loop). 0: closed loop, see --window.
-    #[arg(long, default_value_t = 0.0)]
-    rate: f64,
-    /// Closed loop: writes in flight per client.
+    #[arg(long, value_enum, default_value = "busy")]
+    scenario: Scenario,
+    /// Rooms (default: the scenario's).
+    #[arg(long)]
+    rooms: Option<usize>,
+    /// Clients per room (default: the scenario's).
+    #[arg(long)]
+    clients: Option<usize>,
+    /// Total offered patches per second, open loop (default: the scenario's); 0: closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Closed loop: patches in flight per client.
     #[arg(long, default_value_t = 4)]
     window: usize,
+    #[arg(long, value_enum, default_value = "moves")]
+    traffic: Traffic,
+    /// Measured seconds (editing scenarios).
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    /// Sending before measuring starts, so connections and caches are warm.
+    #[arg(long, default_value_t = 1000)]
+    warmup_ms: u64,
+    /// After the window, how long to wait for outstanding acks.
+    #[arg(long, default_value_t = 5000)]
+    drain_ms: u64,
     /// Token query parameter, for servers that want one.
     #[arg(long, default_value = "load")]
     token: String,
-    /// Room id prefix (rooms are PREFIX-0, PREFIX-1, ...).
+    /// Room id prefix; a random suffix keeps runs against one server apart.
     #[arg(long, default_value = "load")]
     room_prefix: String,
+    /// Connects (with their sync) in progress at once while setting up.
+    #[arg(long, default_value_t = 128)]
+    connect_concurrency: usize,
+    /// The server's process id, for its CPU and memory (from /proc).
+    #[arg(long, env = "WEFT_LOAD_SERVER_PID")]
+    server_pid: Option<u32>,
+    /// idle: wait this long after the last sync before reading the server's memory.
+    #[arg(long, default_value_t = 3000)]
+    settle_ms: u64,
+    /// reconnect-storm: edits per room while the clients are offline.
+    #[arg(long, default_value_t = 200)]
+    offline_edits: usize,
+    /// large-doc: components seeded into the room.
+    #[arg(long, default_value_t = 100_000)]
+    components: usize,
+    /// large-doc: components per seeding request.
+    #[arg(long, default_value_t = 1000)]
+    seed_batch: usize,
+    /// large-doc: edits between a client's leave and its reconnect.
+    #[arg(long, default_value_t = 100)]
+    edits: usize,
+    /// large-doc: how many joins and reconnects to time.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// A label carried into the JSON report (e.g. the server's name).
+    #[arg(long, default_value = "")]
+    label: String,
+    /// A tag carried into the JSON report (e.g. `sweep`), for scripts that collect reports.
+    #[arg(long, default_value = "")]
+    tag: String,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
 }
 
-#[derive(Default)]
-struct Stats {
-    acks: Vec<u32>,
-    broadcasts: Vec<u32>,
-    errors: u64,
-}
-
-fn micros(d: Duration) -> u32 {
-    d.as_micros().min(u32::MAX as u128) as u32
-}
-
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    f64::from(sorted[idx]) / 1000.0
-}
-
-/// Wall-clock microseconds carried in each patch, so a peer can measure broadcast latency.
-fn now_micros(start: Instant) -> u64 {
-    start.elapsed().as_micros() as u64
-}
-
-/// What every client task shares.
-struct Run {
-    args: Args,
-    start: Instant,
-    ready: Barrier,
-    stop: AtomicBool,
-    /// Time between one client's writes in open loop; `None` for closed loop.
-    interval: Option<Duration>,
-    stats: Mutex<Stats>,
-}
-
-async fn client(run: Arc<Run>, room: usize, index: usize) {
-    let Run { args, start, .. } = &*run;
-    let (start, interval) = (*start, run.interval);
-    let (ready, stats) = (&run.ready, &run.stats);
-    let client_id = format!("c{room}-{index}");
-    let url = format!(
-        "{}/?roomId={}-{room}&clientId={client_id}&token={}",
-        args.url.trim_end_matches('/'),
-        args.room_prefix,
-        args.token
-    );
-    let (mut ws, _) = match tokio_tungstenite::connect_async_with_config(&url, None, true).await {
-        Ok(ok) => ok,
-        Err(e) => {
-            eprintln!("connect {url}: {e}");
-            stats.lock().expect("stats").errors += 1;
-            ready.wait().await;
-            return;
-        }
-    };
-    let hello = json!({"type": "reconnect", "lastTimestamp": 0, "protocolVersion": 2});
-    let _ = ws.send(Message::text(hello.to_string())).await;
-    // Wait for `synced`, then for everyone, so every client sees every broadcast.
-    while let Some(Ok(msg)) = ws.next().await {
-        if let Message::Text(t) = msg {
-            if t.contains("\"synced\"") {
-                break;
-            }
-        }
-    }
-    ready.wait().await;
-    let key = format!("{client_id}/Shape");
-    let (mut sink, mut stream) = ws.split();
-    let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(args.window.max(1)));
-    let writer = {
-        let (sent, run, in_flight) = (sent.clone(), run.clone(), in_flight.clone());
-        let closed_loop = interval.is_none();
-        tokio::spawn(async move {
-            let mut seq = 0u64;
-            let first = format!(
-                r#"{{"type":"patch","messageId":"0","documentPatches":[{{"{key}":{{"_exists":true,"x":0,"y":0,"t":0}}}}]}}"#
-            );
-            let _ = sink.send(Message::text(first)).await;
-            let mut ticker = interval.map(|i| {
-                let mut t = tokio::time::interval(i);
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                t
-            });
-            while !run.stop.load(Ordering::Relaxed) {
-                if closed_loop {
-                    match in_flight.clone().acquire_owned().await {
-                        Ok(permit) => permit.forget(),
-                        Err(_) => break,
-                    }
-                } else if let Some(t) = ticker.as_mut() {
-                    t.tick().await;
-                }
-                seq += 1;
-                let frame = format!(
-                    r#"{{"type":"patch","messageId":"{seq}","documentPatches":[{{"{key}":{{"x":{seq},"y":{},"t":{}}}}}]}}"#,
-                    seq % 500,
-                    now_micros(start)
-                );
-                sent.lock().expect("sent").insert(seq, Instant::now());
-                if sink.send(Message::text(frame)).await.is_err() {
-                    break;
-                }
-            }
-            let _ = sink.close().await;
-        })
-    };
-    let mut local = Stats::default();
-    let measuring_from = Instant::now() + Duration::from_millis(500);
-    while let Some(Ok(msg)) = stream.next().await {
-        let Message::Text(text) = msg else { continue };
-        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
-            continue;
-        };
-        match frame["type"].as_str() {
-            Some("ack") => {
-                let seq = frame["messageId"]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                if let Some(at) = sent.lock().expect("sent").remove(&seq) {
-                    if at >= measuring_from {
-                        local.acks.push(micros(at.elapsed()));
-                    }
-                }
-                in_flight.add_permits(1);
-            }
-            Some("patch") if frame["clientId"] != "" => {
-                let sent_at = frame["documentPatches"][0]
-                    .as_object()
-                    .and_then(|p| p.values().next())
-                    .and_then(|c| c["t"].as_u64());
-                if let Some(t) = sent_at.filter(|_| Instant::now() >= measuring_from) {
-                    let delay = now_micros(start).saturating_sub(t);
-                    local.broadcasts.push(delay.min(u32::MAX as u64) as u32);
-                }
-            }
-            _ => {}
-        }
-        if run.stop.load(Ordering::Relaxed) && sent.lock().expect("sent").is_empty() {
-            break;
-        }
-    }
-    writer.abort();
-    let mut stats = stats.lock().expect("stats");
-    stats.acks.extend(local.acks);
-    stats.broadcasts.extend(local.broadcasts);
-}
-
-fn server_usage(pid: Option<u32>) -> Option<(f64, u64)> {
-    let pid = pid?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some((ticks / 100.0, rss_kib))
-}
-
-#[tokio::main]
-async fn main() {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let server_pid: Option<u32> = std::env::var("WEFT_LOAD_SERVER_PID")
-        .ok()
-        .and_then(|p| p.parse().ok());
-    let total = args.rooms * args.clients;
-    let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(total as f64 / args.rate));
-    let run = Arc::new(Run {
-        args: args.clone(),
-        start: Instant::now(),
-        ready: Barrier::new(total + 1),
-        stop: AtomicBool::new(false),
-        interval,
-        stats: Mutex::new(Stats::default()),
-    });
-    let mut tasks = Vec::new();
-    for room in 0..args.rooms {
-        for index in 0..args.clients {
-            tasks.push(tokio::spawn(client(run.clone(), room, index)));
-        }
-    }
-    run.ready.wait().await;
-    let cpu_before = server_usage(server_pid);
-    let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_millis(500) + Duration::from_secs(args.duration_secs)).await;
-    let measured = t0.elapsed().saturating_sub(Duration::from_millis(500));
-    let cpu_after = server_usage(server_pid);
-    run.stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-    }
-    let mut stats = run.stats.lock().expect("stats");
-    stats.acks.sort_unstable();
-    stats.broadcasts.sort_unstable();
-    let secs = measured.as_secs_f64();
-    let acked_per_sec = stats.acks.len() as f64 / secs;
-    let cpu = match (cpu_before, cpu_after) {
-        (Some((a, _)), Some((b, rss))) => Some(((b - a) / secs * 100.0, rss)),
-        _ => None,
-    };
-    let report = json!({
-        "rooms": args.rooms,
-        "clients_per_room": args.clients,
-        "mode": if interval.is_some() { "open" } else { "closed" },
-        "offered_per_sec": args.rate,
-        "window": args.window,
-        "seconds": secs,
-        "acked_per_sec": acked_per_sec,
-        "ack_ms": {"p50": percentile(&stats.acks, 0.5), "p99": percentile(&stats.acks, 0.99), "p999": percentile(&stats.acks, 0.999)},
-        "broadcast_ms": {"p50": percentile(&stats.broadcasts, 0.5), "p99": percentile(&stats.broadcasts, 0.99), "p999": percentile(&stats.broadcasts, 0.999)},
-        "broadcasts": stats.broadcasts.len(),
-        "errors": stats.errors,
-        "server_cpu_percent": cpu.map(|c| c.0),
-        "server_rss_kib": cpu.map(|c| c.1),
-    });
-    println!(
-        "{:>8} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "mode", "offered/s", "acked/s", "ack p50", "ack p99", "bc p50", "bc p99", "bc p99.9"
-    );
-    println!(
-        "{:>8} {:>10.0} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
-        report["mode"].as_str().unwrap_or(""),
-        args.rate,
-        acked_per_sec,
-        percentile(&stats.acks, 0.5),
-        percentile(&stats.acks, 0.99),
-        percentile(&stats.broadcasts, 0.5),
-        percentile(&stats.broadcasts, 0.99),
-        percentile(&stats.broadcasts, 0.999),
-    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(run(&args))?;
+    print_table(&report);
     println!("{report}");
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, format!("{report:#}\n"))?;
+    }
+    Ok(())
+}
+
+async fn run(args: &Args) -> anyhow::Result<Value> {
+    let (rooms, clients, rate) = args.scenario.sizes();
+    let rooms = args.rooms.unwrap_or(rooms);
+    let clients = args.clients.unwrap_or(clients);
+    let rate = args.rate.unwrap_or(rate);
+    // Every connection is a socket here; editors and the reconnect storm need a few more.
+    let needed = (rooms * clients + rooms + 64) as u64;
+    let fd_limit = stats::raise_fd_limit();
+    if fd_limit < needed {
+        eprintln!(
+            "weft-load: open-files limit {fd_limit} < {needed} sockets needed; raise it (ulimit -n)"
+        );
+    }
+    let target = Target {
+        url: args.url.clone(),
+        token: args.token.clone(),
+        rooms: format!("{}-{}", args.room_prefix, run_nonce()),
+        connect_concurrency: args.connect_concurrency,
+        server_pid: args.server_pid,
+    };
+    let spec = TrafficSpec {
+        rooms,
+        clients,
+        rate,
+        window: args.window,
+        traffic: args.traffic,
+        warmup: Duration::from_millis(args.warmup_ms),
+        duration: Duration::from_secs_f64(args.duration_secs),
+        drain: Duration::from_millis(args.drain_ms),
+    };
+    let result = match args.scenario {
+        Scenario::Busy | Scenario::LargeRoom | Scenario::ManySmall => {
+            scenarios::traffic(&target, spec).await
+        }
+        Scenario::Idle => {
+            scenarios::idle(
+                &target,
+                rooms,
+                clients,
+                Duration::from_millis(args.settle_ms),
+            )
+            .await
+        }
+        Scenario::ReconnectStorm => {
+            scenarios::reconnect_storm(&target, rooms, clients, args.offline_edits, args.traffic)
+                .await
+        }
+        Scenario::LargeDoc => {
+            scenarios::large_doc(
+                &target,
+                args.components,
+                args.seed_batch,
+                args.edits,
+                args.repeat,
+            )
+            .await
+        }
+    };
+    let mut report = json!({
+        "scenario": args.scenario.to_possible_value().map(|v| v.get_name().to_owned()),
+        "label": args.label,
+        "tag": args.tag,
+        "url": args.url,
+        "server_pid": args.server_pid,
+        "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+    });
+    if let (Some(out), Some(fields)) = (report.as_object_mut(), result.as_object()) {
+        out.extend(fields.clone());
+    }
+    Ok(report)
+}
+
+/// A short random-enough suffix (time and pid) for room ids.
+fn run_nonce() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mixed = traffic::Rng::new(nanos as u64 ^ u64::from(std::process::id())).next_u64();
+    format!("{:06x}", mixed & 0xFF_FFFF)
+}
+
+/// A human-readable summary of the report on stdout (the JSON line follows it).
+fn print_table(r: &Value) {
+    let f = |v: &Value| match v.as_f64() {
+        Some(x) => format!("{x:.2}"),
+        None => "-".into(),
+    };
+    let lat = |name: &str, v: &Value| {
+        println!(
+            "  {name:<18} p50 {:>9}  p99 {:>9}  p99.9 {:>9}  max {:>9}  (n={})",
+            f(&v["p50"]),
+            f(&v["p99"]),
+            f(&v["p999"]),
+            f(&v["max"]),
+            v["count"].as_u64().map_or("-".into(), |n| n.to_string()),
+        )
+    };
+    println!(
+        "weft-load {} {}",
+        r["scenario"].as_str().unwrap_or(""),
+        r["label"].as_str().unwrap_or("")
+    );
+    match r["scenario"].as_str() {
+        Some("busy" | "large-room" | "many-small") => {
+            println!(
+                "  {} x {} clients, {} traffic, {} loop, {} s measured",
+                r["rooms"], r["clients_per_room"], r["traffic"].as_str().unwrap_or(""),
+                r["mode"].as_str().unwrap_or(""), f(&r["seconds"])
+            );
+            println!(
+                "  offered/s {:>10}  acked/s {:>10}  unacked {}  broadcasts/s {:>10}  delivery {}",
+                f(&r["offered_per_sec"]),
+                f(&r["acked_per_sec"]),
+                r["unacked"],
+                f(&r["broadcasts_per_sec"]),
+                f(&r["broadcast_delivery"]),
+            );
+            lat("ack ms", &r["ack_ms"]);
+            lat("broadcast ms", &r["broadcast_ms"]);
+            if r["mode"] == "open" {
+                lat("send lag ms", &r["send_lag_ms"]);
+            }
+            println!(
+                "  server cpu% {}  rss KiB {}  load-generator cpu% {}  connect errors {}  disconnects {} {}",
+                f(&r["server"]["cpu_percent"]),
+                r["server"]["rss_kib"],
+                f(&r["load_generator"]["cpu_percent"]),
+                r["connect_errors"],
+                r["disconnects"],
+                r["disconnect_reasons"],
+            );
+        }
+        Some("idle") => println!(
+            "  {} connections ({} failed) in {} s; server RSS {} -> {} KiB: {} KiB per connection; idle cpu% {}",
+            r["connections"],
+            r["failed"],
+            f(&r["connect_secs"]),
+            r["rss_before_kib"],
+            r["rss_after_kib"],
+            f(&r["kib_per_connection"]),
+            f(&r["idle"]["cpu_percent"]),
+        ),
+        Some("reconnect-storm") => {
+            println!(
+                "  {} reconnected ({} failed, {} with a diff) after {} edits per room; all synced after {} ms",
+                r["reconnected"], r["failed"], r["with_diff"], r["edits_per_room"], f(&r["all_synced_ms"])
+            );
+            lat("reconnect->synced", &r["reconnect_to_synced_ms"]);
+        }
+        Some("large-doc") => println!(
+            "  {} components seeded in {} s; first join p50 {} ms ({} bytes); reconnect diff after {} edits p50 {} ms ({} bytes)",
+            r["components"],
+            f(&r["seed_secs"]),
+            f(&r["first_join_ms"]["p50"]),
+            r["first_join_bytes"],
+            r["edits"],
+            f(&r["reconnect_diff_ms"]["p50"]),
+            r["reconnect_diff_bytes"],
+        ),
+        _ => {}
+    }
 }

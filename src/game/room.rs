@@ -236,7 +236,10 @@ impl Room {
             .map(|due| now + Duration::from_millis(due.saturating_sub(unix_ms())));
         let tick = self.ctx.simulation.map(|i| self.last_tick + i);
         let grace = self.ctx.seats.values().filter_map(|s| s.grace_until).min();
-        let linger = self.empty_since.map(|t| t + EMPTY_LINGER);
+        let linger = self
+            .empty_since
+            .filter(|_| self.ctx.auto_dispose)
+            .map(|t| t + EMPTY_LINGER);
         [
             timer,
             tick,
@@ -521,8 +524,6 @@ impl Room {
                     warn!(error = %e, "tick handler failed");
                 }
             }
-        } else {
-            self.last_tick = now;
         }
         self.ctx.run_due_clock(now);
         let expired: Vec<String> = self
@@ -575,6 +576,10 @@ impl Room {
                     }
                 }
             }
+        }
+        if self.ctx.simulation.is_none() {
+            // The first tick after the simulation starts measures from here.
+            self.last_tick = Instant::now();
         }
         if self.ctx.is_dirty() && self.flush_at.is_none() {
             self.flush_at = Some(Instant::now() + self.ctx.patch_rate);
