@@ -283,13 +283,21 @@ fn authorizer(settings: &Settings) -> anyhow::Result<Arc<dyn Authorizer>> {
     })
 }
 
-/// Runs the server until SIGINT or SIGTERM, then shuts down gracefully. Prints
-/// `listening on ADDR` on stdout once bound, for scripts and tests.
+/// Runs the `weft` binary's server (the configured storage, the shipped game namespaces) until
+/// SIGINT or SIGTERM; see [`run_until_signal`].
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    run_until_signal(ServerBuilder::new(settings).namespaces(crate::game::namespaces::shipped()))
+        .await
+}
+
+/// Builds the server and runs it until SIGINT (Ctrl-C) or SIGTERM, then shuts down gracefully
+/// (every room saved). Prints `listening on ADDR` on stdout once bound, for scripts and tests.
+/// Needs a Tokio runtime with I/O and time enabled.
+pub async fn run_until_signal(builder: ServerBuilder) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives right after `listening on` must not kill the process
     // with the default action.
     let signals = Signals::install()?;
-    let app = Application::build(&settings)?;
+    let app = builder.build()?;
     println!("listening on {}", app.addr());
     let shutdown = app.shutdown_handle();
     let server = tokio::spawn(app.run());

@@ -21,10 +21,7 @@ pub struct Identity {
 /// How game connections authenticate.
 pub enum GameAuth {
     /// Tokens are verified with the EdgeBase user secret.
-    Verified {
-        key: DecodingKey,
-        validation: Validation,
-    },
+    Verified(Box<(DecodingKey, Validation)>),
     /// No secret is configured on a server with authorization on: every token is refused.
     Disabled,
     /// Development only: any token is accepted. A token that looks like a JWT names its `sub`
@@ -63,10 +60,7 @@ impl GameAuth {
         validation.set_issuer(&["edgebase:user"]);
         validation.validate_aud = false;
         validation.leeway = 5;
-        GameAuth::Verified {
-            key: DecodingKey::from_secret(secret),
-            validation,
-        }
+        GameAuth::Verified(Box::new((DecodingKey::from_secret(secret), validation)))
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, TokenRefused> {
@@ -75,7 +69,8 @@ impl GameAuth {
             return Err(TokenRefused("missing token".into()));
         }
         let claims = match self {
-            GameAuth::Verified { key, validation } => {
+            GameAuth::Verified(verifier) => {
+                let (key, validation) = &**verifier;
                 let data = decode::<Value>(token, key, validation).map_err(|e| {
                     TokenRefused(match e.kind() {
                         ErrorKind::ExpiredSignature => "Invalid or expired token".into(),

@@ -121,6 +121,13 @@ pub type HandlerResult<T = ()> = Result<T, HandlerError>;
 /// events, and is cut off after the namespace's `handler_timeout`).
 #[async_trait]
 pub trait RoomLogic: Send + 'static {
+    /// Every time the room is loaded into memory (new, or restored from storage), before any
+    /// other hook. Start what lives in memory only here: the simulation tick, the patch rate,
+    /// clock callbacks.
+    async fn on_load(&mut self, _room: &mut RoomContext) -> HandlerResult {
+        Ok(())
+    }
+
     /// Once per room lifetime, before the first player's join. A room restored from storage does
     /// not run it again. `options` are the first joiner's join options.
     async fn on_create(&mut self, _room: &mut RoomContext, _options: &Value) -> HandlerResult {
@@ -184,6 +191,7 @@ pub trait RoomLogic: Send + 'static {
 /// Makes a new [`RoomLogic`] for each room of a namespace.
 pub type LogicFactory = Arc<dyn Fn() -> Box<dyn RoomLogic> + Send + Sync>;
 
+type LoadFn = dyn Fn(&mut RoomContext) -> HandlerResult + Send + Sync;
 type CreateFn = dyn Fn(&mut RoomContext, &Value) -> HandlerResult + Send + Sync;
 type JoinFn = dyn Fn(&mut RoomContext, &Sender, &Value) -> HandlerResult + Send + Sync;
 type LeaveFn = dyn Fn(&mut RoomContext, &Sender, LeaveReason) -> HandlerResult + Send + Sync;
@@ -211,6 +219,7 @@ type TickFn = dyn Fn(&mut RoomContext, Duration) -> HandlerResult + Send + Sync;
 /// ```
 #[derive(Default, Clone)]
 pub struct RoomBuilder {
+    load: Option<Arc<LoadFn>>,
     create: Option<Arc<CreateFn>>,
     join: Option<Arc<JoinFn>>,
     leave: Option<Arc<LeaveFn>>,
@@ -223,6 +232,14 @@ pub struct RoomBuilder {
 impl RoomBuilder {
     pub fn new() -> RoomBuilder {
         RoomBuilder::default()
+    }
+
+    pub fn on_load(
+        mut self,
+        f: impl Fn(&mut RoomContext) -> HandlerResult + Send + Sync + 'static,
+    ) -> Self {
+        self.load = Some(Arc::new(f));
+        self
     }
 
     pub fn on_create(
@@ -296,6 +313,10 @@ struct BuiltRoom(Arc<RoomBuilder>);
 
 #[async_trait]
 impl RoomLogic for BuiltRoom {
+    async fn on_load(&mut self, room: &mut RoomContext) -> HandlerResult {
+        self.0.load.as_ref().map_or(Ok(()), |f| f(room))
+    }
+
     async fn on_create(&mut self, room: &mut RoomContext, options: &Value) -> HandlerResult {
         self.0.create.as_ref().map_or(Ok(()), |f| f(room, options))
     }

@@ -144,6 +144,10 @@ impl Room {
             self.refuse_all(JoinRefused::Unavailable(message)).await;
             return;
         }
+        let timeout = self.ctx.options.handler_timeout;
+        if let Err(e) = guarded(timeout, self.logic.on_load(&mut self.ctx)).await {
+            warn!(error = %e, "on_load failed");
+        }
         if self.ctx.seats.is_empty() {
             self.empty_since = Some(Instant::now());
         }
@@ -318,14 +322,14 @@ impl Room {
         let timeout = self.ctx.options.handler_timeout;
         if !self.ctx.seats.contains_key(&user) {
             let reserved = self.ctx.status.take_reservation();
-            if self.ctx.is_locked() {
-                return Err(denied(ErrorCode::JoinDenied, "room is locked"));
-            }
             if self.ctx.seats.len() >= self.ctx.max_players() {
                 return Err(denied(
                     ErrorCode::RoomFull,
                     &format!("room is full ({} players)", self.ctx.max_players()),
                 ));
+            }
+            if self.ctx.is_locked() {
+                return Err(denied(ErrorCode::JoinDenied, "room is locked"));
             }
             let _ = reserved;
             if !self.ctx.created {

@@ -19,8 +19,9 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
 }
 
 /// Checks the request's access token; `Err` is the 401 to answer.
-fn require_token(state: &AppState, req: &HttpRequest) -> Result<(), HttpResponse> {
-    let refused = |message: &str| http_error(StatusCode::UNAUTHORIZED, "AUTH_FAILED", message);
+fn require_token(state: &AppState, req: &HttpRequest) -> Result<(), Box<HttpResponse>> {
+    let refused =
+        |message: &str| Box::new(http_error(StatusCode::UNAUTHORIZED, "AUTH_FAILED", message));
     let token = bearer(req)
         .ok_or_else(|| refused("an access token is required (Authorization: Bearer)"))?;
     state
@@ -38,7 +39,7 @@ pub(super) async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> Ht
         .unwrap_or_default();
     let key = match room_key(&state, &query) {
         Ok(key) => key,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let requires_auth = state
         .games
@@ -47,7 +48,7 @@ pub(super) async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> Ht
         .is_some_and(|ns| ns.options.metadata_requires_auth);
     if requires_auth {
         if let Err(response) = require_token(&state, &req) {
-            return response;
+            return *response;
         }
     }
     match state.games.metadata(&key).await {
@@ -76,7 +77,7 @@ pub(super) async fn matchmake(
     body: web::Json<MatchRequest>,
 ) -> HttpResponse {
     if let Err(response) = require_token(&state, &req) {
-        return response;
+        return *response;
     }
     match state.games.matchmake(&body.namespace).await {
         Ok(found) => HttpResponse::Ok().json(found),

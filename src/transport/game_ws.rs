@@ -41,21 +41,25 @@ pub(super) fn http_error(
 }
 
 /// The room a query names, or the HTTP error that answers it.
-pub(super) fn room_key(state: &AppState, query: &RoomQuery) -> Result<RecordKey, HttpResponse> {
+/// (The error is boxed: an `HttpResponse` is large and this is the rare path.)
+pub(super) fn room_key(
+    state: &AppState,
+    query: &RoomQuery,
+) -> Result<RecordKey, Box<HttpResponse>> {
     use actix_web::http::StatusCode;
     let (Some(namespace), Some(id)) = (query.namespace.as_deref(), query.id.as_deref()) else {
-        return Err(http_error(
+        return Err(Box::new(http_error(
             StatusCode::BAD_REQUEST,
             "INVALID_REQUEST",
             "the namespace and id query parameters are required",
-        ));
+        )));
     };
     if state.games.namespaces().get(namespace).is_none() {
-        return Err(http_error(
+        return Err(Box::new(http_error(
             StatusCode::NOT_FOUND,
             "NAMESPACE_NOT_FOUND",
             &format!("no room namespace {namespace:?} on this server"),
-        ));
+        )));
     }
     let invalid = |what: &str, e: crate::ids::IdError| {
         http_error(
@@ -83,7 +87,7 @@ pub(super) async fn connect(
         .unwrap_or_default();
     let key = match room_key(&state, &query) {
         Ok(key) => key,
-        Err(response) => return Ok(response),
+        Err(response) => return Ok(*response),
     };
     if state
         .shutting_down

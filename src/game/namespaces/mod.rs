@@ -1,20 +1,30 @@
 //! The namespaces the `weft` binary serves; each doubles as an example of the room API.
 //!
 //! - `battle`: the full example of the EdgeBase Rooms server guide, hook for hook.
+//! - `tictactoe`: a two-player turn-based game on named (persisted) timers, with a join gate,
+//!   lock/unlock and lobby metadata.
+//! - `movement`: real-time movement on the simulation tick, the patch rate and the clock.
 
 pub mod battle;
+pub mod movement;
+pub mod tictactoe;
 
 use super::Namespaces;
 
 /// Every shipped namespace, registered with its options.
 pub fn shipped() -> Namespaces {
     let mut namespaces = Namespaces::new();
-    let registered = namespaces
-        .register("battle", battle::options(), battle::factory())
-        .map(|_| ());
-    // The shipped options are constants inside their ranges; a failure is a bug caught by tests.
-    if let Err(e) = registered {
-        tracing::error!(error = %e, "a shipped namespace failed to register");
+    let shipped = [
+        ("battle", battle::options(), battle::factory()),
+        ("tictactoe", tictactoe::options(), tictactoe::factory()),
+        ("movement", movement::options(), movement::factory()),
+    ];
+    for (name, options, factory) in shipped {
+        // The shipped options are constants inside their ranges; a failure is a bug caught by
+        // tests.
+        if let Err(e) = namespaces.register(name, options, factory) {
+            tracing::error!(namespace = name, error = %e, "a shipped namespace failed to register");
+        }
     }
     namespaces
 }
@@ -26,6 +36,6 @@ mod tests {
         let ns = super::shipped();
         let mut names: Vec<&str> = ns.names().collect();
         names.sort_unstable();
-        assert_eq!(names, vec!["battle"]);
+        assert_eq!(names, vec!["battle", "movement", "tictactoe"]);
     }
 }
