@@ -134,8 +134,9 @@ pub trait RoomLogic: Send + 'static {
         Ok(())
     }
 
-    /// A new player joins (not a reconnect within the grace period). An error refuses the join
-    /// with `JOIN_DENIED` and its message.
+    /// A new player joins (not a reconnect within the grace period); it already counts in
+    /// `player_count()`. An error refuses the join with `JOIN_DENIED` and its message; changes
+    /// made before the error stay, so check first, then change.
     async fn on_join(
         &mut self,
         _room: &mut RoomContext,
@@ -145,7 +146,8 @@ pub trait RoomLogic: Send + 'static {
         Ok(())
     }
 
-    /// A player left; its player state is removed after this returns.
+    /// A player left (it no longer counts in `player_count()`); its player state is removed
+    /// after this returns.
     async fn on_leave(
         &mut self,
         _room: &mut RoomContext,
