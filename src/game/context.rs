@@ -73,6 +73,13 @@ pub(super) struct Connection {
     pub outbox: Outbox,
 }
 
+/// A connection whose join is being handled, and the messages sent to it meanwhile.
+pub(super) struct Joining {
+    pub user_id: String,
+    pub connection_id: String,
+    pub frames: Vec<ByteString>,
+}
+
 /// Something a handler asked for that the room does after the handler returns.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Effect {
@@ -110,6 +117,9 @@ pub struct RoomContext {
     pub(super) seats: IndexMap<String, Seat>,
     pub(super) connections: IndexMap<String, Connection>,
     pub(super) effects: Vec<Effect>,
+    /// The connection being joined while `on_create`/`on_join` run: messages for it wait here
+    /// and follow its `sync`.
+    pub(super) joining: Option<Joining>,
     /// Connections whose outbox overflowed: the room closes them after the current event.
     pub(super) slow: Vec<String>,
     /// State, metadata or timers changed since the last save.
@@ -145,6 +155,7 @@ impl RoomContext {
             seats: IndexMap::new(),
             connections: IndexMap::new(),
             effects: Vec::new(),
+            joining: None,
             slow: Vec::new(),
             unsaved: false,
             created: false,
@@ -281,6 +292,11 @@ impl RoomContext {
         for id in targets {
             self.deliver(&id, &frame);
         }
+        if let Some(joining) = &mut self.joining {
+            if !exclude.contains(&joining.user_id.as_str()) {
+                joining.frames.push(frame);
+            }
+        }
     }
 
     /// Sends a `message` to every connection of one user.
@@ -288,12 +304,23 @@ impl RoomContext {
         self.flush();
         let frame = message_frame(message_type, &data);
         self.deliver_to_user(user_id, &frame);
+        if let Some(joining) = self.joining.as_mut().filter(|j| j.user_id == user_id) {
+            joining.frames.push(frame);
+        }
     }
 
     /// Sends a `message` to one connection (the Colyseus `send(client, ...)`).
     pub fn send_to_connection(&mut self, connection_id: &str, message_type: &str, data: Value) {
         self.flush();
-        self.deliver(connection_id, &message_frame(message_type, &data));
+        let frame = message_frame(message_type, &data);
+        match self
+            .joining
+            .as_mut()
+            .filter(|j| j.connection_id == connection_id)
+        {
+            Some(joining) => joining.frames.push(frame),
+            None => self.deliver(connection_id, &frame),
+        }
     }
 
     /// The Colyseus `broadcast`: a message to everyone.

@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn, Instrument};
 
-use super::context::{Connection, Effect, RoomContext, Seat, Tracked};
+use super::context::{Connection, Effect, Joining, RoomContext, Seat, Tracked};
 use super::logic::{HandlerError, HandlerResult, LeaveReason, RoomLogic, Sender};
 use super::manager::{GameRooms, Namespace, RoomHandle, RoomStatus};
 use super::record::{unix_ms, RoomRecord};
@@ -319,9 +319,42 @@ impl Room {
         outbox: Outbox,
     ) -> Result<(), JoinRefused> {
         let user = sender.user_id.clone();
+        self.ctx.joining = Some(Joining {
+            user_id: user.clone(),
+            connection_id: sender.connection_id.clone(),
+            frames: Vec::new(),
+        });
+        let result = self.seat(&sender, options).await;
+        let joining = self.ctx.joining.take();
+        result?;
+        // Earlier connections see the join's changes as deltas; this one gets them in its sync,
+        // then the messages sent to it while it was joining.
+        self.ctx.flush();
+        let connection_id = sender.connection_id.clone();
+        self.ctx.connections.insert(
+            connection_id.clone(),
+            Connection {
+                user_id: user,
+                outbox,
+            },
+        );
+        let sync = self.ctx.sync_frame_for(&connection_id);
+        self.ctx.deliver(&connection_id, &sync);
+        for frame in joining.map(|j| j.frames).unwrap_or_default() {
+            self.ctx.deliver(&connection_id, &frame);
+        }
+        publish_counts(&self.ctx);
+        Ok(())
+    }
+
+    /// Gives the sender a seat (running `on_create` and `on_join` for a new player) or resumes
+    /// its seat (a reconnect within the grace period, or another connection of the same user).
+    async fn seat(&mut self, sender: &Sender, options: &Value) -> Result<(), JoinRefused> {
+        let user = sender.user_id.clone();
         let timeout = self.ctx.options.handler_timeout;
         if !self.ctx.seats.contains_key(&user) {
-            let reserved = self.ctx.status.take_reservation();
+            // A newcomer uses up the seat matchmaking may have held for it.
+            self.ctx.status.take_reservation();
             if self.ctx.seats.len() >= self.ctx.max_players() {
                 return Err(denied(
                     ErrorCode::RoomFull,
@@ -331,7 +364,6 @@ impl Room {
             if self.ctx.is_locked() {
                 return Err(denied(ErrorCode::JoinDenied, "room is locked"));
             }
-            let _ = reserved;
             if !self.ctx.created {
                 let created = guarded(timeout, self.logic.on_create(&mut self.ctx, options)).await;
                 if let Err(e) = created {
@@ -349,8 +381,7 @@ impl Room {
                     grace_until: None,
                 },
             );
-            let joined =
-                guarded(timeout, self.logic.on_join(&mut self.ctx, &sender, options)).await;
+            let joined = guarded(timeout, self.logic.on_join(&mut self.ctx, sender, options)).await;
             if let Err(e) = joined {
                 self.ctx.seats.shift_remove(&user);
                 self.ctx.players.shift_remove(&user);
@@ -365,23 +396,9 @@ impl Room {
                 "the join handler removed the player",
             ));
         };
-        // A reconnect within the grace period resumes the seat without `on_join`.
         seat.connections += 1;
         seat.grace_until = None;
         seat.sender = sender.clone();
-        // Earlier connections see the join's changes as deltas; this one gets them in its sync.
-        self.ctx.flush();
-        let connection_id = sender.connection_id.clone();
-        self.ctx.connections.insert(
-            connection_id.clone(),
-            Connection {
-                user_id: user,
-                outbox,
-            },
-        );
-        let sync = self.ctx.sync_frame_for(&connection_id);
-        self.ctx.deliver(&connection_id, &sync);
-        publish_counts(&self.ctx);
         Ok(())
     }
 
