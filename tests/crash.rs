@@ -131,6 +131,9 @@ impl Weft {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
+            // glibc writes fatal heap errors to /dev/tty unless told otherwise: put them in the
+            // log, so the known SIGABRT (see `graceful`) says what it is if it happens again.
+            .env("LIBC_FATAL_STDERR_", "1")
             .spawn()
             .map_err(|e| format!("spawning weft: {e}"))?;
         let stdout = child.stdout.take().expect("stdout piped");
