@@ -3,6 +3,9 @@
 //! `weft::protocol::canvas::decode`; server examples equal what `ServerFrame::encode` produces for
 //! the same values; frames and snapshots the engine makes validate; snapshot examples round-trip;
 //! and counter-examples are refused by the schemas and by the decoder alike.
+//!
+//! The game room schemas in `schemas/game/` are checked the same way against
+//! `weft::protocol::game`, in the `game` module at the end of this file.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -831,5 +834,536 @@ fn integral_floats_are_whole_numbers() {
             .replace("4.0", "4.5")
             .replace("0.0", "0.5");
         assert!(decode(&fractional).is_err(), "{fractional} decodes");
+    }
+}
+
+/// The game room schemas in `schemas/game/` (EdgeBase Rooms v2) checked against
+/// `weft::protocol::game`: every example validates; client examples decode with
+/// `ClientFrame::decode` to the frame they describe; server examples equal what `ServerFrame`
+/// encodes for the same values; frames built from every error code validate; counter-examples
+/// are refused. (tests/game_api also validates every frame the running server sends.)
+mod game {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use jsonschema::{Registry, Validator};
+    use serde_json::{json, Map, Value};
+    use weft::protocol::game::{error_frame, ClientFrame, DecodeError, ErrorCode, ServerFrame};
+
+    use super::{assert_invalid, assert_valid};
+
+    const BASE: &str = "https://weft.invalid/schemas/game/";
+
+    /// Client-to-server message schemas (extra members allowed), by file name.
+    const CLIENT: [&str; 5] = ["auth", "join", "send", "ping", "leave"];
+    /// Server-to-client message schemas (exact), by file name.
+    const SERVER: [&str; 11] = [
+        "auth-success",
+        "auth-refreshed",
+        "sync",
+        "shared-delta",
+        "player-delta",
+        "action-result",
+        "action-error",
+        "message",
+        "kicked",
+        "error",
+        "pong",
+    ];
+
+    /// Every error code, in declaration order.
+    const CODES: [ErrorCode; 18] = [
+        ErrorCode::AuthFailed,
+        ErrorCode::AuthRefreshFailed,
+        ErrorCode::AuthTimeout,
+        ErrorCode::InvalidJson,
+        ErrorCode::NotAuthenticated,
+        ErrorCode::RateLimited,
+        ErrorCode::InvalidAction,
+        ErrorCode::NoHandler,
+        ErrorCode::Unauthenticated,
+        ErrorCode::JoinDenied,
+        ErrorCode::RoomFull,
+        ErrorCode::UnknownType,
+        ErrorCode::InvalidMessage,
+        ErrorCode::NotJoined,
+        ErrorCode::StateTooLarge,
+        ErrorCode::ActionFailed,
+        ErrorCode::ActionTimeout,
+        ErrorCode::RoomUnavailable,
+    ];
+
+    fn dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas/game")
+    }
+
+    fn uri(name: &str) -> String {
+        format!("{BASE}{name}.schema.json")
+    }
+
+    /// The wire `type` of a message schema: its file name with `_` for `-`.
+    fn wire_type(name: &str) -> String {
+        name.replace('-', "_")
+    }
+
+    struct Schemas {
+        docs: BTreeMap<String, Value>,
+        registry: Registry<'static>,
+    }
+
+    impl Schemas {
+        fn load() -> Schemas {
+            let mut docs = BTreeMap::new();
+            for entry in std::fs::read_dir(dir()).expect("schemas/game exists") {
+                let path = entry.expect("directory entry").path();
+                let file = path
+                    .file_name()
+                    .and_then(|f| f.to_str())
+                    .unwrap_or_default();
+                let Some(name) = file.strip_suffix(".schema.json") else {
+                    panic!("unexpected file {} in schemas/game", path.display());
+                };
+                let text = std::fs::read_to_string(&path).expect("readable schema");
+                let doc: Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{file} is not valid JSON: {e}"));
+                docs.insert(name.to_owned(), doc);
+            }
+            let mut builder = Registry::new();
+            for (name, doc) in &docs {
+                builder = builder
+                    .add(uri(name), doc.clone())
+                    .unwrap_or_else(|e| panic!("{name}: cannot register: {e}"));
+            }
+            let registry = builder.prepare().expect("registry resolves");
+            Schemas { docs, registry }
+        }
+
+        fn doc(&self, name: &str) -> &Value {
+            self.docs
+                .get(name)
+                .unwrap_or_else(|| panic!("no schema {name}"))
+        }
+
+        fn validator_for(&self, schema: &Value) -> Validator {
+            jsonschema::options()
+                .offline()
+                .with_registry(&self.registry)
+                .build(schema)
+                .unwrap_or_else(|e| panic!("schema {schema} does not build: {e}"))
+        }
+
+        fn validator(&self, name: &str) -> Validator {
+            self.validator_for(&json!({ "$ref": uri(name) }))
+        }
+
+        fn def(&self, def: &str) -> Validator {
+            self.validator_for(&json!({ "$ref": format!("{}#/$defs/{def}", uri("common")) }))
+        }
+
+        fn examples(&self, name: &str) -> Vec<Value> {
+            self.doc(name)["examples"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{name} has no examples array"))
+                .clone()
+        }
+
+        /// The schema of a server frame, by its wire `type`.
+        fn server_validator(&self, frame: &Value) -> Validator {
+            let kind = frame["type"].as_str().expect("a type");
+            let name = SERVER
+                .iter()
+                .find(|n| wire_type(n) == kind)
+                .unwrap_or_else(|| panic!("no server schema for {kind}"));
+            self.validator(name)
+        }
+    }
+
+    /// Every file is a valid 2020-12 schema with a title and description, listed in the README;
+    /// each message schema pins its wire `type`, has examples and the `additionalProperties`
+    /// policy of its direction (client frames open, server frames closed).
+    #[test]
+    fn game_schemas_are_valid_documented_and_listed() {
+        let schemas = Schemas::load();
+        let names: Vec<&str> = schemas.docs.keys().map(String::as_str).collect();
+        let mut want: Vec<&str> = CLIENT.iter().chain(&SERVER).copied().collect();
+        want.push("common");
+        want.sort_unstable();
+        assert_eq!(names, want, "schemas/game holds exactly the expected files");
+        let readme = std::fs::read_to_string(dir().join("../README.md")).expect("README.md");
+        for (name, doc) in &schemas.docs {
+            if let Err(e) = jsonschema::meta::validate(doc) {
+                panic!("{name} is not a valid schema: {e}");
+            }
+            assert_eq!(
+                doc["$schema"], "https://json-schema.org/draft/2020-12/schema",
+                "{name}"
+            );
+            for key in ["title", "description"] {
+                assert!(
+                    doc[key].as_str().is_some_and(|s| !s.is_empty()),
+                    "{name} lacks {key}"
+                );
+            }
+            assert!(
+                readme.contains(&format!("(game/{name}.schema.json)")),
+                "README lacks game/{name}"
+            );
+            if name == "common" {
+                continue;
+            }
+            assert_eq!(
+                doc["properties"]["type"]["const"],
+                json!(wire_type(name)),
+                "{name}: wire type"
+            );
+            let fields = doc["required"].as_array().map_or(0, Vec::len);
+            let wanted = if fields > 1 { 2 } else { 1 };
+            assert!(
+                schemas.examples(name).len() >= wanted,
+                "{name}: too few examples"
+            );
+            assert_eq!(
+                doc["additionalProperties"],
+                Value::Bool(CLIENT.contains(&name.as_str())),
+                "{name}: additionalProperties policy"
+            );
+        }
+    }
+
+    /// Every example validates against its schema, the shared definitions' examples included.
+    #[test]
+    fn game_examples_validate_against_their_schema() {
+        let schemas = Schemas::load();
+        let mut checked = 0;
+        for name in CLIENT.iter().chain(&SERVER) {
+            let validator = schemas.validator(name);
+            for example in schemas.examples(name) {
+                assert_valid(&validator, name, &example);
+                assert_eq!(example["type"], json!(wire_type(name)), "{name}");
+                checked += 1;
+            }
+        }
+        let defs = schemas.doc("common")["$defs"]
+            .as_object()
+            .expect("common has $defs");
+        for (def, body) in defs {
+            let validator = schemas.def(def);
+            for example in body["examples"].as_array().into_iter().flatten() {
+                assert_valid(&validator, def, example);
+                checked += 1;
+            }
+        }
+        assert!(checked > 40, "only {checked} examples checked");
+    }
+
+    /// Every client example decodes to the frame it describes, also with an unknown extra member.
+    #[test]
+    fn game_client_examples_decode() {
+        let schemas = Schemas::load();
+        for name in CLIENT {
+            let validator = schemas.validator(name);
+            for example in schemas.examples(name) {
+                let mut extended = example.clone();
+                extended["clientVersion"] = json!("0.2.9");
+                assert_valid(&validator, name, &extended);
+                for instance in [&example, &extended] {
+                    let text = instance.to_string();
+                    let frame = ClientFrame::decode(&text)
+                        .unwrap_or_else(|e| panic!("{name}: {text}: {e}"));
+                    let expected = match name {
+                        "auth" => ClientFrame::Auth {
+                            token: instance["token"].as_str().expect("token").to_owned(),
+                        },
+                        "join" => ClientFrame::Join {
+                            options: instance.get("options").cloned().unwrap_or(Value::Null),
+                        },
+                        "send" => ClientFrame::Send {
+                            action_type: instance["actionType"].as_str().map(str::to_owned),
+                            payload: match instance.get("payload") {
+                                None | Some(Value::Null) => json!({}),
+                                Some(p) => p.clone(),
+                            },
+                            request_id: instance["requestId"]
+                                .as_str()
+                                .expect("requestId")
+                                .to_owned(),
+                        },
+                        "ping" => ClientFrame::Ping,
+                        "leave" => ClientFrame::Leave,
+                        other => panic!("{other}"),
+                    };
+                    assert_eq!(frame, expected, "{name}: {text}");
+                }
+            }
+        }
+    }
+
+    /// The `ServerFrame` the server builds from an example's values, encoded.
+    fn encode_like(example: &Value) -> Value {
+        let text = |key: &str| {
+            example[key]
+                .as_str()
+                .unwrap_or_else(|| panic!("{example}: `{key}` is not a string"))
+        };
+        let number = |key: &str| {
+            example[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{example}: `{key}` is not a u64"))
+        };
+        let object = |key: &str| -> &Map<String, Value> {
+            example[key]
+                .as_object()
+                .unwrap_or_else(|| panic!("{example}: `{key}` is not an object"))
+        };
+        let frame = match example["type"].as_str() {
+            Some("auth_success") => ServerFrame::AuthSuccess {
+                user_id: text("userId"),
+                connection_id: text("connectionId"),
+            },
+            Some("auth_refreshed") => ServerFrame::AuthRefreshed {
+                user_id: text("userId"),
+                connection_id: text("connectionId"),
+            },
+            Some("sync") => ServerFrame::Sync {
+                shared_state: &example["sharedState"],
+                shared_version: number("sharedVersion"),
+                player_state: &example["playerState"],
+                player_version: number("playerVersion"),
+            },
+            Some("shared_delta") => ServerFrame::SharedDelta {
+                delta: object("delta"),
+                version: number("version"),
+            },
+            Some("player_delta") => ServerFrame::PlayerDelta {
+                delta: object("delta"),
+                version: number("version"),
+            },
+            Some("action_result") => ServerFrame::ActionResult {
+                request_id: text("requestId"),
+                action_type: text("actionType"),
+                result: &example["result"],
+            },
+            Some("action_error") => ServerFrame::ActionError {
+                request_id: text("requestId"),
+                action_type: text("actionType"),
+                code: text("code"),
+                message: text("message"),
+            },
+            Some("message") => ServerFrame::Message {
+                message_type: text("messageType"),
+                data: &example["data"],
+            },
+            Some("kicked") => ServerFrame::Kicked,
+            Some("error") => ServerFrame::Error {
+                code: text("code"),
+                message: text("message"),
+            },
+            Some("pong") => ServerFrame::Pong,
+            _ => panic!("{example}: not a server frame type"),
+        };
+        serde_json::from_str(&frame.encode()).expect("encoded frame is JSON")
+    }
+
+    /// Every server example is exactly what `ServerFrame::encode` makes of its values; each
+    /// server schema refuses an extra member and a missing one.
+    #[test]
+    fn game_server_examples_match_encoded_frames() {
+        let schemas = Schemas::load();
+        for name in SERVER {
+            let validator = schemas.validator(name);
+            for example in schemas.examples(name) {
+                assert_eq!(encode_like(&example), example, "{name}");
+                let mut extended = example.clone();
+                extended["extra"] = json!(true);
+                assert_invalid(&validator, name, &extended);
+                for key in example.as_object().expect("frame is an object").keys() {
+                    let mut missing = example.clone();
+                    missing.as_object_mut().expect("object").remove(key);
+                    assert_invalid(&validator, name, &missing);
+                }
+            }
+        }
+    }
+
+    /// The error codes of the schema are exactly the code's, spelled as it serializes them; an
+    /// `error` and an `action_error` of every code validate.
+    #[test]
+    fn game_error_codes_match_the_code() {
+        let schemas = Schemas::load();
+        let listed = schemas.doc("common")["$defs"]["ErrorCode"]["enum"].clone();
+        let codes: Vec<Value> = CODES.iter().map(|c| json!(c.as_str())).collect();
+        assert_eq!(listed, Value::Array(codes));
+        for code in CODES {
+            assert_eq!(
+                serde_json::to_value(code).expect("serializes"),
+                json!(code.as_str())
+            );
+            let error: Value = serde_json::from_str(&error_frame(code, "why")).expect("json");
+            assert_valid(&schemas.validator("error"), "error", &error);
+            let refused: Value = serde_json::from_str(
+                &ServerFrame::ActionError {
+                    request_id: "r",
+                    action_type: "",
+                    code: code.as_str(),
+                    message: "why",
+                }
+                .encode(),
+            )
+            .expect("json");
+            assert_valid(&schemas.validator("action-error"), "action-error", &refused);
+        }
+        assert_invalid(
+            &schemas.validator("error"),
+            "error",
+            &json!({"type": "error", "code": "NOT_A_CODE", "message": "m"}),
+        );
+    }
+
+    /// Frames of the shapes the room runtime builds (deltas down to depth 5, `null` deletions,
+    /// whole arrays, empty states, any result and data values) validate against their schemas.
+    #[test]
+    fn game_frames_the_server_builds_validate() {
+        let schemas = Schemas::load();
+        let delta = json!({
+            "a": 1,
+            "b.c": null,
+            "l1.l2.l3.l4.l5": {"deeper": {"x": 1}},
+            "list": [1, {"k.with.dots": 2}],
+            "dotted": {"k.1": 2},
+        });
+        let empty = json!({});
+        let frames = [
+            ServerFrame::AuthSuccess {
+                user_id: "user_123",
+                connection_id: "conn_0123456789abcdef0123456789abcdef",
+            }
+            .encode(),
+            ServerFrame::Sync {
+                shared_state: &empty,
+                shared_version: 0,
+                player_state: &empty,
+                player_version: 0,
+            }
+            .encode(),
+            ServerFrame::SharedDelta {
+                delta: delta.as_object().expect("object"),
+                version: 1,
+            }
+            .encode(),
+            ServerFrame::PlayerDelta {
+                delta: delta.as_object().expect("object"),
+                version: u64::from(u32::MAX),
+            }
+            .encode(),
+            ServerFrame::ActionResult {
+                request_id: "",
+                action_type: "X",
+                result: &Value::Null,
+            }
+            .encode(),
+            ServerFrame::Message {
+                message_type: "",
+                data: &Value::Null,
+            }
+            .encode(),
+            ServerFrame::Kicked.encode(),
+            ServerFrame::Pong.encode(),
+        ];
+        for text in frames {
+            let frame: Value = serde_json::from_str(&text).expect("json");
+            assert_valid(&schemas.server_validator(&frame), &text, &frame);
+        }
+    }
+
+    /// What the schemas refuse: bad deltas (an empty one, an empty or sixth path segment),
+    /// negative or fractional versions, connection ids not in weft's form; client frames with a
+    /// field of the wrong kind, refused by `ClientFrame::decode` too.
+    #[test]
+    fn game_counter_examples_are_rejected() {
+        let schemas = Schemas::load();
+        let shared = schemas.validator("shared-delta");
+        for bad in [
+            json!({"type": "shared_delta", "delta": {}, "version": 1}),
+            json!({"type": "shared_delta", "delta": {"a..b": 1}, "version": 1}),
+            json!({"type": "shared_delta", "delta": {".a": 1}, "version": 1}),
+            json!({"type": "shared_delta", "delta": {"a.": 1}, "version": 1}),
+            json!({"type": "shared_delta", "delta": {"": 1}, "version": 1}),
+            json!({"type": "shared_delta", "delta": {"a.b.c.d.e.f": 1}, "version": 1}),
+            json!({"type": "shared_delta", "delta": {"a": 1}, "version": 0}),
+            json!({"type": "shared_delta", "delta": {"a": 1}, "version": -1}),
+            json!({"type": "shared_delta", "delta": {"a": 1}, "version": 1.5}),
+            json!({"type": "shared_delta", "delta": [1], "version": 1}),
+        ] {
+            assert_invalid(&shared, "shared-delta", &bad);
+        }
+        let sync = schemas.validator("sync");
+        assert_invalid(
+            &sync,
+            "sync",
+            &json!({"type": "sync", "sharedState": [], "sharedVersion": 0, "playerState": {}, "playerVersion": 0}),
+        );
+        let success = schemas.validator("auth-success");
+        for id in ["conn_abc", "conn_0123456789ABCDEF0123456789ABCDEF", ""] {
+            assert_invalid(
+                &success,
+                "auth-success",
+                &json!({"type": "auth_success", "userId": "u", "connectionId": id}),
+            );
+        }
+        // Client frames: the schema and the decoder refuse the same wrong kinds.
+        for (name, bad) in [
+            ("auth", json!({"type": "auth", "token": 5})),
+            ("auth", json!({"type": "auth"})),
+            (
+                "send",
+                json!({"type": "send", "actionType": "A", "requestId": {"id": 1}}),
+            ),
+        ] {
+            assert_invalid(&schemas.validator(name), name, &bad);
+            assert!(
+                matches!(
+                    ClientFrame::decode(&bad.to_string()),
+                    Err(DecodeError::Invalid { .. })
+                ),
+                "{bad}"
+            );
+        }
+        for bad in [json!({"token": "t"}), json!({"type": 1})] {
+            for name in CLIENT {
+                assert_invalid(&schemas.validator(name), name, &bad);
+            }
+            assert!(matches!(
+                ClientFrame::decode(&bad.to_string()),
+                Err(DecodeError::InvalidJson(_))
+            ));
+        }
+    }
+
+    /// Where the decoder is more lenient than the schema's contract (documented in the schema
+    /// descriptions): a `send` without `actionType` decodes (it is answered with `INVALID_ACTION`),
+    /// one without `requestId` is answered with "" and a numeric one with its text.
+    #[test]
+    fn game_documented_leniencies_of_the_decoder() {
+        let schemas = Schemas::load();
+        let send = schemas.validator("send");
+        for (frame, action_type, request_id) in [
+            (json!({"type": "send", "requestId": "r"}), None, "r"),
+            (json!({"type": "send", "actionType": "A"}), Some("A"), ""),
+            (
+                json!({"type": "send", "actionType": "A", "requestId": 7}),
+                Some("A"),
+                "7",
+            ),
+        ] {
+            assert_invalid(&send, "send", &frame);
+            assert_eq!(
+                ClientFrame::decode(&frame.to_string()),
+                Ok(ClientFrame::Send {
+                    action_type: action_type.map(str::to_owned),
+                    payload: json!({}),
+                    request_id: request_id.to_owned(),
+                })
+            );
+        }
     }
 }

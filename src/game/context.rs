@@ -343,6 +343,8 @@ impl RoomContext {
 
     /// Saves the room now; returns once storage holds it.
     pub async fn save_state(&mut self) -> Result<(), StorageError> {
+        // Changes go out first, so the saved versions are the ones clients saw for this state.
+        self.flush();
         let (key, bytes) = (self.key.clone(), self.record().encode());
         let storage = self.storage.clone();
         let result = tokio::task::spawn_blocking(move || storage.save_record(&key, &bytes))
@@ -530,6 +532,8 @@ impl RoomContext {
                 }
                 Change::Whole => {
                     self.shared.version += 1;
+                    // The syncs below are built from what clients have: make that the new state.
+                    self.shared.sent = self.shared.value.clone();
                     let ids: Vec<String> = self.connections.keys().cloned().collect();
                     for id in ids {
                         let frame = self.sync_frame_for(&id);
@@ -648,7 +652,10 @@ impl RoomContext {
     }
 }
 
+/// A `message` frame; no data (`null`) is sent as `{}`, as the SDKs expect.
 fn message_frame(message_type: &str, data: &Value) -> ByteString {
+    let empty = Value::Object(Map::new());
+    let data = if data.is_null() { &empty } else { data };
     ServerFrame::Message { message_type, data }.encode()
 }
 

@@ -137,11 +137,11 @@ impl RoomStatus {
             >= self.max_players.load(Ordering::Relaxed)
     }
 
-    /// Checked before the WebSocket upgrade, when the user is not known yet: full even if every
-    /// seat held for a disconnected player were given up (so such a player can still come back).
+    /// Checked before the WebSocket upgrade, when the user is not known yet: every seat is taken
+    /// by a connected player. Seats held for disconnected players (who may be the one connecting)
+    /// and matchmaking reservations (likewise) do not count; the join checks the seats exactly.
     pub fn is_full_for_newcomers(&self) -> bool {
-        self.connected.load(Ordering::Relaxed) + self.live_reservations()
-            >= self.max_players.load(Ordering::Relaxed)
+        self.connected.load(Ordering::Relaxed) >= self.max_players.load(Ordering::Relaxed)
     }
 
     /// Reserves a seat for a matchmade client, unless the room is full, locked or private.

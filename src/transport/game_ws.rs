@@ -186,12 +186,14 @@ impl GameConnection {
             Ok(()) => self.serve().await,
             Err(end) => end,
         };
-        let left_on_purpose =
-            matches!(&end, End::Close(_, r) if r.code == codes::LEFT || r.code == codes::KICKED);
         if let Some((room, _)) = &self.joined {
-            if !left_on_purpose {
-                let connection_id = self.connection_id.clone();
-                room.disconnected(connection_id).await;
+            let connection_id = self.connection_id.clone();
+            match &end {
+                // The room already let this connection go.
+                End::Close(_, r) if r.code == codes::LEFT || r.code == codes::KICKED => {}
+                // A client closing with 4005 ("client left") left, with or without `leave`.
+                End::Gone(Some(r)) if r.code == codes::LEFT => room.leave(connection_id).await,
+                _ => room.disconnected(connection_id).await,
             }
         }
         match end {
