@@ -91,7 +91,13 @@ async fn healthz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let mut body = state.metrics.render();
+    // Game rooms are counted where they live (the game room map), not in a counter.
+    body.push_str(&format!(
+        "# HELP weft_game_rooms_active Game rooms loaded in memory.\n# TYPE weft_game_rooms_active gauge\nweft_game_rooms_active {}\n",
+        state.games.live_rooms()
+    ));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render())
+        .body(body)
 }
