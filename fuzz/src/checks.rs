@@ -208,6 +208,20 @@ fn handle(frame: ClientFrame) {
             };
             let sent = server_frame(&frame, "patch");
             assert_eq!(sent["documentPatches"], json!([diff]));
+            // The room writes its reply straight from the document: the same bytes as the frame
+            // built from the diff's value, each list present only when it has an entry.
+            let has = |p: &Value| p.as_object().is_some_and(|m| !m.is_empty());
+            let built = (has(&diff) || has(&others)).then(|| {
+                ServerFrame::Patch {
+                    document_patches: has(&diff).then_some(&*d),
+                    ephemeral_patches: has(&others).then_some(&*e),
+                    client_id: "",
+                    timestamp: has(&diff).then(|| doc.clock()),
+                }
+                .encode()
+            });
+            let reply = canvas::encode_reconnect_patch(&doc, last_timestamp, &others);
+            assert_eq!(reply, built, "reconnect reply written from the document");
             let synced = ServerFrame::Synced {
                 timestamp: doc.clock(),
             };
@@ -757,6 +771,11 @@ pub fn run_program(program: &Program) {
 
     let diff = server.diff_since(seen);
     validate_patches(&json!([diff]), &limits).expect("a diff is a valid patch");
+    assert_eq!(
+        server.diff_since_raw(seen).get(),
+        diff.to_string(),
+        "the raw diff is the serialized diff"
+    );
     assert_eq!(
         server.diff_since(server.clock()),
         json!({}),

@@ -73,6 +73,22 @@ impl<'a> BufferDelta<'a> {
         let carry = base.len().min(self.len);
         let mut out = Vec::with_capacity(self.len);
         out.extend_from_slice(&base[..carry]);
+        let mut out = Value::Array(out);
+        self.materialize_into(&mut out);
+        out
+    }
+
+    /// Applies the delta to `target` in place: the same result as
+    /// `*target = self.materialize(Some(target))`, without copying the values it keeps (an
+    /// append to a long stroke costs the values it carries, not the stroke's length).
+    pub fn materialize_into(&self, target: &mut Value) {
+        if !target.is_array() {
+            *target = Value::Array(Vec::with_capacity(self.len));
+        }
+        let Value::Array(out) = target else {
+            unreachable!("just made an array")
+        };
+        out.truncate(self.len);
         out.resize(self.len, Value::from(0));
         for &(offset, values) in &self.runs {
             for (j, v) in values.iter().enumerate() {
@@ -82,7 +98,6 @@ impl<'a> BufferDelta<'a> {
                 }
             }
         }
-        Value::Array(out)
     }
 }
 
@@ -92,11 +107,16 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
+    /// Materializes `delta` on `base` both ways (a new array, and in place) and checks that they
+    /// agree.
     fn apply(base: Option<Value>, delta: Value) -> Value {
         let map = delta.as_object().expect("delta is an object");
-        BufferDelta::parse(map, 1 << 20)
-            .expect("valid delta")
-            .materialize(base.as_ref())
+        let delta = BufferDelta::parse(map, 1 << 20).expect("valid delta");
+        let new = delta.materialize(base.as_ref());
+        let mut in_place = base.unwrap_or(Value::Null);
+        delta.materialize_into(&mut in_place);
+        assert_eq!(in_place, new, "materialize_into agrees with materialize");
+        new
     }
 
     /// Growing, shrinking and out-of-range runs follow the reference rules.

@@ -1,8 +1,13 @@
 //! The persistent document: components, per-field stamps, the room clock, snapshots.
 
+use std::collections::BTreeSet;
+use std::fmt;
+
 use indexmap::IndexMap;
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::patch::{self, Action, Fields, Limits};
@@ -31,14 +36,46 @@ impl Component {
             self.stamp(field, clock);
         }
     }
+
+    /// The fields written after `since` that the component still has, in stamp order.
+    fn fields_since(&self, since: u64) -> impl Iterator<Item = (&String, &Value)> {
+        // Fields are nearly always stored in stamp order (both follow the first write of each
+        // field), so the field at the same place is tried before a lookup by name (hashing the
+        // name costs more than comparing it). Either way the value is the one stored under `f`.
+        let mut in_order = self.fields.iter();
+        self.stamps.iter().filter_map(move |(f, ts)| {
+            let same_place = in_order.next().filter(|(k, _)| *k == f);
+            if *ts <= since {
+                return None;
+            }
+            match same_place {
+                Some((_, v)) => Some((f, v)),
+                None => self.fields.get(f).map(|v| (f, v)),
+            }
+        })
+    }
 }
 
 /// A room's document (see the module docs of [`crate::engine`] for the rules).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Document {
     clock: u64,
     components: IndexMap<String, Component>,
+    /// `(latest, position)` of every component (position in `components`, which never removes
+    /// one), so a diff finds the components written after a clock without reading the others.
+    by_latest: BTreeSet<(u64, usize)>,
 }
+
+impl PartialEq for Document {
+    /// Same clock and same components (their fields and stamps); the index follows from those.
+    fn eq(&self, other: &Self) -> bool {
+        self.clock == other.clock && self.components == other.components
+    }
+}
+
+/// Past this share of the document (1/8), a diff reads every component in order instead of
+/// sorting the positions it found in [`Document::by_latest`].
+const SCAN_ALL_DIVISOR: usize = 8;
 
 /// Why bytes could not be read as a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +130,19 @@ impl Document {
     }
 
     fn apply_component(&mut self, key: &str, value: &Fields, clock: u64, limits: &Limits) {
+        let before = self.components.get(key).map(|c| c.latest);
+        self.write_component(key, value, clock, limits);
+        if let Some((index, _, c)) = self.components.get_full(key) {
+            if before != Some(c.latest) {
+                if let Some(old) = before {
+                    self.by_latest.remove(&(old, index));
+                }
+                self.by_latest.insert((c.latest, index));
+            }
+        }
+    }
+
+    fn write_component(&mut self, key: &str, value: &Fields, clock: u64, limits: &Limits) {
         let current = self.components.get_mut(key);
         match patch::action(current.as_ref().map(|c| &c.fields), value) {
             Action::Skip => {}
@@ -127,23 +177,59 @@ impl Document {
 
     /// Every field written after `since`, with its current value, tombstones included: the patch a
     /// client that has seen clock `since` needs to catch up. An empty object when nothing changed.
+    ///
+    /// This builds a `Value` tree (a copy of every changed field); to send the diff, serialize
+    /// [`Document::diff_view`] (or use [`Document::diff_since_raw`]), which gives the same JSON
+    /// without the copy.
     pub fn diff_since(&self, since: u64) -> Value {
+        let view = self.diff_view(since);
         let mut diff = Map::new();
-        for (key, c) in &self.components {
-            if c.latest <= since {
-                continue;
-            }
+        for (key, c) in view.components() {
             let fields: Fields = c
-                .stamps
-                .iter()
-                .filter(|(_, ts)| *ts > since)
-                .filter_map(|(f, _)| c.fields.get(f).map(|v| (f.clone(), v.clone())))
+                .fields_since(since)
+                .map(|(f, v)| (f.clone(), v.clone()))
                 .collect();
             if !fields.is_empty() {
                 diff.insert(key.clone(), Value::Object(fields));
             }
         }
         Value::Object(diff)
+    }
+
+    /// [`Document::diff_since`] as JSON text, serialized straight from the document: the same
+    /// bytes as `serde_json::to_string(&doc.diff_since(since))`.
+    pub fn diff_since_raw(&self, since: u64) -> Box<RawValue> {
+        // Serializing maps of strings and JSON values cannot fail.
+        serde_json::value::to_raw_value(&self.diff_view(since))
+            .unwrap_or_else(|_| unreachable!("a diff always serializes"))
+    }
+
+    /// A borrowed view of [`Document::diff_since`]: serializes to the same JSON, and reads only
+    /// the components written after `since` (see [`DiffView`]).
+    pub fn diff_view(&self, since: u64) -> DiffView<'_> {
+        DiffView {
+            components: &self.components,
+            since,
+            positions: self.changed_positions(since),
+        }
+    }
+
+    /// Positions of the components written after `since`, in document order, or `None` when
+    /// there are so many that reading every component is cheaper.
+    fn changed_positions(&self, since: u64) -> Option<Vec<usize>> {
+        let Some(after) = since.checked_add(1) else {
+            return Some(Vec::new());
+        };
+        let most = self.components.len() / SCAN_ALL_DIVISOR;
+        let mut positions = Vec::new();
+        for &(_, position) in self.by_latest.range((after, 0)..) {
+            if positions.len() == most {
+                return None;
+            }
+            positions.push(position);
+        }
+        positions.sort_unstable();
+        Some(positions)
     }
 
     /// The snapshot in the reference server's `<roomId>.json` format (tombstones kept).
@@ -160,23 +246,83 @@ impl Document {
         let mut doc = Document {
             clock: raw.timestamp,
             components: IndexMap::with_capacity(raw.state.len()),
+            by_latest: BTreeSet::new(),
         };
         let mut timestamps = raw.timestamps;
+        let mut by_latest = Vec::with_capacity(raw.state.len());
         for (key, value) in raw.state {
             let Value::Object(fields) = value else {
                 return Err(SnapshotError::ComponentNotObject(key));
             };
-            let mut c = Component {
+            let RawStamps(stamps) = timestamps.swap_remove(&key).unwrap_or_default();
+            let latest = stamps.iter().map(|&(_, ts)| ts).max().unwrap_or(0);
+            let c = Component {
                 fields,
-                ..Component::default()
+                stamps,
+                latest,
             };
-            for (field, ts) in timestamps.swap_remove(&key).unwrap_or_default() {
-                c.stamp(&field, ts);
-            }
-            doc.clock = doc.clock.max(c.latest);
-            doc.components.insert(key, c);
+            doc.clock = doc.clock.max(latest);
+            let (position, _) = doc.components.insert_full(key, c);
+            by_latest.push((latest, position));
         }
+        doc.by_latest = BTreeSet::from_iter(by_latest);
         Ok(doc)
+    }
+}
+
+/// The diff of a document since a clock, borrowed from it: serializes to exactly the JSON of
+/// [`Document::diff_since`] (components in document order, fields in stamp order), without
+/// copying any value. Made by [`Document::diff_view`].
+#[derive(Debug, Clone)]
+pub struct DiffView<'a> {
+    components: &'a IndexMap<String, Component>,
+    since: u64,
+    /// The components to read, in document order; `None` reads them all.
+    positions: Option<Vec<usize>>,
+}
+
+impl<'a> DiffView<'a> {
+    /// True when the diff is `{}`: nothing was written after `since` that is still there.
+    pub fn is_empty(&self) -> bool {
+        self.entries().next().is_none()
+    }
+
+    /// The components written after `since` (some may have no field left to send).
+    fn components(&self) -> impl Iterator<Item = (&'a String, &'a Component)> + '_ {
+        let since = self.since;
+        let (all, some) = match &self.positions {
+            None => (Some(self.components.iter()), None),
+            Some(positions) => (None, Some(positions.iter())),
+        };
+        let all = all.into_iter().flatten();
+        let some = some
+            .into_iter()
+            .flatten()
+            .filter_map(|&p| self.components.get_index(p));
+        all.chain(some).filter(move |(_, c)| c.latest > since)
+    }
+
+    /// The diff's entries: components with at least one field to send.
+    fn entries(&self) -> impl Iterator<Item = (&'a String, &'a Component)> + '_ {
+        let since = self.since;
+        self.components()
+            .filter(move |(_, c)| c.fields_since(since).next().is_some())
+    }
+}
+
+impl Serialize for DiffView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct FieldsSince<'a>(&'a Component, u64);
+        impl Serialize for FieldsSince<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_map(self.0.fields_since(self.1))
+            }
+        }
+        let mut map = serializer.serialize_map(None)?;
+        for (key, c) in self.entries() {
+            map.serialize_entry(key, &FieldsSince(c, self.since))?;
+        }
+        map.end()
     }
 }
 
@@ -186,7 +332,38 @@ struct RawSnapshot {
     #[serde(default)]
     state: IndexMap<String, Value>,
     #[serde(default)]
-    timestamps: IndexMap<String, IndexMap<String, u64>>,
+    timestamps: IndexMap<String, RawStamps>,
+}
+
+/// One component's stamps in a snapshot (`{"field": clock, ..}`), read straight into the vector a
+/// [`Component`] keeps: no map per component, and the names read are the names kept. A repeated
+/// name replaces the earlier value where it is, as reading into a map does.
+#[derive(Default)]
+struct RawStamps(Vec<(String, u64)>);
+
+impl<'de> Deserialize<'de> for RawStamps {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StampsVisitor;
+        impl<'de> Visitor<'de> for StampsVisitor {
+            type Value = RawStamps;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawStamps, A::Error> {
+                let mut stamps: Vec<(String, u64)> = Vec::new();
+                while let Some((field, ts)) = map.next_entry::<String, u64>()? {
+                    match stamps.iter_mut().find(|(f, _)| *f == field) {
+                        Some((_, old)) => *old = ts,
+                        None => stamps.push((field, ts)),
+                    }
+                }
+                Ok(RawStamps(stamps))
+            }
+        }
+        deserializer.deserialize_map(StampsVisitor)
+    }
 }
 
 impl Serialize for Document {
@@ -303,6 +480,108 @@ mod tests {
             let back = Document::decode_snapshot(&doc.encode_snapshot()).expect("decodes");
             prop_assert_eq!(back, doc);
         }
+
+        /// On documents large enough for the stamp index to be used: for every clock, the raw
+        /// diff is byte for byte the serialized `diff_since`, both equal the diff found by reading
+        /// every component, `is_empty` tells an empty diff, and the index matches the components
+        /// (also after a snapshot round trip).
+        #[test]
+        fn raw_diff_is_the_serialized_diff(requests in arb_many_requests()) {
+            let limits = Limits::default();
+            let mut doc = Document::default();
+            for writes in &requests {
+                let patch: Map<String, Value> = writes.iter().cloned().collect();
+                doc.apply(&[Value::Object(patch)], &limits);
+                doc.check_index();
+            }
+            let back = Document::decode_snapshot(&doc.encode_snapshot()).expect("decodes");
+            back.check_index();
+            for since in 0..=doc.clock() + 1 {
+                let want = serde_json::to_string(&scan_diff(&doc, since)).expect("json");
+                let value = serde_json::to_string(&doc.diff_since(since)).expect("json");
+                prop_assert_eq!(&value, &want, "diff_since({})", since);
+                prop_assert_eq!(doc.diff_since_raw(since).get().to_owned(), want.clone());
+                prop_assert_eq!(back.diff_since_raw(since).get().to_owned(), want.clone());
+                prop_assert_eq!(doc.diff_view(since).is_empty(), want == "{}");
+            }
+            prop_assert_eq!(doc.diff_since_raw(u64::MAX).get().to_owned(), "{}");
+        }
+    }
+
+    impl Document {
+        /// The stamp index holds exactly `(latest, position)` of every component.
+        fn check_index(&self) {
+            let want: BTreeSet<(u64, usize)> = self
+                .components
+                .values()
+                .enumerate()
+                .map(|(i, c)| (c.latest, i))
+                .collect();
+            assert_eq!(self.by_latest, want);
+        }
+    }
+
+    /// `diff_since` as it was before the stamp index: every component read, in document order.
+    fn scan_diff(doc: &Document, since: u64) -> Value {
+        let mut diff = Map::new();
+        for (key, c) in &doc.components {
+            if c.latest <= since {
+                continue;
+            }
+            let fields: Fields = c
+                .stamps
+                .iter()
+                .filter(|(_, ts)| *ts > since)
+                .filter_map(|(f, _)| c.fields.get(f).map(|v| (f.clone(), v.clone())))
+                .collect();
+            if !fields.is_empty() {
+                diff.insert(key.clone(), Value::Object(fields));
+            }
+        }
+        Value::Object(diff)
+    }
+
+    /// Field values of every JSON kind, strings with characters that JSON escapes.
+    fn arb_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            "[a-z\"\\\n\u{7f}\u{e9}\u{1F600}]{0,6}".prop_map(Value::String),
+            any::<bool>().prop_map(Value::Bool),
+            Just(Value::Null),
+            proptest::collection::vec(-9..9i64, 0..4).prop_map(|v| json!(v)),
+            Just(json!({"nested": {"a": [1, "b"]}})),
+        ]
+    }
+
+    /// Writes over 40 keys: edits, creates and deletes naming several fields (a delete stamps
+    /// fields it does not keep), buffer deltas, and malformed deltas (stamped, never stored).
+    fn arb_many_requests() -> impl Strategy<Value = Vec<Vec<(String, Value)>>> {
+        let fields = || {
+            let field = prop_oneof![Just("x"), Just("y"), Just("pts"), Just("label")];
+            proptest::collection::vec((field, arb_value()), 0..4)
+        };
+        let object = |exists: Option<bool>, fields: Vec<(&str, Value)>| {
+            let mut map = Map::new();
+            if let Some(e) = exists {
+                map.insert("_exists".to_owned(), Value::Bool(e));
+            }
+            for (f, v) in fields {
+                map.insert(f.to_owned(), v);
+            }
+            Value::Object(map)
+        };
+        let value = prop_oneof![
+            3 => fields().prop_map(move |f| object(None, f)),
+            2 => fields().prop_map(move |f| object(Some(true), f)),
+            1 => fields().prop_map(move |f| object(Some(false), f)),
+            1 => (0..8usize, -2..8i64, proptest::collection::vec(-9..9i64, 0..3)).prop_map(
+                |(len, at, v)| json!({"pts": {"__buf": 1, "len": len, "runs": [[at, v]]}})
+            ),
+            1 => Just(json!({"label": {"__buf": 1, "len": -1, "runs": []}})),
+        ];
+        let write = (0..40usize, value).prop_map(|(k, v)| (format!("k{k}/Shape"), v));
+        proptest::collection::vec(proptest::collection::vec(write, 1..6), 0..40)
     }
 
     /// One request advances the clock once, however many patches it carries; an empty one not at all.
@@ -381,6 +660,19 @@ mod tests {
         .expect("decodes");
         assert_eq!(doc.clock(), 9);
         assert_eq!(doc.diff_since(2), json!({"a/S": {"x": 1}}));
+        // A repeated stamp name counts once, with its last value, as a JSON map reads.
+        let doc = Document::decode_snapshot(
+            br#"{"timestamp":1,"state":{"a/S":{"x":1,"y":2}},"timestamps":{"a/S":{"x":9,"y":2,"x":3}}}"#,
+        )
+        .expect("decodes");
+        assert_eq!(doc.clock(), 3);
+        assert_eq!(doc.diff_since(2), json!({"a/S": {"x": 1}}));
+        let snap: Value = serde_json::from_slice(&doc.encode_snapshot()).expect("json");
+        assert_eq!(snap["timestamps"], json!({"a/S": {"x": 3, "y": 2}}));
+        assert!(
+            Document::decode_snapshot(br#"{"timestamp":1,"state":{},"timestamps":{"a":5}}"#)
+                .is_err()
+        );
         assert!(Document::decode_snapshot(br#"{"timestamp":1,"state":{"a":1}}"#).is_err());
         assert!(Document::decode_snapshot(b"null").is_err());
         assert!(Document::decode_snapshot(br#"{"timestamp":-1,"state":{}}"#).is_err());

@@ -35,7 +35,7 @@ mod ephemeral;
 mod patch;
 pub mod tree;
 
-pub use document::{Document, SnapshotError};
+pub use document::{DiffView, Document, SnapshotError};
 pub use ephemeral::Ephemeral;
 pub use patch::{validate_patches, Fields, Limits, PatchError};
 

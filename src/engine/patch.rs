@@ -121,18 +121,29 @@ pub(crate) fn tombstone() -> Fields {
 
 /// Writes `value`'s fields into `target`, materializing buffer deltas against `target`'s arrays.
 /// A malformed delta (which validation keeps out) is skipped rather than stored.
+/// A field already present is overwritten where it is (its place in the object is kept, as
+/// `insert` keeps it), and a buffer delta is applied to the stored array in place.
 pub(crate) fn write_fields(target: &mut Fields, value: &Fields, limits: &Limits) {
     for (field, v) in value {
-        let new = match v {
+        match v {
             Value::Object(map) if buffer::is_marked(v) => {
-                match BufferDelta::parse(map, limits.max_buffer_len) {
-                    Ok(delta) => delta.materialize(target.get(field)),
-                    Err(_) => continue,
+                let Ok(delta) = BufferDelta::parse(map, limits.max_buffer_len) else {
+                    continue;
+                };
+                match target.get_mut(field) {
+                    Some(stored) => delta.materialize_into(stored),
+                    None => {
+                        target.insert(field.clone(), delta.materialize(None));
+                    }
                 }
             }
-            other => other.clone(),
-        };
-        target.insert(field.clone(), new);
+            other => match target.get_mut(field) {
+                Some(stored) => *stored = other.clone(),
+                None => {
+                    target.insert(field.clone(), other.clone());
+                }
+            },
+        }
     }
 }
 

@@ -634,20 +634,10 @@ impl Room {
         if needs_resync {
             self.send(id, &ServerFrame::Resync { since }.encode());
         }
-        let diff = self.doc.diff_since(last_timestamp);
+        // The diff is serialized straight from the document into the frame (no copy of it).
         let others = self.ephemeral.merged_except(client.as_str());
-        let (doc_raw, eph_raw) = (
-            has_entries(&diff).then(|| canvas::single_patch(&diff)),
-            has_entries(&others).then(|| canvas::single_patch(&others)),
-        );
-        if doc_raw.is_some() || eph_raw.is_some() {
-            let frame = ServerFrame::Patch {
-                document_patches: doc_raw.as_deref(),
-                ephemeral_patches: eph_raw.as_deref(),
-                client_id: "",
-                timestamp: doc_raw.as_ref().map(|_| self.doc.clock()),
-            };
-            self.send(id, &frame.encode());
+        if let Some(frame) = canvas::encode_reconnect_patch(&self.doc, last_timestamp, &others) {
+            self.send(id, &frame);
         }
         let synced = ServerFrame::Synced {
             timestamp: self.doc.clock(),

@@ -30,14 +30,14 @@ async fn healthz_reports_rooms_and_connections() {
     assert_eq!(status, 200);
     assert_eq!(
         serde_json::from_str::<Value>(&body).expect("json"),
-        json!({"status": "ok", "rooms": 0, "connections": 0})
+        json!({"status": "ok", "rooms": 0, "game_rooms": 0, "connections": 0})
     );
     let (_a, _) = app.join("e-health-1", "a").await;
     let (_b, _) = app.join("e-health-2", "b").await;
     let (_, body) = app.http_get("/healthz").await;
     assert_eq!(
         serde_json::from_str::<Value>(&body).expect("json"),
-        json!({"status": "ok", "rooms": 2, "connections": 2})
+        json!({"status": "ok", "rooms": 2, "game_rooms": 0, "connections": 2})
     );
 }
 
