@@ -28,9 +28,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
+use weft::engine::tree::apply_delta;
 
 use common::wait_with_deadline;
 
@@ -383,31 +384,6 @@ impl Player {
             "playerState": self.player,
             "playerVersion": self.player_version,
         })
-    }
-}
-
-/// Applies a delta the way the EdgeBase SDKs do.
-fn apply_delta(state: &mut Value, delta: &Map<String, Value>) {
-    for (path, value) in delta {
-        let segments: Vec<&str> = path.split('.').collect();
-        let (last, parents) = segments.split_last().expect("a path");
-        let mut node = &mut *state;
-        for segment in parents {
-            if !node.is_object() {
-                *node = json!({});
-            }
-            node = node
-                .as_object_mut()
-                .expect("object")
-                .entry((*segment).to_owned())
-                .or_insert_with(|| json!({}));
-        }
-        let map = node.as_object_mut().expect("object");
-        if value.is_null() {
-            map.remove(*last);
-        } else {
-            map.insert((*last).to_owned(), value.clone());
-        }
     }
 }
 

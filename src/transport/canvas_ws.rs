@@ -8,14 +8,14 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, ProtocolError, Session};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, ProtocolError, Session};
 use bytestring::ByteString;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn, Instrument};
 
-use super::{AppState, RateLimiter};
+use super::{close, AppState, RateLimiter};
 use crate::auth::{AuthRequest, Denied};
 use crate::ids::{ClientId, RoomId, SessionId};
 use crate::metrics::Metrics;
@@ -65,11 +65,7 @@ pub(super) async fn connect(
         .map(web::Query::into_inner)
         .unwrap_or_default();
     let (response, session, stream) = actix_ws::handle(&req, body)?;
-    let max = state.config.max_frame_bytes;
-    let stream = stream
-        .max_frame_size(max)
-        .aggregate_continuations()
-        .max_continuation_size(max);
+    let stream = super::limit_frames(stream, state.config.max_frame_bytes);
     let span = tracing::info_span!("conn", peer = ?peer, room = tracing::field::Empty, session = tracing::field::Empty);
     actix_web::rt::spawn(
         async move {
@@ -356,13 +352,4 @@ impl Connection {
             }
         }
     }
-}
-
-async fn close(session: Session, reason: CloseReason) {
-    let reason = actix_ws::CloseReason {
-        code: CloseCode::from(reason.code),
-        description: Some(reason.reason),
-    };
-    // A peer that does not take the close frame in time is dropped all the same.
-    let _ = timeout(Duration::from_secs(5), session.close(Some(reason))).await;
 }

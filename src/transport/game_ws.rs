@@ -8,14 +8,14 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, ProtocolError, Session};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, ProtocolError, Session};
 use bytestring::ByteString;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::{timeout, Instant};
 use tracing::{debug, info, Instrument};
 
-use super::{AppState, RateLimiter};
+use super::{close, AppState, RateLimiter};
 use crate::auth::Identity;
 use crate::game::{JoinOutcome, RoomHandle, Sender};
 use crate::ids::{RecordKey, RoomId};
@@ -124,11 +124,7 @@ pub(super) async fn connect(
         }
     };
     let (response, session, stream) = actix_ws::handle(&req, body)?;
-    let max = state.config.max_frame_bytes;
-    let stream = stream
-        .max_frame_size(max)
-        .aggregate_continuations()
-        .max_continuation_size(max);
+    let stream = super::limit_frames(stream, state.config.max_frame_bytes);
     let connection_id = format!("conn_{}", uuid::Uuid::new_v4().simple());
     let span = tracing::info_span!("game_conn", peer = ?peer, room = %key, conn = %connection_id);
     actix_web::rt::spawn(
@@ -588,12 +584,4 @@ async fn room_event(joined: &mut Option<(RoomHandle, SessionLink)>) -> RoomEvent
         },
         reason = &mut link.close => closed(reason),
     }
-}
-
-async fn close(session: Session, reason: CloseReason) {
-    let reason = actix_ws::CloseReason {
-        code: CloseCode::from(reason.code),
-        description: Some(reason.reason),
-    };
-    let _ = timeout(Duration::from_secs(5), session.close(Some(reason))).await;
 }

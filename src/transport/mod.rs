@@ -68,6 +68,24 @@ pub struct AppState {
     pub shutting_down: std::sync::atomic::AtomicBool,
 }
 
+/// The frame limits of both WebSocket endpoints: frames above `max` (after continuation frames
+/// are joined) end the stream with an overflow error.
+fn limit_frames(stream: actix_ws::MessageStream, max: usize) -> actix_ws::AggregatedMessageStream {
+    stream
+        .max_frame_size(max)
+        .aggregate_continuations()
+        .max_continuation_size(max)
+}
+
+/// Sends a close frame; a peer that does not take it in time is dropped all the same.
+async fn close(session: actix_ws::Session, reason: crate::rooms::CloseReason) {
+    let reason = actix_ws::CloseReason {
+        code: actix_ws::CloseCode::from(reason.code),
+        description: Some(reason.reason),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), session.close(Some(reason))).await;
+}
+
 /// Registers weft's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(canvas_ws::connect))

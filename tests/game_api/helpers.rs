@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use jsonschema::{Registry, Validator};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -861,34 +861,5 @@ impl GameClient {
             }
         })
         .await;
-    }
-}
-
-/// Applies a delta the way the EdgeBase SDKs do: split each key on `.`, create missing
-/// intermediate objects, `null` deletes.
-pub fn apply_delta(state: &mut Value, delta: &Map<String, Value>) {
-    for (path, value) in delta {
-        let segments: Vec<&str> = path.split('.').collect();
-        let (last, parents) = segments.split_last().expect("non-empty path");
-        let mut node = &mut *state;
-        for segment in parents {
-            if !node.is_object() {
-                *node = json!({});
-            }
-            node = node
-                .as_object_mut()
-                .expect("object")
-                .entry((*segment).to_owned())
-                .or_insert_with(|| json!({}));
-        }
-        if !node.is_object() {
-            *node = json!({});
-        }
-        let map = node.as_object_mut().expect("object");
-        if value.is_null() {
-            map.remove(*last);
-        } else {
-            map.insert((*last).to_owned(), value.clone());
-        }
     }
 }

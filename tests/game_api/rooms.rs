@@ -8,7 +8,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{apply_delta, GameApp, GRACE, QUIET, WAIT};
+use crate::helpers::{GameApp, GRACE, QUIET, WAIT};
+use weft::engine::tree::apply_delta;
 
 fn sync(shared: Value, shared_version: u64, player: Value, player_version: u64) -> Value {
     json!({
