@@ -233,6 +233,9 @@ pub struct GameRooms {
 }
 
 struct Inner {
+    /// Rooms run here (the server's main runtime), not on the HTTP worker that loaded them: they
+    /// outlive that connection, and the workers stop before the rooms are saved at shutdown.
+    runtime: tokio::runtime::Handle,
     namespaces: Namespaces,
     storage: Arc<dyn Storage>,
     slots: Mutex<HashMap<RecordKey, Slot>>,
@@ -260,9 +263,11 @@ pub struct Match {
 }
 
 impl GameRooms {
+    /// Must be called within the tokio runtime the rooms should run on.
     pub fn new(namespaces: Namespaces, storage: Arc<dyn Storage>) -> GameRooms {
         GameRooms {
             inner: Arc::new(Inner {
+                runtime: tokio::runtime::Handle::current(),
                 namespaces,
                 storage,
                 slots: Mutex::new(HashMap::new()),
@@ -279,6 +284,10 @@ impl GameRooms {
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.inner.storage
+    }
+
+    pub(super) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.inner.runtime
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<RecordKey, Slot>> {
@@ -466,7 +475,7 @@ impl GameRooms {
     /// At startup: deletes saved rooms past their TTL and wakes those with pending timers.
     pub fn start(&self) {
         let rooms = self.clone();
-        tokio::spawn(async move {
+        self.inner.runtime.spawn(async move {
             loop {
                 rooms.sweep().await;
                 tokio::time::sleep(Duration::from_secs(600)).await;
@@ -516,7 +525,7 @@ impl GameRooms {
     /// Loads the room when its earliest timer falls due, so timers fire without a player.
     pub(super) fn wake_at(&self, key: RecordKey, due_ms: u64) {
         let rooms = self.clone();
-        tokio::spawn(async move {
+        self.inner.runtime.spawn(async move {
             let wait = due_ms.saturating_sub(unix_ms());
             tokio::time::sleep(Duration::from_millis(wait)).await;
             if rooms.status(&key).is_none() {

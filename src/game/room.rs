@@ -76,8 +76,10 @@ pub(super) fn spawn(
         commands: tx,
         status: status.clone(),
     };
-    let span = tracing::info_span!("game_room", room = %key);
-    tokio::spawn(
+    // A root span: the room outlives the connection that happened to load it.
+    let span = tracing::info_span!(parent: None, "game_room", room = %key);
+    let runtime = rooms.runtime().clone();
+    runtime.spawn(
         async move {
             let ctx = RoomContext::new(
                 key.clone(),
