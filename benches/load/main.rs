@@ -20,6 +20,7 @@
 //! ```
 
 mod client;
+mod game;
 mod scenarios;
 mod stats;
 mod traffic;
@@ -41,6 +42,8 @@ enum Scenario {
     Idle,
     ReconnectStorm,
     LargeDoc,
+    /// Game rooms (EdgeBase protocol, `battle` namespace): ATTACK actions.
+    Game,
 }
 
 impl Scenario {
@@ -53,6 +56,7 @@ impl Scenario {
             Scenario::Idle => (1000, 10, 0.0),
             Scenario::ReconnectStorm => (10, 100, 0.0),
             Scenario::LargeDoc => (1, 1, 0.0),
+            Scenario::Game => (10, 10, 1000.0),
         }
     }
 }
@@ -190,6 +194,17 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
             scenarios::reconnect_storm(&target, rooms, clients, args.offline_edits, args.traffic)
                 .await
         }
+        Scenario::Game => {
+            let spec = game::GameSpec {
+                rooms,
+                players: clients,
+                rate,
+                warmup: Duration::from_millis(args.warmup_ms),
+                duration: Duration::from_secs_f64(args.duration_secs),
+                drain: Duration::from_millis(args.drain_ms),
+            };
+            game::game(&target, spec).await
+        }
         Scenario::LargeDoc => {
             scenarios::large_doc(
                 &target,
@@ -274,6 +289,27 @@ fn print_table(r: &Value) {
                 r["connect_errors"],
                 r["disconnects"],
                 r["disconnect_reasons"],
+            );
+        }
+        Some("game") => {
+            println!(
+                "  {} rooms x {} players (battle), ATTACK actions, open loop, {} s measured",
+                r["rooms"], r["clients_per_room"], f(&r["seconds"])
+            );
+            println!(
+                "  offered/s {:>10}  results/s {:>10}  broadcasts/s {:>10}  errors {}  connect errors {}",
+                f(&r["offered_per_sec"]),
+                f(&r["acked_per_sec"]),
+                f(&r["broadcasts_per_sec"]),
+                r["errors"],
+                r["connect_errors"],
+            );
+            lat("action ms", &r["ack_ms"]);
+            lat("broadcast ms", &r["broadcast_ms"]);
+            println!(
+                "  server cpu% {}  rss KiB {}",
+                f(&r["server"]["cpu_percent"]),
+                r["server"]["rss_kib"]
             );
         }
         Some("idle") => println!(
