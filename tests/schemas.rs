@@ -50,33 +50,38 @@ fn schema_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas/canvas")
 }
 
-fn uri(name: &str) -> String {
-    format!("{BASE}{name}.schema.json")
-}
-
-/// All schema files, parsed, with the registry that resolves `$ref`s between them offline.
+/// All schema files of one directory, parsed, with the registry that resolves `$ref`s between
+/// them offline.
 struct Schemas {
     docs: BTreeMap<String, Value>,
     registry: Registry<'static>,
+    /// The URI prefix the schemas' `$id`s and `$ref`s use.
+    base: &'static str,
 }
 
 impl Schemas {
+    /// The canvas-store schemas.
     fn load() -> Schemas {
+        Schemas::load_from(&schema_dir(), BASE)
+    }
+
+    fn load_from(dir: &std::path::Path, base: &'static str) -> Schemas {
         let mut docs = BTreeMap::new();
-        for entry in std::fs::read_dir(schema_dir()).expect("schemas/canvas exists") {
+        for entry in std::fs::read_dir(dir).expect("schema directory exists") {
             let path = entry.expect("directory entry").path();
             let file = path
                 .file_name()
                 .and_then(|f| f.to_str())
                 .unwrap_or_default();
             let Some(name) = file.strip_suffix(".schema.json") else {
-                panic!("unexpected file {} in schemas/canvas", path.display());
+                panic!("unexpected file {}", path.display());
             };
             let text = std::fs::read_to_string(&path).expect("readable schema");
             let doc: Value = serde_json::from_str(&text)
                 .unwrap_or_else(|e| panic!("{file} is not valid JSON: {e}"));
             docs.insert(name.to_owned(), doc);
         }
+        let uri = |name: &str| format!("{base}{name}.schema.json");
         let mut builder = Registry::new();
         for (name, doc) in &docs {
             builder = builder
@@ -84,7 +89,15 @@ impl Schemas {
                 .unwrap_or_else(|e| panic!("{name}: cannot register: {e}"));
         }
         let registry = builder.prepare().expect("registry resolves");
-        Schemas { docs, registry }
+        Schemas {
+            docs,
+            registry,
+            base,
+        }
+    }
+
+    fn uri(&self, name: &str) -> String {
+        format!("{}{name}.schema.json", self.base)
     }
 
     fn doc(&self, name: &str) -> &Value {
@@ -103,7 +116,12 @@ impl Schemas {
     }
 
     fn validator(&self, name: &str) -> Validator {
-        self.validator_for(&json!({ "$ref": uri(name) }))
+        self.validator_for(&json!({ "$ref": self.uri(name) }))
+    }
+
+    /// A validator for one definition of `common.schema.json`.
+    fn def(&self, def: &str) -> Validator {
+        self.validator_for(&json!({ "$ref": format!("{}#/$defs/{def}", self.uri("common")) }))
     }
 
     fn examples(&self, name: &str) -> Vec<Value> {
@@ -198,8 +216,7 @@ fn examples_validate_against_their_schema() {
         .as_object()
         .expect("common has $defs");
     for (def, body) in defs {
-        let validator =
-            schemas.validator_for(&json!({ "$ref": format!("{}#/$defs/{def}", uri("common")) }));
+        let validator = schemas.def(def);
         for example in body["examples"].as_array().into_iter().flatten() {
             assert_valid(&validator, def, example);
             checked += 1;
@@ -843,14 +860,13 @@ fn integral_floats_are_whole_numbers() {
 /// encodes for the same values; frames built from every error code validate; counter-examples
 /// are refused. (tests/game_api also validates every frame the running server sends.)
 mod game {
-    use std::collections::BTreeMap;
     use std::path::PathBuf;
 
-    use jsonschema::{Registry, Validator};
+    use jsonschema::Validator;
     use serde_json::{json, Map, Value};
     use weft::protocol::game::{error_frame, ClientFrame, DecodeError, ErrorCode, ServerFrame};
 
-    use super::{assert_invalid, assert_valid};
+    use super::{assert_invalid, assert_valid, Schemas};
 
     const BASE: &str = "https://weft.invalid/schemas/game/";
 
@@ -897,76 +913,21 @@ mod game {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas/game")
     }
 
-    fn uri(name: &str) -> String {
-        format!("{BASE}{name}.schema.json")
-    }
-
     /// The wire `type` of a message schema: its file name with `_` for `-`.
     fn wire_type(name: &str) -> String {
         name.replace('-', "_")
     }
 
-    struct Schemas {
-        docs: BTreeMap<String, Value>,
-        registry: Registry<'static>,
+    fn load() -> Schemas {
+        Schemas::load_from(&dir(), BASE)
     }
 
-    impl Schemas {
-        fn load() -> Schemas {
-            let mut docs = BTreeMap::new();
-            for entry in std::fs::read_dir(dir()).expect("schemas/game exists") {
-                let path = entry.expect("directory entry").path();
-                let file = path
-                    .file_name()
-                    .and_then(|f| f.to_str())
-                    .unwrap_or_default();
-                let Some(name) = file.strip_suffix(".schema.json") else {
-                    panic!("unexpected file {} in schemas/game", path.display());
-                };
-                let text = std::fs::read_to_string(&path).expect("readable schema");
-                let doc: Value = serde_json::from_str(&text)
-                    .unwrap_or_else(|e| panic!("{file} is not valid JSON: {e}"));
-                docs.insert(name.to_owned(), doc);
-            }
-            let mut builder = Registry::new();
-            for (name, doc) in &docs {
-                builder = builder
-                    .add(uri(name), doc.clone())
-                    .unwrap_or_else(|e| panic!("{name}: cannot register: {e}"));
-            }
-            let registry = builder.prepare().expect("registry resolves");
-            Schemas { docs, registry }
-        }
+    /// What only the game tests ask of the schemas.
+    trait GameSchemas {
+        fn server_validator(&self, frame: &Value) -> Validator;
+    }
 
-        fn doc(&self, name: &str) -> &Value {
-            self.docs
-                .get(name)
-                .unwrap_or_else(|| panic!("no schema {name}"))
-        }
-
-        fn validator_for(&self, schema: &Value) -> Validator {
-            jsonschema::options()
-                .offline()
-                .with_registry(&self.registry)
-                .build(schema)
-                .unwrap_or_else(|e| panic!("schema {schema} does not build: {e}"))
-        }
-
-        fn validator(&self, name: &str) -> Validator {
-            self.validator_for(&json!({ "$ref": uri(name) }))
-        }
-
-        fn def(&self, def: &str) -> Validator {
-            self.validator_for(&json!({ "$ref": format!("{}#/$defs/{def}", uri("common")) }))
-        }
-
-        fn examples(&self, name: &str) -> Vec<Value> {
-            self.doc(name)["examples"]
-                .as_array()
-                .unwrap_or_else(|| panic!("{name} has no examples array"))
-                .clone()
-        }
-
+    impl GameSchemas for Schemas {
         /// The schema of a server frame, by its wire `type`.
         fn server_validator(&self, frame: &Value) -> Validator {
             let kind = frame["type"].as_str().expect("a type");
@@ -983,7 +944,7 @@ mod game {
     /// policy of its direction (client frames open, server frames closed).
     #[test]
     fn game_schemas_are_valid_documented_and_listed() {
-        let schemas = Schemas::load();
+        let schemas = load();
         let names: Vec<&str> = schemas.docs.keys().map(String::as_str).collect();
         let mut want: Vec<&str> = CLIENT.iter().chain(&SERVER).copied().collect();
         want.push("common");
@@ -1033,7 +994,7 @@ mod game {
     /// Every example validates against its schema, the shared definitions' examples included.
     #[test]
     fn game_examples_validate_against_their_schema() {
-        let schemas = Schemas::load();
+        let schemas = load();
         let mut checked = 0;
         for name in CLIENT.iter().chain(&SERVER) {
             let validator = schemas.validator(name);
@@ -1059,7 +1020,7 @@ mod game {
     /// Every client example decodes to the frame it describes, also with an unknown extra member.
     #[test]
     fn game_client_examples_decode() {
-        let schemas = Schemas::load();
+        let schemas = load();
         for name in CLIENT {
             let validator = schemas.validator(name);
             for example in schemas.examples(name) {
@@ -1168,7 +1129,7 @@ mod game {
     /// server schema refuses an extra member and a missing one.
     #[test]
     fn game_server_examples_match_encoded_frames() {
-        let schemas = Schemas::load();
+        let schemas = load();
         for name in SERVER {
             let validator = schemas.validator(name);
             for example in schemas.examples(name) {
@@ -1189,7 +1150,7 @@ mod game {
     /// `error` and an `action_error` of every code validate.
     #[test]
     fn game_error_codes_match_the_code() {
-        let schemas = Schemas::load();
+        let schemas = load();
         let listed = schemas.doc("common")["$defs"]["ErrorCode"]["enum"].clone();
         let codes: Vec<Value> = CODES.iter().map(|c| json!(c.as_str())).collect();
         assert_eq!(listed, Value::Array(codes));
@@ -1223,7 +1184,7 @@ mod game {
     /// whole arrays, empty states, any result and data values) validate against their schemas.
     #[test]
     fn game_frames_the_server_builds_validate() {
-        let schemas = Schemas::load();
+        let schemas = load();
         let delta = json!({
             "a": 1,
             "b.c": null,
@@ -1280,7 +1241,7 @@ mod game {
     /// field of the wrong kind, refused by `ClientFrame::decode` too.
     #[test]
     fn game_counter_examples_are_rejected() {
-        let schemas = Schemas::load();
+        let schemas = load();
         let shared = schemas.validator("shared-delta");
         for bad in [
             json!({"type": "shared_delta", "delta": {}, "version": 1}),
@@ -1344,7 +1305,7 @@ mod game {
     /// one without `requestId` is answered with "" and a numeric one with its text.
     #[test]
     fn game_documented_leniencies_of_the_decoder() {
-        let schemas = Schemas::load();
+        let schemas = load();
         let send = schemas.validator("send");
         for (frame, action_type, request_id) in [
             (json!({"type": "send", "requestId": "r"}), None, "r"),
