@@ -119,6 +119,22 @@ impl Schemas {
         self.validator_for(&json!({ "$ref": self.uri(name) }))
     }
 
+    /// Validates every example of every `common.schema.json` definition; returns how many.
+    fn check_common_examples(&self) -> usize {
+        let defs = self.doc("common")["$defs"]
+            .as_object()
+            .expect("common has $defs");
+        let mut checked = 0;
+        for (def, body) in defs {
+            let validator = self.def(def);
+            for example in body["examples"].as_array().into_iter().flatten() {
+                assert_valid(&validator, def, example);
+                checked += 1;
+            }
+        }
+        checked
+    }
+
     /// A validator for one definition of `common.schema.json`.
     fn def(&self, def: &str) -> Validator {
         self.validator_for(&json!({ "$ref": format!("{}#/$defs/{def}", self.uri("common")) }))
@@ -212,16 +228,7 @@ fn examples_validate_against_their_schema() {
             checked += 1;
         }
     }
-    let defs = schemas.doc("common")["$defs"]
-        .as_object()
-        .expect("common has $defs");
-    for (def, body) in defs {
-        let validator = schemas.def(def);
-        for example in body["examples"].as_array().into_iter().flatten() {
-            assert_valid(&validator, def, example);
-            checked += 1;
-        }
-    }
+    checked += schemas.check_common_examples();
     assert!(checked > 40, "only {checked} examples checked");
 }
 
@@ -1004,16 +1011,7 @@ mod game {
                 checked += 1;
             }
         }
-        let defs = schemas.doc("common")["$defs"]
-            .as_object()
-            .expect("common has $defs");
-        for (def, body) in defs {
-            let validator = schemas.def(def);
-            for example in body["examples"].as_array().into_iter().flatten() {
-                assert_valid(&validator, def, example);
-                checked += 1;
-            }
-        }
+        checked += schemas.check_common_examples();
         assert!(checked > 40, "only {checked} examples checked");
     }
 
