@@ -1,11 +1,13 @@
 //! Wiring: settings -> storage -> authorizer -> RoomManager -> HTTP server -> shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{web, App, HttpServer};
+use actix_http::HttpService;
+use actix_service::{fn_factory, fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_web::dev::AppConfig;
+use actix_web::{web, App};
 use anyhow::Context;
 use tracing::{error, info, warn};
 
@@ -19,7 +21,7 @@ use crate::transport::{self, AppState, ConnectionLimiter};
 
 /// A bound, not yet running server.
 pub struct Application {
-    server: actix_web::dev::Server,
+    server: actix_server::Server,
     addr: SocketAddr,
     state: web::Data<AppState>,
     storage: Arc<dyn Storage>,
@@ -28,7 +30,7 @@ pub struct Application {
 /// Stops a running [`Application`] gracefully.
 #[derive(Clone)]
 pub struct ShutdownHandle {
-    server: actix_web::dev::ServerHandle,
+    server: actix_server::ServerHandle,
     state: web::Data<AppState>,
     storage: Arc<dyn Storage>,
 }
@@ -126,28 +128,43 @@ impl Application {
             limiter: ConnectionLimiter::new(limits.max_connections, limits.max_connections_per_ip),
             metrics,
             config: settings.transport_config(),
-            shutting_down: AtomicBool::new(false),
+            closing: tokio::sync::watch::Sender::new(false),
+            runtime: tokio::runtime::Handle::current(),
         });
+        let listener =
+            listen(settings.addr).with_context(|| format!("binding {}", settings.addr))?;
+        let addr = listener.local_addr()?;
         let app_state = state.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(app_state.clone())
-                .configure(transport::routes)
-        })
-        // Small real-time frames: send each at once instead of waiting to coalesce (Nagle).
-        .tcp_nodelay(true)
-        .disable_signals()
-        .shutdown_timeout(5)
-        .bind(settings.addr)
-        .with_context(|| format!("binding {}", settings.addr))?;
-        let addr = server
-            .addrs()
-            .first()
-            .copied()
-            .context("server bound no address")?;
+        let server = actix_server::Server::build()
+            .backlog(LISTEN_BACKLOG)
+            .listen("weft", listener, move || {
+                let routes = App::new()
+                    .app_data(app_state.clone())
+                    .configure(transport::routes)
+                    .into_factory()
+                    .map_err(|e: actix_web::Error| e.error_response());
+                let upgrade_state = app_state.clone();
+                let upgrade = fn_factory(move || {
+                    let state = upgrade_state.clone();
+                    async move {
+                        Ok::<_, ()>(fn_service(move |(req, framed)| {
+                            transport::hand_off(state.clone(), req, framed)
+                        }))
+                    }
+                });
+                // (TCP_NODELAY is set on upgraded sockets, see `transport::hand_off`.)
+                HttpService::build()
+                    .local_addr(addr)
+                    .upgrade(upgrade)
+                    .h1(map_config(routes, |_| AppConfig::default()))
+                    .tcp()
+            })?
+            .disable_signals()
+            .shutdown_timeout(5)
+            .run();
         info!(%addr, storage = storage.name(), data_dir = %settings.data_dir.display(), "weft listening");
         Ok(Application {
-            server: server.run(),
+            server,
             addr,
             state,
             storage,
@@ -191,7 +208,7 @@ impl ShutdownHandle {
     /// stops the server. Returns false if some room could not be saved.
     pub async fn shutdown(&self) -> bool {
         info!("shutting down: no new connections, closing sessions, saving rooms");
-        self.state.shutting_down.store(true, Ordering::SeqCst);
+        self.state.closing.send_replace(true);
         self.server.pause().await;
         let mut errors = self.state.games.close_all().await;
         errors.extend(
@@ -210,6 +227,20 @@ impl ShutdownHandle {
         info!(unsaved_rooms = errors.len(), "shutdown complete");
         errors.is_empty()
     }
+}
+
+/// Pending connections the kernel queues before accept (a reconnect storm arrives at once).
+const LISTEN_BACKLOG: u32 = 2048;
+
+/// The listening socket (address reuse, so a restarted server binds at once).
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)?.into_std()
 }
 
 /// How game room tokens are checked: the EdgeBase secret if configured; else any token with

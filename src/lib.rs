@@ -4,7 +4,8 @@
 //! - [`app`]: wiring: settings -> storage -> authorizer -> [`rooms::RoomManager`] -> HTTP server
 //!   -> graceful shutdown. [`config`] holds the settings tree, [`telemetry`] the logging.
 //! - [`snapshot_cli`]: `weft snapshot`: export, import, inspect, restore `<roomId>.json` snapshots.
-//! - [`transport`]: actix-web routes and the WebSocket session loop (limits, heartbeat, decoding).
+//! - [`transport`]: actix-web routes for HTTP; WebSocket upgrades taken off actix-http onto
+//!   weft's own socket, and one session loop per connection (limits, heartbeat, decoding).
 //! - [`auth`]: who may connect where: none (development), a token table, or JWT.
 //! - [`game`]: game rooms (EdgeBase Rooms protocol, Colyseus room model): namespaces, the
 //!   handler trait and builder, one task per room, matchmaking.

@@ -13,10 +13,11 @@ use checks::{Buf, Kind, Program, Request, Run, Val, Write};
 type Check = fn(&[u8]);
 
 /// The fuzz targets and the check each one runs.
-const TARGETS: [(&str, Check); 3] = [
+const TARGETS: [(&str, Check); 4] = [
     ("decode_frame", checks::check_frame),
     ("engine_apply", checks::check_engine),
     ("snapshot_load", checks::check_snapshot),
+    ("ws_frames", checks::check_ws_frames),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -80,6 +81,13 @@ fn engine_apply_inputs_replay() {
 #[test]
 fn snapshot_load_inputs_replay() {
     replay_target("snapshot_load");
+}
+
+/// Every saved `ws_frames` input is read by the server's frame reader without a panic, within the
+/// size limit, and gives the same messages (and fails alike) whatever chunks its bytes came in.
+#[test]
+fn ws_frames_inputs_replay() {
+    replay_target("ws_frames");
 }
 
 /// No saved input sits in a folder that no test replays (a misspelt target name would hide it).
@@ -309,5 +317,188 @@ fn write_engine_seeds() {
     std::fs::create_dir_all(&dir).expect("seed folder");
     for (name, program) in seed_programs() {
         std::fs::write(dir.join(name), program.encode()).expect("seed written");
+    }
+}
+
+/// The masking key of the `ws_frames` seeds.
+const WS_MASK: [u8; 4] = [0x1f, 0x8b, 0x5a, 0xc4];
+
+/// The header of a masked client frame announcing `len` payload bytes (mask key included).
+fn ws_header(fin: bool, opcode: u8, len: u64) -> Vec<u8> {
+    let mut frame = vec![if fin { 0x80 | opcode } else { opcode }];
+    if len < 126 {
+        frame.push(0x80 | len as u8);
+    } else if len <= u64::from(u16::MAX) {
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        frame.push(0x80 | 127);
+        frame.extend_from_slice(&len.to_be_bytes());
+    }
+    frame.extend_from_slice(&WS_MASK);
+    frame
+}
+
+/// A masked client frame, as a browser sends it.
+fn ws_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = ws_header(fin, opcode, payload.len() as u64);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ WS_MASK[i % 4]));
+    frame
+}
+
+/// Realistic client byte streams, the source of `fuzz/corpus/ws_frames/`: the chunk size byte
+/// (0: all at once), then the frames.
+fn ws_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    const TEXT: u8 = 1;
+    const BINARY: u8 = 2;
+    const CLOSE: u8 = 8;
+    const PING: u8 = 9;
+    const PONG: u8 = 10;
+    let patch = br#"{"type":"patch","messageId":"m1","documentPatches":[{"a/Shape":{"_exists":true,"x":1}}]}"#;
+    let reconnect = br#"{"type":"reconnect","lastTimestamp":0,"protocolVersion":2}"#;
+    let seed = |chunk: u8, frames: &[Vec<u8>]| [vec![chunk], frames.concat()].concat();
+    let mut close = 4000u16.to_be_bytes().to_vec();
+    close.extend_from_slice(b"bye");
+    let long = "\u{e9}".repeat(600);
+    vec![
+        (
+            "session",
+            seed(
+                0,
+                &[
+                    ws_frame(true, TEXT, reconnect),
+                    ws_frame(true, TEXT, patch),
+                    ws_frame(true, PING, b"hb"),
+                    ws_frame(true, PONG, b""),
+                    ws_frame(true, CLOSE, &close),
+                ],
+            ),
+        ),
+        (
+            "bytewise",
+            seed(
+                1,
+                &[
+                    ws_frame(true, TEXT, reconnect),
+                    ws_frame(true, BINARY, &[0, 1, 2, 0xff]),
+                    ws_frame(true, CLOSE, b""),
+                ],
+            ),
+        ),
+        (
+            "fragments_with_ping",
+            seed(
+                3,
+                &[
+                    ws_frame(false, TEXT, &patch[..20]),
+                    ws_frame(true, PING, b"mid"),
+                    ws_frame(false, 0, &patch[20..50]),
+                    ws_frame(true, 0, &patch[50..]),
+                ],
+            ),
+        ),
+        (
+            "utf8_split_across_fragments",
+            seed(
+                2,
+                &[
+                    ws_frame(false, TEXT, b"caf\xc3"),
+                    ws_frame(false, 0, b"\xa9 \xf0\x9f"),
+                    ws_frame(true, 0, b"\x98\x80"),
+                    ws_frame(false, TEXT, b"bad \xc3"),
+                    ws_frame(true, 0, b"("),
+                ],
+            ),
+        ),
+        (
+            "length_16_bit",
+            seed(200, &[ws_frame(true, TEXT, long.as_bytes())]),
+        ),
+        (
+            "huge_length",
+            seed(
+                5,
+                &[
+                    ws_frame(true, TEXT, patch),
+                    ws_header(true, BINARY, 1 << 40),
+                ],
+            ),
+        ),
+        (
+            "joined_over_the_limit",
+            seed(
+                64,
+                &[
+                    ws_frame(false, BINARY, &[7; 3000]),
+                    ws_frame(true, 0, &[8; 1200]),
+                ],
+            ),
+        ),
+        (
+            "unmasked",
+            seed(0, &[ws_frame(true, PING, b"x"), b"\x81\x02hi".to_vec()]),
+        ),
+    ]
+}
+
+/// The committed `ws_frames` seeds are exactly [`ws_seeds`] (binary files, so they are written
+/// from code a reviewer can read).
+#[test]
+fn ws_seeds_are_the_seed_streams() {
+    let dir = fuzz_dir().join("corpus").join("ws_frames");
+    for (name, bytes) in ws_seeds() {
+        let saved = std::fs::read(dir.join(name)).expect("seed file exists");
+        assert_eq!(saved, bytes, "fuzz/corpus/ws_frames/{name} is stale");
+    }
+}
+
+/// The seeds reach every outcome of the frame reader: each kind of message, and each error.
+#[test]
+fn ws_seeds_reach_every_outcome() {
+    let mut seen = std::collections::BTreeSet::new();
+    for (_, bytes) in ws_seeds() {
+        let (chunk, stream) = bytes.split_first().expect("a chunk size");
+        let chunk = if *chunk == 0 {
+            stream.len()
+        } else {
+            usize::from(*chunk)
+        };
+        let (messages, error) = checks::read_ws_stream(stream, chunk);
+        for message in &messages {
+            seen.insert(
+                format!("{message:?}")
+                    .split('(')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+            );
+        }
+        let outcome = error.map_or("end".to_owned(), |e| {
+            format!("{e:?}").split('(').next().unwrap_or("").to_owned()
+        });
+        seen.insert(outcome);
+    }
+    let all = [
+        "Text",
+        "Binary",
+        "Ping",
+        "Pong",
+        "Close",
+        "end",
+        "TooBig",
+        "InvalidUtf8",
+        "Protocol",
+    ];
+    assert_eq!(seen, all.iter().map(|s| s.to_string()).collect());
+}
+
+/// Writes `fuzz/corpus/ws_frames/` from [`ws_seeds`] (`-- --ignored write_ws_seeds`).
+#[test]
+#[ignore = "writes the seed files; run by hand after changing the seeds"]
+fn write_ws_seeds() {
+    let dir = fuzz_dir().join("corpus").join("ws_frames");
+    std::fs::create_dir_all(&dir).expect("seed folder");
+    for (name, bytes) in ws_seeds() {
+        std::fs::write(dir.join(name), bytes).expect("seed written");
     }
 }

@@ -8,12 +8,15 @@
 //! - [`check_engine`]: bytes -> a [`Program`] of requests (see [`Program::decode`]) -> the engine,
 //!   with the diff invariant of `diff_since_brings_a_replica_up_to_date` (src/engine/document.rs).
 //! - [`check_snapshot`]: bytes -> `Document::decode_snapshot`, then an encode/decode round trip.
+//! - [`check_ws_frames`]: bytes -> a client's WebSocket byte stream, read by the server's
+//!   `FrameReader` in chunks.
 
 use std::collections::HashSet;
 
 use serde_json::{json, Map, Value};
 use weft::engine::{validate_patches, Document, Ephemeral, Limits};
 use weft::protocol::canvas::{self, ClientFrame, Patches, ServerFrame};
+use weft::transport::{FrameReader, WsError, WsMessage};
 
 /// Limits for decoded frames: a small buffer cap keeps each run fast; the rules do not depend on it.
 pub const FRAME_LIMITS: Limits = Limits {
@@ -816,4 +819,94 @@ pub fn run_program(program: &Program) {
             validate_patches(&json!([bye]), &limits).expect("leave patch validates");
         }
     }
+}
+
+// --- ws_frames -------------------------------------------------------------------------------------
+
+/// The message size limit of `ws_frames`: small, so generated lengths land on both sides of it.
+pub const WS_MAX_MESSAGE: usize = 4096;
+
+/// Reads `data[1..]` as the bytes a client sends on a WebSocket, pushed to a [`FrameReader`] in
+/// chunks of `data[0]` bytes (0: all at once), reading every message after each push until the
+/// reader has none or fails; after a failure nothing more is read, as on a connection. Must not
+/// panic, and:
+/// - no text or binary message exceeds [`WS_MAX_MESSAGE`], no ping payload exceeds 125 bytes (a
+///   control frame's), and together they never hold more bytes than the input;
+/// - a close code is one a client may send (RFC 6455 §7.4: 1000-1003, 1007-1014, 3000-4999);
+/// - `TooBig` names the limit;
+/// - the chunking does not matter: the same bytes pushed at once give the same messages, and fail
+///   (or not) alike. (Which error may differ: a header that is both unmasked and over the limit
+///   is `Protocol` when its first two bytes arrive alone, `TooBig` once its length is there.)
+pub fn check_ws_frames(data: &[u8]) {
+    let Some((&chunk, stream)) = data.split_first() else {
+        return;
+    };
+    let chunk = match chunk {
+        0 => stream.len().max(1),
+        n => usize::from(n),
+    };
+    let (messages, error) = read_ws_stream(stream, chunk);
+    let (whole, whole_error) = read_ws_stream(stream, stream.len().max(1));
+    let mut payload = 0;
+    for message in &messages {
+        match message {
+            WsMessage::Text(text) => {
+                assert!(std::str::from_utf8(text.as_bytes()).is_ok());
+                assert!(text.len() <= WS_MAX_MESSAGE, "text of {} bytes", text.len());
+                payload += text.len();
+            }
+            WsMessage::Binary(bytes) => {
+                assert!(
+                    bytes.len() <= WS_MAX_MESSAGE,
+                    "binary of {} bytes",
+                    bytes.len()
+                );
+                payload += bytes.len();
+            }
+            WsMessage::Ping(bytes) => {
+                assert!(bytes.len() <= 125, "ping of {} bytes", bytes.len());
+                payload += bytes.len();
+            }
+            WsMessage::Pong => {}
+            WsMessage::Close(code) => assert!(
+                matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999),
+                "close code {code}"
+            ),
+        }
+    }
+    assert!(
+        payload <= stream.len(),
+        "{payload} payload bytes from {} input bytes",
+        stream.len()
+    );
+    if let Some(WsError::TooBig(limit)) = &error {
+        assert_eq!(*limit, WS_MAX_MESSAGE);
+    }
+    assert_eq!(
+        messages, whole,
+        "chunks of {chunk} give other messages than the whole input"
+    );
+    assert_eq!(
+        error.is_some(),
+        whole_error.is_some(),
+        "chunks of {chunk}: {error:?}; whole input: {whole_error:?}"
+    );
+}
+
+/// The messages `stream` pushed in chunks of `chunk` bytes gives, and the error that stopped it.
+pub fn read_ws_stream(stream: &[u8], chunk: usize) -> (Vec<WsMessage>, Option<WsError>) {
+    let mut reader = FrameReader::new(WS_MAX_MESSAGE);
+    let mut messages = Vec::new();
+    for piece in stream.chunks(chunk) {
+        reader.push(piece);
+        loop {
+            match reader.next_message() {
+                Ok(Some(message)) => messages.push(message),
+                Ok(None) => break,
+                // The connection is closed on the first error: nothing more is read.
+                Err(e) => return (messages, Some(e)),
+            }
+        }
+    }
+    (messages, None)
 }

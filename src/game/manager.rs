@@ -170,7 +170,7 @@ pub struct RoomHandle {
 impl RoomHandle {
     /// Queues a command; `false` when the room has stopped (the caller reloads it and retries).
     pub(super) async fn send(&self, command: Command) -> bool {
-        self.commands.send(command).await.is_ok()
+        crate::rooms::send_command(&self.commands, command).await
     }
 
     /// Runs an action; its result or error reaches the connection's outbox.

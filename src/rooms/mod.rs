@@ -9,9 +9,10 @@ mod room;
 mod session;
 
 pub use manager::{JoinError, RoomConfig, RoomManager};
+pub(crate) use room::send_command;
 pub use room::RoomHandle;
 pub(crate) use session::Delivery;
-pub use session::{CloseReason, NewSession, Outbox, SessionInfo, SessionLink};
+pub use session::{CloseReason, LinkEvent, NewSession, Outbox, SessionInfo, SessionLink};
 
 #[cfg(test)]
 mod tests;

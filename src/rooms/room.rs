@@ -64,6 +64,17 @@ pub(crate) enum RoomCommand {
     },
 }
 
+/// Queues a command for a room task, waiting while its queue is full; false when the room is
+/// gone. The wait is boxed: it is rare, and a connection's future (alive as long as the
+/// connection) would otherwise carry the channel's send future in every state.
+pub(crate) async fn send_command<T>(tx: &mpsc::Sender<T>, command: T) -> bool {
+    match tx.try_send(command) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Full(command)) => Box::pin(tx.send(command)).await.is_ok(),
+    }
+}
+
 /// A cloneable handle to a live room.
 #[derive(Clone)]
 pub struct RoomHandle {
@@ -117,23 +128,23 @@ impl RoomHandle {
 
     /// Hands a decoded frame to the room. Waits while the room's queue is full (backpressure).
     pub async fn frame(&self, session: SessionId, frame: ClientFrame) -> Result<(), RoomGone> {
-        self.tx
-            .send(RoomCommand::Frame { session, frame })
-            .await
-            .map_err(|_| RoomGone)
+        match send_command(&self.tx, RoomCommand::Frame { session, frame }).await {
+            true => Ok(()),
+            false => Err(RoomGone),
+        }
     }
 
     /// Replaces a session's permission and metadata after a successful token refresh.
     pub async fn reauthorize(&self, session: SessionId, grant: Grant) -> Result<(), RoomGone> {
-        self.tx
-            .send(RoomCommand::Reauthorize { session, grant })
-            .await
-            .map_err(|_| RoomGone)
+        match send_command(&self.tx, RoomCommand::Reauthorize { session, grant }).await {
+            true => Ok(()),
+            false => Err(RoomGone),
+        }
     }
 
     /// Removes a session (its connection ended).
     pub async fn leave(&self, session: SessionId) {
-        let _ = self.tx.send(RoomCommand::Leave { session }).await;
+        send_command(&self.tx, RoomCommand::Leave { session }).await;
     }
 
     /// Changes a session's permission at runtime; false if there is no such session.

@@ -1,10 +1,11 @@
 //! What a room knows of a connection, and how it reaches it.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use bytestring::ByteString;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::Permission;
 use crate::ids::{ClientId, SessionId};
@@ -45,22 +46,54 @@ impl CloseReason {
     }
 }
 
-/// The room's way to reach a connection: a bounded frame queue and a one-shot close signal.
+/// The room's way to reach a connection: a bounded frame queue and a close signal.
 ///
 /// With a write-ahead log, a frame may only leave once every write the room made before it is
 /// durable (an ack is a promise; a broadcast must not show a write a crash could undo). Such
 /// frames wait in `held`, tagged with the room clock at the time they were made, in order.
 pub struct Outbox {
-    frames: mpsc::Sender<ByteString>,
-    close: Option<oneshot::Sender<CloseReason>>,
+    queue: Arc<Mutex<Queue>>,
     held: VecDeque<(u64, ByteString)>,
     capacity: usize,
 }
 
-/// The connection's ends of an [`Outbox`].
+/// The connection's end of an [`Outbox`].
 pub struct SessionLink {
-    pub frames: mpsc::Receiver<ByteString>,
-    pub close: oneshot::Receiver<CloseReason>,
+    queue: Arc<Mutex<Queue>>,
+}
+
+/// What a connection gets from its room: frames in order, then (once every frame queued before
+/// it is taken) the close.
+#[derive(Debug, PartialEq)]
+pub enum LinkEvent {
+    Frame(ByteString),
+    Closed(CloseReason),
+}
+
+/// The queue between a room and one connection. A plain locked deque rather than a channel: it
+/// allocates nothing while empty, where a channel's first block alone costs ~1 KiB for each of
+/// thousands of mostly idle connections. The lock is held for a push or a pop, never across an
+/// `.await`.
+struct Queue {
+    frames: VecDeque<ByteString>,
+    close: Option<CloseReason>,
+    /// The room dropped its `Outbox` (the session left the room).
+    room_gone: bool,
+    /// The connection dropped its `SessionLink`.
+    connection_gone: bool,
+    /// The connection's task, waiting for a frame.
+    waiter: Option<Waker>,
+}
+
+/// A deque emptied by the connection keeps at most this much room (idle connections hold
+/// nothing large).
+const KEPT_QUEUE_CAPACITY: usize = 8;
+
+fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    // A panic while holding this lock leaves the queue consistent (each step is one push or pop).
+    queue
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The result of queueing a frame.
@@ -74,21 +107,22 @@ pub(crate) enum Delivery {
 }
 
 impl Outbox {
-    /// A new outbox holding at most `capacity` frames, with the connection's ends.
+    /// A new outbox holding at most `capacity` frames, with the connection's end.
     pub fn new(capacity: usize) -> (Outbox, SessionLink) {
-        let (frames_tx, frames_rx) = mpsc::channel(capacity.max(1));
-        let (close_tx, close_rx) = oneshot::channel();
+        let queue = Arc::new(Mutex::new(Queue {
+            frames: VecDeque::new(),
+            close: None,
+            room_gone: false,
+            connection_gone: false,
+            waiter: None,
+        }));
         (
             Outbox {
-                frames: frames_tx,
-                close: Some(close_tx),
+                queue: queue.clone(),
                 held: VecDeque::new(),
                 capacity: capacity.max(1),
             },
-            SessionLink {
-                frames: frames_rx,
-                close: close_rx,
-            },
+            SessionLink { queue },
         )
     }
 
@@ -126,17 +160,92 @@ impl Outbox {
     }
 
     fn push(&self, frame: ByteString) -> Delivery {
-        match self.frames.try_send(frame) {
-            Ok(()) => Delivery::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Gone,
+        let waiter = {
+            let mut queue = lock(&self.queue);
+            if queue.connection_gone {
+                return Delivery::Gone;
+            }
+            if queue.frames.len() >= self.capacity {
+                return Delivery::Full;
+            }
+            queue.frames.push_back(frame);
+            queue.waiter.take()
+        };
+        if let Some(waiter) = waiter {
+            waiter.wake();
         }
+        Delivery::Queued
     }
 
+    /// Ends the session with `reason`, after the frames already queued. A client closed for
+    /// being too slow gets none of them: it reconnects and catches up with a diff.
     pub(crate) fn close(&mut self, reason: CloseReason) {
-        if let Some(close) = self.close.take() {
-            let _ = close.send(reason);
+        let waiter = {
+            let mut queue = lock(&self.queue);
+            if reason == CloseReason::slow_client() {
+                queue.frames = VecDeque::new();
+            }
+            queue.close.get_or_insert(reason);
+            queue.waiter.take()
+        };
+        if let Some(waiter) = waiter {
+            waiter.wake();
         }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let waiter = {
+            let mut queue = lock(&self.queue);
+            queue.room_gone = true;
+            queue.waiter.take()
+        };
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
+    }
+}
+
+impl SessionLink {
+    /// The next frame or, once none is left, the close: the room's reason, or `room_closed` if
+    /// the room let the session go without one. Cancel-safe.
+    pub async fn next(&mut self) -> LinkEvent {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<LinkEvent> {
+        let mut queue = lock(&self.queue);
+        if let Some(frame) = queue.frames.pop_front() {
+            if queue.frames.is_empty() && queue.frames.capacity() > KEPT_QUEUE_CAPACITY {
+                queue.frames = VecDeque::new();
+            }
+            return Poll::Ready(LinkEvent::Frame(frame));
+        }
+        if let Some(reason) = &queue.close {
+            return Poll::Ready(LinkEvent::Closed(reason.clone()));
+        }
+        if queue.room_gone {
+            return Poll::Ready(LinkEvent::Closed(CloseReason::room_closed()));
+        }
+        match &mut queue.waiter {
+            Some(waiter) if waiter.will_wake(cx.waker()) => {}
+            waiter => *waiter = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// The next frame if one is queued (to batch several into one socket write).
+    pub fn try_frame(&mut self) -> Option<ByteString> {
+        lock(&self.queue).frames.pop_front()
+    }
+}
+
+impl Drop for SessionLink {
+    fn drop(&mut self) {
+        let mut queue = lock(&self.queue);
+        queue.connection_gone = true;
+        queue.frames = VecDeque::new();
     }
 }
 

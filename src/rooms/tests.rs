@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytestring::ByteString;
 use serde_json::{json, Value};
 
 use super::*;
@@ -76,11 +77,25 @@ impl TestSession {
     }
 
     async fn recv(&mut self) -> Value {
-        let frame = tokio::time::timeout(Duration::from_secs(5), self.link.frames.recv())
+        let event = tokio::time::timeout(Duration::from_secs(5), self.link.next())
             .await
-            .expect("a frame in time")
-            .expect("outbox open");
-        serde_json::from_str(&frame).expect("json")
+            .expect("a frame in time");
+        match event {
+            LinkEvent::Frame(frame) => serde_json::from_str(&frame).expect("json"),
+            LinkEvent::Closed(reason) => panic!("closed: {reason:?}"),
+        }
+    }
+
+    /// The close reason, after whatever frames are still queued.
+    async fn closed(&mut self) -> CloseReason {
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(5), self.link.next())
+                .await
+                .expect("closed in time");
+            if let LinkEvent::Closed(reason) = event {
+                return reason;
+            }
+        }
     }
 
     /// Frames up to and including the first of type `kind`.
@@ -209,11 +224,7 @@ async fn slow_sessions_are_disconnected_not_buffered() {
     for i in 0..10 {
         fast.send(write(&format!("m{i}"), "e/S", i)).await;
     }
-    let reason = tokio::time::timeout(Duration::from_secs(5), &mut slow.link.close)
-        .await
-        .expect("closed in time")
-        .expect("a reason");
-    assert_eq!(reason, CloseReason::slow_client());
+    assert_eq!(slow.closed().await, CloseReason::slow_client());
     assert_eq!(fast.handle.sessions().await.expect("room alive").len(), 1);
     let mut frames = vec![];
     while frames
@@ -242,8 +253,7 @@ async fn close_all_closes_sessions_then_saves_every_room() {
     }
     assert!(manager.close_all().await.is_empty());
     for s in &mut sessions {
-        let reason = (&mut s.link.close).await.expect("a reason");
-        assert_eq!(reason, CloseReason::shutting_down());
+        assert_eq!(s.closed().await, CloseReason::shutting_down());
     }
     for name in ["r1", "r2", "r3"] {
         let doc = storage
@@ -292,4 +302,51 @@ async fn unreadable_rooms_refuse_joins_and_keep_their_data() {
         storage.inner.load(&room("bad")).is_err(),
         "the stored bytes are untouched"
     );
+}
+
+/// A slow client's close skips the frames it could not take (it catches up on reconnect); any
+/// other close comes after every frame queued before it.
+#[test]
+fn a_close_follows_the_queued_frames_except_for_a_slow_client() {
+    use futures_util::FutureExt;
+    let frame = ByteString::from_static("{}");
+    let (mut outbox, mut link) = Outbox::new(4);
+    assert_eq!(outbox.send(&frame, 0, 0), Delivery::Queued);
+    outbox.close(CloseReason::room_closed());
+    assert_eq!(
+        link.next().now_or_never(),
+        Some(LinkEvent::Frame(frame.clone()))
+    );
+    assert_eq!(
+        link.next().now_or_never(),
+        Some(LinkEvent::Closed(CloseReason::room_closed()))
+    );
+
+    let (mut outbox, mut link) = Outbox::new(1);
+    assert_eq!(outbox.send(&frame, 0, 0), Delivery::Queued);
+    assert_eq!(outbox.send(&frame, 0, 0), Delivery::Full);
+    outbox.close(CloseReason::slow_client());
+    assert_eq!(
+        link.next().now_or_never(),
+        Some(LinkEvent::Closed(CloseReason::slow_client()))
+    );
+}
+
+/// A room that drops a session without a reason closes it as `room_closed`; a connection that
+/// is gone makes later frames `Gone`, and an empty queue waits.
+#[test]
+fn dropped_ends_are_seen_by_the_other_side() {
+    use futures_util::FutureExt;
+    let frame = ByteString::from_static("{}");
+    let (outbox, mut link) = Outbox::new(4);
+    assert_eq!(link.next().now_or_never(), None, "nothing queued yet");
+    drop(outbox);
+    assert_eq!(
+        link.next().now_or_never(),
+        Some(LinkEvent::Closed(CloseReason::room_closed()))
+    );
+
+    let (mut outbox, link) = Outbox::new(4);
+    drop(link);
+    assert_eq!(outbox.send(&frame, 0, 0), Delivery::Gone);
 }

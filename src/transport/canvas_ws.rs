@@ -7,20 +7,27 @@
 
 use std::time::Duration;
 
-use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, ProtocolError, Session};
+use std::net::IpAddr;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
 use bytestring::ByteString;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
-use super::{close, AppState, RateLimiter};
+use super::limits::ConnectionPermit;
+use super::upgrade::UpgradeRequest;
+use super::websocket::{Message, WebSocket, WsError};
+use super::{AppState, HttpError, LimitError, LiveConnection, RateLimiter};
 use crate::auth::{AuthRequest, Denied};
 use crate::ids::{ClientId, RoomId, SessionId};
 use crate::metrics::Metrics;
 use crate::protocol::canvas::{self, ClientFrame};
-use crate::rooms::{CloseReason, JoinError, NewSession, Outbox, RoomHandle, SessionLink};
+use crate::rooms::{
+    CloseReason, JoinError, LinkEvent, NewSession, Outbox, RoomHandle, SessionLink,
+};
 
 #[derive(Debug, Default, Deserialize)]
 struct ConnectQuery {
@@ -31,53 +38,62 @@ struct ConnectQuery {
     token: Option<String>,
 }
 
-/// Upgrades to a WebSocket and starts the session loop. Connection caps are checked before the
-/// upgrade (HTTP 503/429); everything else is answered with a close frame and a reason.
-pub(super) async fn connect(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, actix_web::Error> {
-    let is_upgrade = req
-        .headers()
-        .get("upgrade")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if !is_upgrade {
-        return Ok(HttpResponse::UpgradeRequired().json(json!({
-            "error": "this endpoint speaks the canvas-store protocol over WebSocket: connect with ws://HOST/?roomId=ROOM&clientId=CLIENT&token=TOKEN"
-        })));
-    }
-    let peer = req.peer_addr().map(|a| a.ip());
-    let permit = match state.limiter.acquire(peer) {
-        Ok(permit) => permit,
-        Err(e) => {
-            Metrics::inc(&state.metrics.connections_refused);
-            warn!(peer = ?peer, error = %e, "connection refused");
-            let body = json!({ "error": e.to_string() });
-            return Ok(match e {
-                super::LimitError::ServerFull => HttpResponse::ServiceUnavailable().json(body),
-                super::LimitError::PeerFull => HttpResponse::TooManyRequests().json(body),
-            });
-        }
-    };
-    let query = web::Query::<ConnectQuery>::from_query(req.query_string())
+/// `GET /` without an upgrade: how to connect instead.
+pub(super) async fn not_upgraded() -> HttpResponse {
+    HttpResponse::UpgradeRequired().json(json!({
+        "error": "this endpoint speaks the canvas-store protocol over WebSocket: connect with ws://HOST/?roomId=ROOM&clientId=CLIENT&token=TOKEN"
+    }))
+}
+
+/// An upgrade the server has room for. Connection caps are checked before the upgrade (HTTP
+/// 503/429); everything else is answered with a close frame and a reason.
+pub(super) struct Accepted {
+    permit: ConnectionPermit,
+    query: ConnectQuery,
+    peer: Option<IpAddr>,
+}
+
+pub(super) fn accept(state: &AppState, request: &UpgradeRequest) -> Result<Accepted, HttpError> {
+    let peer = request.peer;
+    let permit = state.limiter.acquire(peer).map_err(|e| {
+        Metrics::inc(&state.metrics.connections_refused);
+        warn!(peer = ?peer, error = %e, "connection refused");
+        let status = match e {
+            LimitError::ServerFull => StatusCode::SERVICE_UNAVAILABLE,
+            LimitError::PeerFull => StatusCode::TOO_MANY_REQUESTS,
+        };
+        HttpError::new(status, json!({ "error": e.to_string() }))
+    })?;
+    let query = web::Query::<ConnectQuery>::from_query(&request.query)
         .map(web::Query::into_inner)
         .unwrap_or_default();
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
-    let stream = super::limit_frames(stream, state.config.max_frame_bytes);
-    let span = tracing::info_span!("conn", peer = ?peer, room = tracing::field::Empty, session = tracing::field::Empty);
-    actix_web::rt::spawn(
+    Ok(Accepted {
+        permit,
+        query,
+        peer,
+    })
+}
+
+impl Accepted {
+    /// The session on the upgraded socket: a future that runs until the connection ends.
+    pub(super) fn run(
+        self,
+        state: web::Data<AppState>,
+        socket: WebSocket,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        let span = tracing::info_span!("conn", peer = ?self.peer, room = tracing::field::Empty, session = tracing::field::Empty);
+        let live = LiveConnection::new(state.metrics.clone(), self.permit);
+        // Boxed: joining needs more state than serving, and only for a moment.
+        let opening = Box::pin(Connection::open(state, self.query, socket));
         async move {
-            let _permit = permit;
-            Metrics::inc(&state.metrics.connections_total);
-            Metrics::inc(&state.metrics.connections_active);
-            Connection::open(state.clone(), query, session, stream).await;
-            Metrics::dec(&state.metrics.connections_active);
+            let _live = live;
+            if let Some((mut conn, mut link)) = opening.await {
+                let end = conn.serve(&mut link).await;
+                Box::pin(conn.finish(end, link)).await;
+            }
         }
-        .instrument(span),
-    );
-    Ok(response)
+        .instrument(span)
+    }
 }
 
 /// Validated connect parameters.
@@ -95,10 +111,12 @@ fn parse_query(query: &ConnectQuery) -> Result<(RoomId, ClientId), String> {
     Ok((room, client))
 }
 
+/// A joined session. Its future lives as long as the connection, so only the serving loop is
+/// awaited inline; the rarer, larger steps (joining, handling a frame, closing) are boxed, or
+/// every idle connection would carry their state.
 struct Connection {
     state: web::Data<AppState>,
-    session: Session,
-    stream: AggregatedMessageStream,
+    socket: WebSocket,
     room: RoomHandle,
     id: SessionId,
     client: ClientId,
@@ -116,18 +134,19 @@ enum End {
 }
 
 impl Connection {
+    /// Authorizes and joins; a refused connection is closed with its reason.
     async fn open(
         state: web::Data<AppState>,
         query: ConnectQuery,
-        session: Session,
-        stream: AggregatedMessageStream,
-    ) {
+        socket: WebSocket,
+    ) -> Option<(Connection, SessionLink)> {
         let (room_id, client) = match parse_query(&query) {
             Ok(ids) => ids,
             Err(reason) => {
                 Metrics::inc(&state.metrics.connects_denied);
                 info!(%reason, "connect refused");
-                return close(session, CloseReason::new(1008, reason)).await;
+                socket.close(&CloseReason::new(1008, reason)).await;
+                return None;
             }
         };
         tracing::Span::current().record("room", room_id.as_str());
@@ -141,14 +160,13 @@ impl Connection {
             Err(Denied(reason)) => {
                 Metrics::inc(&state.metrics.connects_denied);
                 info!(%reason, "connect denied");
-                return close(
-                    session,
-                    CloseReason::new(1008, format!("unauthorized: {reason}")),
-                )
-                .await;
+                socket
+                    .close(&CloseReason::new(1008, format!("unauthorized: {reason}")))
+                    .await;
+                return None;
             }
         };
-        let (outbox, mut link) = Outbox::new(state.config.outbound_queue);
+        let (outbox, link) = Outbox::new(state.config.outbound_queue);
         let new = NewSession {
             client: client.clone(),
             permission: grant.permission,
@@ -164,39 +182,42 @@ impl Connection {
                         CloseReason::storage_unavailable()
                     }
                 };
-                return close(session, reason).await;
+                socket.close(&reason).await;
+                return None;
             }
         };
         tracing::Span::current().record("session", tracing::field::display(id));
         debug!(%client, "session joined");
-        let mut conn = Connection {
+        let conn = Connection {
             state,
-            session,
-            stream,
+            socket,
             room,
             id,
             client,
             room_id,
         };
-        let end = conn.serve(&mut link).await;
-        conn.room.leave(conn.id).await;
+        Some((conn, link))
+    }
+
+    /// Leaves the room and closes the socket as `end` says.
+    async fn finish(mut self, end: End, mut link: SessionLink) {
+        self.room.leave(self.id).await;
         match end {
             End::Gone => {}
-            End::Answer(reason) => close(conn.session, reason).await,
+            End::Answer(reason) => self.socket.close(&reason).await,
             End::Close(reason) => {
-                // Deliver what the room queued before the session left (acks of applied writes),
-                // except to a client closed for being too slow to take them.
-                if reason != CloseReason::slow_client() {
-                    conn.drain(&mut link).await;
-                }
+                // Deliver what the room queued before the session left (acks of applied writes;
+                // a client closed for being too slow has nothing left queued).
+                self.drain(&mut link).await;
                 debug!(code = reason.code, reason = %reason.reason, "closing");
-                close(conn.session, reason).await;
+                self.socket.close(&reason).await;
             }
         }
     }
 
     async fn serve(&mut self, link: &mut SessionLink) -> End {
-        let config = self.state.config.clone();
+        let state = self.state.clone();
+        let config = &state.config;
         let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
         heartbeat.tick().await;
         let mut last_heard = Instant::now();
@@ -204,50 +225,42 @@ impl Connection {
             RateLimiter::new(config.messages_per_second, config.message_burst, last_heard);
         loop {
             tokio::select! {
-                reason = &mut link.close => {
-                    return End::Close(reason.unwrap_or_else(|_| CloseReason::room_closed()));
-                }
-                frame = link.frames.recv() => match frame {
-                    Some(frame) => {
-                        if !self.send(frame, config.heartbeat_timeout).await {
+                event = link.next() => match event {
+                    LinkEvent::Frame(frame) => {
+                        if !self.send(frame, link, config.heartbeat_timeout).await {
                             return End::Gone;
                         }
                     }
-                    // The room dropped this session; its close reason is on the way.
-                    None => {
-                        let reason = (&mut link.close).await;
-                        return End::Close(reason.unwrap_or_else(|_| CloseReason::room_closed()));
-                    }
+                    LinkEvent::Closed(reason) => return End::Close(reason),
                 },
-                msg = self.stream.recv() => {
+                msg = self.socket.recv() => {
                     last_heard = Instant::now();
                     let msg = match msg {
-                        None => return End::Gone,
-                        Some(Err(e)) => return End::Close(self.protocol_error(e)),
-                        Some(Ok(msg)) => msg,
+                        Ok(msg) => msg,
+                        Err(e) => return self.read_error(e),
                     };
                     // Every frame the server must act on costs a token, pings included (each
                     // is answered); pongs and the closing handshake do not.
-                    let costs = !matches!(msg, AggregatedMessage::Pong(_) | AggregatedMessage::Close(_));
+                    let costs = !matches!(msg, Message::Pong | Message::Close(_));
                     if costs && !rate.allow(last_heard) {
                         Metrics::inc(&self.state.metrics.rate_limited);
                         warn!("rate limit exceeded");
                         return End::Close(CloseReason::new(1008, "rate limit exceeded"));
                     }
                     let text = match msg {
-                        AggregatedMessage::Close(reason) => {
-                            // Answer the closing handshake, echoing the client's code.
-                            let code = reason.map_or(1000, |r| u16::from(r.code));
-                            return End::Answer(CloseReason::new(code, ""));
-                        }
-                        AggregatedMessage::Ping(bytes) => {
-                            let _ = self.session.pong(&bytes).await;
+                        // Answer the closing handshake, echoing the client's code.
+                        Message::Close(code) => return End::Answer(CloseReason::new(code, "")),
+                        Message::Ping(bytes) => {
+                            self.socket.queue_pong(&bytes);
+                            if !self.socket.flush_within(config.heartbeat_timeout).await {
+                                return End::Gone;
+                            }
                             continue;
                         }
-                        AggregatedMessage::Pong(_) => continue,
-                        AggregatedMessage::Text(text) => text,
+                        Message::Pong => continue,
+                        Message::Text(text) => text,
                         // The reference server reads binary frames as UTF-8 text; so do we.
-                        AggregatedMessage::Binary(bytes) => match ByteString::try_from(bytes) {
+                        Message::Binary(bytes) => match ByteString::try_from(bytes) {
                             Ok(text) => text,
                             Err(_) => {
                                 Metrics::inc(&self.state.metrics.frames_ignored);
@@ -255,7 +268,7 @@ impl Connection {
                             }
                         },
                     };
-                    if let Some(end) = self.on_text(&text).await {
+                    if let Some(end) = Box::pin(self.on_text(&text)).await {
                         return end;
                     }
                 }
@@ -265,7 +278,8 @@ impl Connection {
                         info!("heartbeat timeout");
                         return End::Close(CloseReason::new(1001, "heartbeat timeout"));
                     }
-                    if self.session.ping(b"").await.is_err() {
+                    self.socket.queue_ping();
+                    if !self.socket.flush_within(config.heartbeat_timeout).await {
                         return End::Gone;
                     }
                 }
@@ -273,21 +287,14 @@ impl Connection {
         }
     }
 
-    /// The close that answers a broken WebSocket frame.
-    fn protocol_error(&self, error: ProtocolError) -> CloseReason {
-        let oversized = || {
+    /// How a connection whose socket failed ends.
+    fn read_error(&self, error: WsError) -> End {
+        if matches!(error, WsError::TooBig(_)) {
             Metrics::inc(&self.state.metrics.frames_oversized);
-            let limit = self.state.config.max_frame_bytes;
-            CloseReason::new(1009, format!("message too big: limit is {limit} bytes"))
-        };
-        match error {
-            ProtocolError::Overflow => oversized(),
-            // actix-ws reports joined continuations over the limit as an IO error.
-            ProtocolError::Io(e) if e.to_string().contains("continuation size") => oversized(),
-            ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                CloseReason::new(1007, "text frame is not valid UTF-8")
-            }
-            e => CloseReason::new(1002, format!("websocket protocol error: {e}")),
+        }
+        match error.close_reason() {
+            Some(reason) => End::Close(reason),
+            None => End::Gone,
         }
     }
 
@@ -335,9 +342,17 @@ impl Connection {
         None
     }
 
-    /// Sends one frame, giving up on a connection that does not drain within `limit`.
-    async fn send(&mut self, frame: ByteString, limit: Duration) -> bool {
-        matches!(timeout(limit, self.session.text(frame)).await, Ok(Ok(())))
+    /// Sends `frame` and whatever else is queued for this session by now (one write), giving
+    /// up on a connection that does not drain within `limit`.
+    async fn send(&mut self, frame: ByteString, link: &mut SessionLink, limit: Duration) -> bool {
+        self.socket.queue_text(&frame);
+        while self.socket.queued() < super::WRITE_BATCH_BYTES {
+            match link.try_frame() {
+                Some(frame) => self.socket.queue_text(&frame),
+                None => break,
+            }
+        }
+        self.socket.flush_within(limit).await
     }
 
     /// Sends the frames still queued for this session until the room has let it go (it drops
@@ -345,9 +360,10 @@ impl Connection {
     async fn drain(&mut self, link: &mut SessionLink) {
         let limit = self.state.config.heartbeat_timeout;
         let deadline = Instant::now() + limit;
-        while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, link.frames.recv()).await {
+        while let Ok(LinkEvent::Frame(frame)) = tokio::time::timeout_at(deadline, link.next()).await
+        {
             let left = deadline.saturating_duration_since(Instant::now());
-            if !self.send(frame, left).await {
+            if !self.send(frame, link, left).await {
                 return;
             }
         }

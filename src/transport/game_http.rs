@@ -6,8 +6,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use tracing::error;
 
-use super::game_ws::{http_error, room_key, RoomQuery};
-use super::AppState;
+use super::game_ws::{room_key, RoomQuery};
+use super::{AppState, HttpError};
 use crate::game::RoomUnavailable;
 
 /// The bearer token of a request, if any.
@@ -19,9 +19,9 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
 }
 
 /// Checks the request's access token; `Err` is the 401 to answer.
-fn require_token(state: &AppState, req: &HttpRequest) -> Result<(), Box<HttpResponse>> {
+fn require_token(state: &AppState, req: &HttpRequest) -> Result<(), HttpError> {
     let refused =
-        |message: &str| Box::new(http_error(StatusCode::UNAUTHORIZED, "AUTH_FAILED", message));
+        |message: &str| HttpError::coded(StatusCode::UNAUTHORIZED, "AUTH_FAILED", message);
     let token = bearer(req)
         .ok_or_else(|| refused("an access token is required (Authorization: Bearer)"))?;
     state
@@ -39,7 +39,7 @@ pub(super) async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> Ht
         .unwrap_or_default();
     let key = match room_key(&state, &query) {
         Ok(key) => key,
-        Err(response) => return *response,
+        Err(response) => return response.into(),
     };
     let requires_auth = state
         .games
@@ -48,18 +48,19 @@ pub(super) async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> Ht
         .is_some_and(|ns| ns.options.metadata_requires_auth);
     if requires_auth {
         if let Err(response) = require_token(&state, &req) {
-            return *response;
+            return response.into();
         }
     }
     match state.games.metadata(&key).await {
         Ok(metadata) => HttpResponse::Ok().json(metadata),
         Err(e) => {
             error!(room = %key, error = %e, "reading room metadata failed");
-            http_error(
+            HttpError::coded(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ROOM_UNAVAILABLE",
                 "room storage unavailable, retry later",
             )
+            .into()
         }
     }
 }
@@ -77,17 +78,18 @@ pub(super) async fn matchmake(
     body: web::Json<MatchRequest>,
 ) -> HttpResponse {
     if let Err(response) = require_token(&state, &req) {
-        return *response;
+        return response.into();
     }
     match state.games.matchmake(&body.namespace).await {
         Ok(found) => HttpResponse::Ok().json(found),
         Err(e @ RoomUnavailable::UnknownNamespace(_)) => {
-            http_error(StatusCode::NOT_FOUND, "NAMESPACE_NOT_FOUND", &e.to_string())
+            HttpError::coded(StatusCode::NOT_FOUND, "NAMESPACE_NOT_FOUND", &e.to_string()).into()
         }
-        Err(e @ RoomUnavailable::ShuttingDown) => http_error(
+        Err(e @ RoomUnavailable::ShuttingDown) => HttpError::coded(
             StatusCode::SERVICE_UNAVAILABLE,
             "SHUTTING_DOWN",
             &e.to_string(),
-        ),
+        )
+        .into(),
     }
 }

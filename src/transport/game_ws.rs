@@ -7,15 +7,20 @@
 
 use std::time::Duration;
 
-use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, ProtocolError, Session};
+use std::net::IpAddr;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
 use bytestring::ByteString;
 use serde::Deserialize;
-use serde_json::{json, Value};
-use tokio::time::{timeout, Instant};
+use serde_json::Value;
+use tokio::time::Instant;
 use tracing::{debug, info, Instrument};
 
-use super::{close, AppState, RateLimiter};
+use super::limits::ConnectionPermit;
+use super::upgrade::UpgradeRequest;
+use super::websocket::{Message, WebSocket, WsError};
+use super::{AppState, HttpError, LimitError, LiveConnection, RateLimiter};
 use crate::auth::Identity;
 use crate::game::{JoinOutcome, RoomHandle, Sender};
 use crate::ids::{RecordKey, RoomId};
@@ -23,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::protocol::game::{
     close as codes, error_frame, ClientFrame, DecodeError, ErrorCode, ServerFrame,
 };
-use crate::rooms::{CloseReason, SessionLink};
+use crate::rooms::{CloseReason, LinkEvent, SessionLink};
 
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct RoomQuery {
@@ -31,38 +36,24 @@ pub(super) struct RoomQuery {
     id: Option<String>,
 }
 
-/// An HTTP error body in the shape the SDKs read (`code`, `message`).
-pub(super) fn http_error(
-    status: actix_web::http::StatusCode,
-    code: &str,
-    message: &str,
-) -> HttpResponse {
-    HttpResponse::build(status).json(json!({ "code": code, "message": message }))
-}
-
 /// The room a query names, or the HTTP error that answers it.
-/// (The error is boxed: an `HttpResponse` is large and this is the rare path.)
-pub(super) fn room_key(
-    state: &AppState,
-    query: &RoomQuery,
-) -> Result<RecordKey, Box<HttpResponse>> {
-    use actix_web::http::StatusCode;
+pub(super) fn room_key(state: &AppState, query: &RoomQuery) -> Result<RecordKey, HttpError> {
     let (Some(namespace), Some(id)) = (query.namespace.as_deref(), query.id.as_deref()) else {
-        return Err(Box::new(http_error(
+        return Err(HttpError::coded(
             StatusCode::BAD_REQUEST,
             "INVALID_REQUEST",
             "the namespace and id query parameters are required",
-        )));
+        ));
     };
     if state.games.namespaces().get(namespace).is_none() {
-        return Err(Box::new(http_error(
+        return Err(HttpError::coded(
             StatusCode::NOT_FOUND,
             "NAMESPACE_NOT_FOUND",
             &format!("no room namespace {namespace:?} on this server"),
-        )));
+        ));
     }
     let invalid = |what: &str, e: crate::ids::IdError| {
-        http_error(
+        HttpError::coded(
             StatusCode::BAD_REQUEST,
             "INVALID_REQUEST",
             &format!("invalid {what}: {e}"),
@@ -74,26 +65,32 @@ pub(super) fn room_key(
     ))
 }
 
-/// Upgrades to a WebSocket. Refused before the upgrade: unknown namespace (404), a full room
+/// `GET /api/room` without an upgrade: how to connect instead.
+pub(super) async fn not_upgraded() -> HttpResponse {
+    HttpError::coded(
+        StatusCode::UPGRADE_REQUIRED,
+        "UPGRADE_REQUIRED",
+        "this endpoint speaks the EdgeBase Rooms protocol over WebSocket: connect with ws://HOST/api/room?namespace=NS&id=ID",
+    )
+    .into()
+}
+
+/// An upgrade to a room that may be joined.
+pub(super) struct Accepted {
+    permit: ConnectionPermit,
+    key: RecordKey,
+    peer: Option<IpAddr>,
+}
+
+/// Checks an upgrade. Refused before the upgrade: unknown namespace (404), a full room
 /// (403 `ROOM_FULL`), connection caps (503/429), shutdown (503).
-pub(super) async fn connect(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, actix_web::Error> {
-    use actix_web::http::StatusCode;
-    let query = web::Query::<RoomQuery>::from_query(req.query_string())
+pub(super) fn accept(state: &AppState, request: &UpgradeRequest) -> Result<Accepted, HttpError> {
+    let query = web::Query::<RoomQuery>::from_query(&request.query)
         .map(web::Query::into_inner)
         .unwrap_or_default();
-    let key = match room_key(&state, &query) {
-        Ok(key) => key,
-        Err(response) => return Ok(*response),
-    };
-    if state
-        .shutting_down
-        .load(std::sync::atomic::Ordering::SeqCst)
-    {
-        return Ok(http_error(
+    let key = room_key(state, &query)?;
+    if state.shutting_down() {
+        return Err(HttpError::coded(
             StatusCode::SERVICE_UNAVAILABLE,
             "SHUTTING_DOWN",
             "server is shutting down",
@@ -105,54 +102,56 @@ pub(super) async fn connect(
         .is_some_and(|s| s.is_full_for_newcomers())
     {
         Metrics::inc(&state.metrics.connections_refused);
-        return Ok(http_error(
+        return Err(HttpError::coded(
             StatusCode::FORBIDDEN,
             "ROOM_FULL",
             "Room at maxPlayers capacity",
         ));
     }
-    let peer = req.peer_addr().map(|a| a.ip());
-    let permit = match state.limiter.acquire(peer) {
-        Ok(permit) => permit,
-        Err(e) => {
-            Metrics::inc(&state.metrics.connections_refused);
-            let status = match e {
-                super::LimitError::ServerFull => StatusCode::SERVICE_UNAVAILABLE,
-                super::LimitError::PeerFull => StatusCode::TOO_MANY_REQUESTS,
-            };
-            return Ok(http_error(status, "TOO_MANY_CONNECTIONS", &e.to_string()));
-        }
-    };
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
-    let stream = super::limit_frames(stream, state.config.max_frame_bytes);
-    let connection_id = format!("conn_{}", uuid::Uuid::new_v4().simple());
-    let span = tracing::info_span!("game_conn", peer = ?peer, room = %key, conn = %connection_id);
-    actix_web::rt::spawn(
-        async move {
-            let _permit = permit;
-            Metrics::inc(&state.metrics.connections_total);
-            Metrics::inc(&state.metrics.connections_active);
-            let conn = GameConnection {
-                state: state.clone(),
-                session,
-                stream,
-                key,
-                connection_id,
-                identity: None,
-                joined: None,
-            };
-            conn.run().await;
-            Metrics::dec(&state.metrics.connections_active);
-        }
-        .instrument(span),
-    );
-    Ok(response)
+    let permit = state.limiter.acquire(request.peer).map_err(|e| {
+        Metrics::inc(&state.metrics.connections_refused);
+        let status = match e {
+            LimitError::ServerFull => StatusCode::SERVICE_UNAVAILABLE,
+            LimitError::PeerFull => StatusCode::TOO_MANY_REQUESTS,
+        };
+        HttpError::coded(status, "TOO_MANY_CONNECTIONS", &e.to_string())
+    })?;
+    Ok(Accepted {
+        permit,
+        key,
+        peer: request.peer,
+    })
 }
 
+impl Accepted {
+    /// The session on the upgraded socket: a future that runs until the connection ends.
+    pub(super) fn run(
+        self,
+        state: web::Data<AppState>,
+        socket: WebSocket,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        let connection_id = format!("conn_{}", uuid::Uuid::new_v4().simple());
+        let span = tracing::info_span!("game_conn", peer = ?self.peer, room = %self.key, conn = %connection_id);
+        let conn = GameConnection {
+            _live: LiveConnection::new(state.metrics.clone(), self.permit),
+            state,
+            socket,
+            key: self.key,
+            connection_id,
+            identity: None,
+            joined: None,
+        };
+        conn.run().instrument(span)
+    }
+}
+
+/// A connection. Its future lives as long as the connection, so only the serving loop is
+/// awaited inline; the rarer, larger steps (authenticating, handling a frame, closing) are
+/// boxed, or every idle connection would carry their state.
 struct GameConnection {
+    _live: LiveConnection,
     state: web::Data<AppState>,
-    session: Session,
-    stream: AggregatedMessageStream,
+    socket: WebSocket,
     key: RecordKey,
     connection_id: String,
     identity: Option<Identity>,
@@ -178,10 +177,15 @@ impl End {
 
 impl GameConnection {
     async fn run(mut self) {
-        let end = match self.authenticate().await {
+        let end = match Box::pin(self.authenticate()).await {
             Ok(()) => self.serve().await,
             Err(end) => end,
         };
+        Box::pin(self.finish(end)).await;
+    }
+
+    /// Tells the room how the connection ended and closes the socket as `end` says.
+    async fn finish(mut self, end: End) {
         if let Some((room, _)) = &self.joined {
             let connection_id = self.connection_id.clone();
             match &end {
@@ -194,21 +198,26 @@ impl GameConnection {
         }
         match end {
             End::Gone(None) => {}
-            End::Gone(Some(reason)) => close(self.session, reason).await,
+            End::Gone(Some(reason)) => self.socket.close(&reason).await,
             End::Close(frame, reason) => {
                 // What the room queued before it closed us (its final deltas, `kicked`).
                 if let Some((_, link)) = &mut self.joined {
-                    while let Ok(frame) = link.frames.try_recv() {
-                        if self.session.text(frame).await.is_err() {
-                            return;
-                        }
+                    while let Some(frame) = link.try_frame() {
+                        self.socket.queue_text(&frame);
                     }
                 }
                 if let Some(frame) = frame {
-                    let _ = self.session.text(frame).await;
+                    self.socket.queue_text(&frame);
+                }
+                if !self
+                    .socket
+                    .flush_within(self.state.config.game_stale_timeout)
+                    .await
+                {
+                    return;
                 }
                 debug!(code = reason.code, reason = %reason.reason, "closing");
-                close(self.session, reason).await;
+                self.socket.close(&reason).await;
             }
         }
     }
@@ -217,7 +226,7 @@ impl GameConnection {
     async fn authenticate(&mut self) -> Result<(), End> {
         let deadline = Instant::now() + self.state.config.game_auth_timeout;
         loop {
-            let msg = match tokio::time::timeout_at(deadline, self.stream.recv()).await {
+            let msg = match tokio::time::timeout_at(deadline, self.socket.recv()).await {
                 Err(_) => {
                     info!("no auth within the timeout");
                     return Err(End::error(
@@ -226,9 +235,8 @@ impl GameConnection {
                         codes::AUTH_TIMEOUT,
                     ));
                 }
-                Ok(None) => return Err(End::Gone(None)),
-                Ok(Some(Err(e))) => return Err(self.protocol_error(e)),
-                Ok(Some(Ok(msg))) => msg,
+                Ok(Err(e)) => return Err(self.read_error(e)),
+                Ok(Ok(msg)) => msg,
             };
             let text = match self.transport_frame(msg).await {
                 Ok(Some(text)) => text,
@@ -245,10 +253,10 @@ impl GameConnection {
                             }
                             .encode();
                             self.identity = Some(identity);
-                            if self.session.text(frame).await.is_err() {
-                                return Err(End::Gone(None));
+                            match self.reply(frame).await {
+                                None => Ok(()),
+                                Some(end) => Err(end),
                             }
-                            Ok(())
                         }
                         Err(e) => {
                             info!(reason = %e, "auth failed");
@@ -258,8 +266,8 @@ impl GameConnection {
                 }
                 Ok(ClientFrame::Ping) => {
                     // A ping before auth is harmless; answer it.
-                    if self.session.text(ServerFrame::Pong.encode()).await.is_err() {
-                        return Err(End::Gone(None));
+                    if let Some(end) = self.reply(ServerFrame::Pong.encode()).await {
+                        return Err(end);
                     }
                 }
                 Err(DecodeError::InvalidJson(e)) => {
@@ -281,21 +289,23 @@ impl GameConnection {
     }
 
     /// Handles WebSocket-level frames; `Ok(Some(text))` is a text frame for the protocol.
-    async fn transport_frame(&mut self, msg: AggregatedMessage) -> Result<Option<ByteString>, End> {
+    async fn transport_frame(&mut self, msg: Message) -> Result<Option<ByteString>, End> {
         match msg {
-            AggregatedMessage::Text(text) => Ok(Some(text)),
-            AggregatedMessage::Ping(bytes) => {
-                if self.session.pong(&bytes).await.is_err() {
+            Message::Text(text) => Ok(Some(text)),
+            Message::Ping(bytes) => {
+                self.socket.queue_pong(&bytes);
+                if !self
+                    .socket
+                    .flush_within(self.state.config.game_stale_timeout)
+                    .await
+                {
                     return Err(End::Gone(None));
                 }
                 Ok(None)
             }
-            AggregatedMessage::Pong(_) => Ok(None),
-            AggregatedMessage::Close(reason) => {
-                let code = reason.map_or(1000, |r| u16::from(r.code));
-                Err(End::Gone(Some(CloseReason::new(code, ""))))
-            }
-            AggregatedMessage::Binary(_) => Err(End::error(
+            Message::Pong => Ok(None),
+            Message::Close(code) => Err(End::Gone(Some(CloseReason::new(code, "")))),
+            Message::Binary(_) => Err(End::error(
                 ErrorCode::InvalidJson,
                 "binary frames are not supported; send JSON text frames",
                 codes::PROTOCOL,
@@ -303,31 +313,20 @@ impl GameConnection {
         }
     }
 
-    fn protocol_error(&self, error: ProtocolError) -> End {
-        let oversized = || {
+    /// How a connection whose socket failed ends.
+    fn read_error(&self, error: WsError) -> End {
+        if matches!(error, WsError::TooBig(_)) {
             Metrics::inc(&self.state.metrics.frames_oversized);
-            let limit = self.state.config.max_frame_bytes;
-            End::Close(
-                None,
-                CloseReason::new(1009, format!("message too big: limit is {limit} bytes")),
-            )
-        };
-        match error {
-            ProtocolError::Overflow => oversized(),
-            ProtocolError::Io(e) if e.to_string().contains("continuation size") => oversized(),
-            ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => End::Close(
-                None,
-                CloseReason::new(1007, "text frame is not valid UTF-8"),
-            ),
-            e => End::Close(
-                None,
-                CloseReason::new(1002, format!("websocket protocol error: {e}")),
-            ),
+        }
+        match error.close_reason() {
+            Some(reason) => End::Close(None, reason),
+            None => End::Gone(None),
         }
     }
 
     async fn serve(&mut self) -> End {
-        let config = self.state.config.clone();
+        let state = self.state.clone();
+        let config = &state.config;
         let actions_per_second = self
             .state
             .games
@@ -340,22 +339,26 @@ impl GameConnection {
         let mut frames = RateLimiter::new(config.messages_per_second, config.message_burst, now);
         let mut last_heard = now;
         let mut stale_check = tokio::time::interval(Duration::from_secs(1));
+        // A joined connection is closed by its room at shutdown; one that has not joined, here.
+        let mut closing = state.closing.subscribe();
         loop {
             tokio::select! {
+                () = shutdown_begun(&mut closing), if self.joined.is_none() => {
+                    return End::Close(None, CloseReason::shutting_down());
+                }
                 event = room_event(&mut self.joined) => match event {
-                    RoomEvent::Frame(frame) => {
-                        if !matches!(timeout(config.game_stale_timeout, self.session.text(frame)).await, Ok(Ok(()))) {
+                    LinkEvent::Frame(frame) => {
+                        if !self.send(frame).await {
                             return End::Gone(None);
                         }
                     }
-                    RoomEvent::Closed(reason) => return End::Close(None, reason),
+                    LinkEvent::Closed(reason) => return End::Close(None, reason),
                 },
-                msg = self.stream.recv() => {
+                msg = self.socket.recv() => {
                     last_heard = Instant::now();
                     let msg = match msg {
-                        None => return End::Gone(None),
-                        Some(Err(e)) => return self.protocol_error(e),
-                        Some(Ok(msg)) => msg,
+                        Ok(msg) => msg,
+                        Err(e) => return self.read_error(e),
                     };
                     let text = match self.transport_frame(msg).await {
                         Ok(Some(text)) => text,
@@ -365,12 +368,12 @@ impl GameConnection {
                     Metrics::inc(&self.state.metrics.frames_received);
                     if !frames.allow(last_heard) {
                         Metrics::inc(&self.state.metrics.rate_limited);
-                        if self.session.text(error_frame(ErrorCode::RateLimited, "Too many messages")).await.is_err() {
-                            return End::Gone(None);
+                        if let Some(end) = self.reply(error_frame(ErrorCode::RateLimited, "Too many messages")).await {
+                            return end;
                         }
                         continue;
                     }
-                    if let Some(end) = self.on_text(&text, &mut actions, last_heard).await {
+                    if let Some(end) = Box::pin(self.on_text(&text, &mut actions, last_heard)).await {
                         return end;
                     }
                 }
@@ -479,10 +482,27 @@ impl GameConnection {
     }
 
     async fn reply(&mut self, frame: ByteString) -> Option<End> {
-        match self.session.text(frame).await {
-            Ok(()) => None,
-            Err(_) => Some(End::Gone(None)),
+        let limit = self.state.config.game_stale_timeout;
+        match self.socket.send_text(&frame, limit).await {
+            true => None,
+            false => Some(End::Gone(None)),
         }
+    }
+
+    /// Sends a frame of the room and whatever else it queued for this connection by now (one
+    /// write); false when the connection does not take it within the stale timeout.
+    async fn send(&mut self, frame: ByteString) -> bool {
+        self.socket.queue_text(&frame);
+        if let Some((_, link)) = &mut self.joined {
+            while self.socket.queued() < super::WRITE_BATCH_BYTES {
+                match link.try_frame() {
+                    Some(frame) => self.socket.queue_text(&frame),
+                    None => break,
+                }
+            }
+        }
+        let limit = self.state.config.game_stale_timeout;
+        self.socket.flush_within(limit).await
     }
 
     /// A second `auth`: a token refresh. The identity must stay the same user.
@@ -562,26 +582,18 @@ impl GameConnection {
     }
 }
 
-enum RoomEvent {
-    Frame(ByteString),
-    Closed(CloseReason),
+/// Resolves once the server's shutdown has begun.
+async fn shutdown_begun(closing: &mut tokio::sync::watch::Receiver<bool>) {
+    if closing.wait_for(|closing| *closing).await.is_err() {
+        // The server is gone without a shutdown: nothing to wait for.
+        std::future::pending::<()>().await;
+    }
 }
 
 /// The joined room's next frame for this connection, or its close (pending while not joined).
-/// Queued frames go first, so a `kicked` frame precedes the close.
-async fn room_event(joined: &mut Option<(RoomHandle, SessionLink)>) -> RoomEvent {
-    let Some((_, link)) = joined else {
-        return std::future::pending().await;
-    };
-    let closed = |r: Result<CloseReason, _>| {
-        RoomEvent::Closed(r.unwrap_or_else(|_| CloseReason::room_closed()))
-    };
-    tokio::select! {
-        biased;
-        frame = link.frames.recv() => match frame {
-            Some(frame) => RoomEvent::Frame(frame),
-            None => closed((&mut link.close).await),
-        },
-        reason = &mut link.close => closed(reason),
+async fn room_event(joined: &mut Option<(RoomHandle, SessionLink)>) -> LinkEvent {
+    match joined {
+        Some((_, link)) => link.next().await,
+        None => std::future::pending().await,
     }
 }

@@ -1,18 +1,25 @@
-//! HTTP and WebSocket edge: actix-web routes, and one session loop per WebSocket connection.
+//! HTTP and WebSocket edge: actix-web routes for plain HTTP; WebSocket upgrades leave actix-http
+//! (`upgrade`) for weft's own socket (`websocket`) and one session loop per connection
+//! (`canvas_ws`, `game_ws`).
 
 mod canvas_ws;
 mod game_http;
 mod game_ws;
 mod limits;
+mod upgrade;
+mod websocket;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 pub use limits::{ConnectionLimiter, LimitError, RateLimiter};
+pub(crate) use upgrade::hand_off;
+pub use websocket::{FrameReader, Message as WsMessage, WsError};
 
 use crate::auth::{Authorizer, GameAuth};
 use crate::engine::Limits;
@@ -56,6 +63,32 @@ impl Default for TransportConfig {
     }
 }
 
+/// Frames a connection takes from its outbound queue for one socket write, up to this many bytes.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// A live WebSocket connection: holds its connection permit and counts it in the metrics.
+struct LiveConnection {
+    metrics: Arc<Metrics>,
+    _permit: limits::ConnectionPermit,
+}
+
+impl LiveConnection {
+    fn new(metrics: Arc<Metrics>, permit: limits::ConnectionPermit) -> LiveConnection {
+        Metrics::inc(&metrics.connections_total);
+        Metrics::inc(&metrics.connections_active);
+        LiveConnection {
+            metrics,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        Metrics::dec(&self.metrics.connections_active);
+    }
+}
+
 /// What every request handler shares.
 pub struct AppState {
     pub manager: RoomManager,
@@ -65,31 +98,64 @@ pub struct AppState {
     pub limiter: Arc<ConnectionLimiter>,
     pub metrics: Arc<Metrics>,
     pub config: TransportConfig,
-    pub shutting_down: std::sync::atomic::AtomicBool,
+    /// Flips to `true` when shutdown begins (see [`AppState::shutting_down`]).
+    pub closing: tokio::sync::watch::Sender<bool>,
+    /// The server's main runtime, where rooms and WebSocket connections run (HTTP requests are
+    /// served on actix's worker threads).
+    pub runtime: tokio::runtime::Handle,
 }
 
-/// The frame limits of both WebSocket endpoints: frames above `max` (after continuation frames
-/// are joined) end the stream with an overflow error.
-fn limit_frames(stream: actix_ws::MessageStream, max: usize) -> actix_ws::AggregatedMessageStream {
-    stream
-        .max_frame_size(max)
-        .aggregate_continuations()
-        .max_continuation_size(max)
+impl AppState {
+    pub fn shutting_down(&self) -> bool {
+        *self.closing.borrow()
+    }
 }
 
-/// Sends a close frame; a peer that does not take it in time is dropped all the same.
-async fn close(session: actix_ws::Session, reason: crate::rooms::CloseReason) {
-    let reason = actix_ws::CloseReason {
-        code: actix_ws::CloseCode::from(reason.code),
-        description: Some(reason.reason),
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(5), session.close(Some(reason))).await;
+/// An HTTP error answer: a status and a JSON body. Routes return it as an [`HttpResponse`]; the
+/// WebSocket upgrade path writes it to the socket itself.
+#[derive(Debug)]
+pub(crate) struct HttpError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl HttpError {
+    pub fn new(status: StatusCode, body: serde_json::Value) -> HttpError {
+        HttpError { status, body }
+    }
+
+    /// The shape the EdgeBase SDKs read: `{"code", "message"}`.
+    pub fn coded(status: StatusCode, code: &str, message: &str) -> HttpError {
+        HttpError::new(status, json!({ "code": code, "message": message }))
+    }
+
+    /// The whole HTTP/1.1 response, closing the connection.
+    fn http1(&self) -> Vec<u8> {
+        let body = self.body.to_string();
+        let mut response = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .into_bytes();
+        response.extend_from_slice(body.as_bytes());
+        response
+    }
+}
+
+impl From<HttpError> for HttpResponse {
+    fn from(error: HttpError) -> HttpResponse {
+        HttpResponse::build(error.status).json(error.body)
+    }
 }
 
 /// Registers weft's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(canvas_ws::connect))
-        .route("/api/room", web::get().to(game_ws::connect))
+    // WebSocket upgrades on these paths never reach the routes (see `upgrade`): these answer
+    // plain requests that forgot to upgrade.
+    cfg.route("/", web::get().to(canvas_ws::not_upgraded))
+        .route("/api/room", web::get().to(game_ws::not_upgraded))
         .route("/api/room/metadata", web::get().to(game_http::metadata))
         .route("/api/room/matchmake", web::post().to(game_http::matchmake))
         .route("/healthz", web::get().to(healthz))
@@ -97,7 +163,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 async fn healthz(state: web::Data<AppState>) -> HttpResponse {
-    if state.shutting_down.load(Ordering::SeqCst) {
+    if state.shutting_down() {
         return HttpResponse::ServiceUnavailable().json(json!({"status": "shutting_down"}));
     }
     HttpResponse::Ok().json(json!({

@@ -10,6 +10,8 @@
 //! - `rooms`: idle eviction, the snapshot files, reloading, the manager's room API.
 //! - `shutdown`: graceful shutdown in process and of the real binary on SIGTERM.
 //! - `edge`: plain HTTP on the endpoint, health, metrics, the closing handshake.
+//! - `websocket`: weft's own WebSocket over a raw socket: the upgrade and its HTTP refusals,
+//!   hand-made frames (fragmented, pipelined, malformed) and the close codes they get.
 
 mod auth;
 mod bad_input;
@@ -21,3 +23,4 @@ mod rooms;
 mod sessions;
 mod shutdown;
 mod smoke;
+mod websocket;

@@ -8,7 +8,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{GameApp, GRACE, QUIET, WAIT};
+use crate::helpers::{access_token, GameApp, GRACE, QUIET, WAIT};
 use weft::engine::tree::apply_delta;
 
 fn sync(shared: Value, shared_version: u64, player: Value, player_version: u64) -> Value {
@@ -713,5 +713,23 @@ async fn graceful_shutdown_closes_players_with_1001() {
     assert_eq!(
         app.hooks.of("going-away"),
         vec!["create", "join alice", "join bob"]
+    );
+}
+
+/// A connection that authenticated but never joined is closed with 1001 at shutdown too (no
+/// room does it for it).
+#[tokio::test]
+async fn graceful_shutdown_closes_connections_that_never_joined() {
+    let app = GameApp::start().await;
+    let (mut lobby, _) = app
+        .authed("arena", "lobby", &access_token("carol", json!({})))
+        .await;
+    let saved = tokio::time::timeout(WAIT * 2, app.shutdown.shutdown())
+        .await
+        .expect("shutdown within the wait");
+    assert!(saved);
+    assert_eq!(
+        lobby.closed().await,
+        (1001, "server shutting down".to_owned())
     );
 }
