@@ -320,40 +320,15 @@ fn write_engine_seeds() {
     }
 }
 
-/// The masking key of the `ws_frames` seeds.
-const WS_MASK: [u8; 4] = [0x1f, 0x8b, 0x5a, 0xc4];
-
-/// The header of a masked client frame announcing `len` payload bytes (mask key included).
-fn ws_header(fin: bool, opcode: u8, len: u64) -> Vec<u8> {
-    let mut frame = vec![if fin { 0x80 | opcode } else { opcode }];
-    if len < 126 {
-        frame.push(0x80 | len as u8);
-    } else if len <= u64::from(u16::MAX) {
-        frame.push(0x80 | 126);
-        frame.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        frame.push(0x80 | 127);
-        frame.extend_from_slice(&len.to_be_bytes());
-    }
-    frame.extend_from_slice(&WS_MASK);
-    frame
-}
-
-/// A masked client frame, as a browser sends it.
-fn ws_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut frame = ws_header(fin, opcode, payload.len() as u64);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ WS_MASK[i % 4]));
-    frame
-}
+#[path = "common/client_frames.rs"]
+mod client_frames;
+use client_frames::{
+    client_frame as ws_frame, client_header as ws_header, BINARY, CLOSE, PING, PONG, TEXT,
+};
 
 /// Realistic client byte streams, the source of `fuzz/corpus/ws_frames/`: the chunk size byte
 /// (0: all at once), then the frames.
 fn ws_seeds() -> Vec<(&'static str, Vec<u8>)> {
-    const TEXT: u8 = 1;
-    const BINARY: u8 = 2;
-    const CLOSE: u8 = 8;
-    const PING: u8 = 9;
-    const PONG: u8 = 10;
     let patch = br#"{"type":"patch","messageId":"m1","documentPatches":[{"a/Shape":{"_exists":true,"x":1}}]}"#;
     let reconnect = br#"{"type":"reconnect","lastTimestamp":0,"protocolVersion":2}"#;
     let seed = |chunk: u8, frames: &[Vec<u8>]| [vec![chunk], frames.concat()].concat();

@@ -326,42 +326,16 @@ fn truncate(reason: &str) -> String {
     reason[..end].to_owned()
 }
 
+/// Masked client frames built by hand, shared with the socket tests and the fuzz seeds.
+#[cfg(test)]
+#[path = "../../tests/common/client_frames.rs"]
+mod client_frames;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The masking key of every test frame (a client must mask what it sends).
-    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-
-    const TEXT: u8 = 0x1;
-    const BINARY: u8 = 0x2;
-    const CONTINUE: u8 = 0x0;
-    const CLOSE: u8 = 0x8;
-    const PING: u8 = 0x9;
-    const PONG: u8 = 0xa;
-
-    /// The header of a masked client frame announcing `len` payload bytes, mask key included.
-    fn client_header(fin: bool, opcode: u8, len: u64) -> Vec<u8> {
-        let mut frame = vec![if fin { 0x80 | opcode } else { opcode }];
-        if len < 126 {
-            frame.push(0x80 | len as u8);
-        } else if len <= u64::from(u16::MAX) {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&len.to_be_bytes());
-        }
-        frame.extend_from_slice(&MASK);
-        frame
-    }
-
-    /// A whole masked client frame.
-    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut frame = client_header(fin, opcode, payload.len() as u64);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-        frame
-    }
+    use super::client_frames::*;
 
     /// The payload of a close frame with `code`.
     fn close_payload(code: u16) -> Vec<u8> {

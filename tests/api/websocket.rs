@@ -15,37 +15,9 @@ use crate::helpers::{ack, doc_patch, reconnect, spawn_app, TestApp, WAIT};
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
-/// The masking key of every frame the tests send.
-const MASK: [u8; 4] = [0xa1, 0x3c, 0x77, 0x0e];
-
-const CONTINUE: u8 = 0x0;
-const TEXT: u8 = 0x1;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xa;
-
-/// The header of a masked client frame announcing `len` payload bytes, mask key included.
-fn client_header(fin: bool, opcode: u8, len: u64) -> Vec<u8> {
-    let mut frame = vec![if fin { 0x80 | opcode } else { opcode }];
-    if len < 126 {
-        frame.push(0x80 | len as u8);
-    } else if len <= u64::from(u16::MAX) {
-        frame.push(0x80 | 126);
-        frame.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        frame.push(0x80 | 127);
-        frame.extend_from_slice(&len.to_be_bytes());
-    }
-    frame.extend_from_slice(&MASK);
-    frame
-}
-
-/// A masked client frame.
-fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut frame = client_header(fin, opcode, payload.len() as u64);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-    frame
-}
+#[path = "../common/client_frames.rs"]
+mod client_frames;
+use client_frames::{client_frame, client_header, CLOSE, CONTINUE, PING, PONG, TEXT};
 
 /// A whole text frame holding `value` as JSON.
 fn json_frame(value: &Value) -> Vec<u8> {
