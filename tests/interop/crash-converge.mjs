@@ -30,6 +30,13 @@
 // the buffer, and those edits are lost for good (the author's view keeps them: the clients never
 // converge). So a tick skips pull() while the offline buffer has not reached the server (offline,
 // or its `reconnect` not answered with `synced` yet); the converged line counts these ticks.
+// The same pull() also strips every pending field that the offline buffer holds, even after the
+// `reconnect` carrying that buffer was answered: a broadcast the server made AFTER applying the
+// buffer (another client's later write of the same field) is then dropped, and this client keeps
+// its older value for good. The buffer is only emptied by the next flush, and the tick pulls
+// before it pushes, so a broadcast arriving between `synced` and that tick is lost. Once `synced`
+// has arrived, the server holds the buffer (weft sends `synced` only when the writes it carried
+// are durable), so the driver empties it before pulling; the converged line counts these too.
 //
 // A `resync` from the server fails the run: a client only learns clocks from acks and
 // broadcasts, which weft sends once the write is durable, so after a restart its clock can never
@@ -95,6 +102,7 @@ class Client {
     this.resyncs = 0;
     this.cutOff = 0; // unacked patches in flight when a connection dropped
     this.deferredPulls = 0; // ticks that skipped pull() to keep an unsent offline buffer
+    this.deliveredBuffers = 0; // offline buffers emptied once their `reconnect` was answered
     this.adapter = new WebsocketAdapter({
       url: args.url,
       clientId: randomId(name),
@@ -144,6 +152,11 @@ class Client {
     const a = this.adapter;
     const unsent = Object.keys(a.offlineBuffer).length > 0 && !this.syncedHere;
     if (unsent && a.pendingDocumentPatches.length > 0) this.deferredPulls++;
+    if (this.syncedHere && Object.keys(a.offlineBuffer).length > 0) {
+      // Delivered by the reconnect that `synced` answered (the header's second workaround).
+      a.clearPersistedOfflineBuffer();
+      this.deliveredBuffers++;
+    }
     const pulled = unsent ? [] : a.pull();
     for (const m of pulled) {
       if (m.syncBehavior === 'document') applyPatchToView(this.doc, m.patch);
@@ -353,6 +366,7 @@ async function main() {
           `connections ${clients.map((c) => `${c.name}:${c.opens}`).join(' ')}, ` +
           `unacked patches cut off ${clients.map((c) => `${c.name}:${c.cutOff}`).join(' ')}, ` +
           `pulls deferred ${clients.map((c) => `${c.name}:${c.deferredPulls}`).join(' ')}, ` +
+          `delivered offline buffers emptied ${clients.map((c) => `${c.name}:${c.deliveredBuffers}`).join(' ')}, ` +
           `0 resyncs, doc ${canon(late.doc).length} bytes`,
       );
       for (const c of all) c.close();
