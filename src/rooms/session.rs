@@ -235,6 +235,26 @@ impl SessionLink {
         Poll::Pending
     }
 
+    /// Resolves with the close once the room has closed the session, frames still queued or
+    /// not (to stop waiting on a socket that stopped reading). Cancel-safe.
+    pub async fn closed(&mut self) -> CloseReason {
+        std::future::poll_fn(|cx| {
+            let mut queue = lock(&self.queue);
+            if let Some(reason) = &queue.close {
+                return Poll::Ready(reason.clone());
+            }
+            if queue.room_gone {
+                return Poll::Ready(CloseReason::room_closed());
+            }
+            match &mut queue.waiter {
+                Some(waiter) if waiter.will_wake(cx.waker()) => {}
+                waiter => *waiter = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
     /// The next frame if one is queued (to batch several into one socket write).
     pub fn try_frame(&mut self) -> Option<ByteString> {
         lock(&self.queue).frames.pop_front()

@@ -227,8 +227,15 @@ impl Connection {
             tokio::select! {
                 event = link.next() => match event {
                     LinkEvent::Frame(frame) => {
-                        if !self.send(frame, link, config.heartbeat_timeout).await {
-                            return End::Gone;
+                        self.queue_batch(frame, link);
+                        // A socket that stopped reading must not hold a closed session open.
+                        tokio::select! {
+                            flushed = self.socket.flush_within(config.heartbeat_timeout) => {
+                                if !flushed {
+                                    return End::Gone;
+                                }
+                            }
+                            reason = link.closed() => return End::Close(reason),
                         }
                     }
                     LinkEvent::Closed(reason) => return End::Close(reason),
@@ -345,6 +352,12 @@ impl Connection {
     /// Sends `frame` and whatever else is queued for this session by now (one write), giving
     /// up on a connection that does not drain within `limit`.
     async fn send(&mut self, frame: ByteString, link: &mut SessionLink, limit: Duration) -> bool {
+        self.queue_batch(frame, link);
+        self.socket.flush_within(limit).await
+    }
+
+    /// Queues `frame` and whatever else is queued for this session by now, for one write.
+    fn queue_batch(&mut self, frame: ByteString, link: &mut SessionLink) {
         self.socket.queue_text(&frame);
         while self.socket.queued() < super::WRITE_BATCH_BYTES {
             match link.try_frame() {
@@ -352,7 +365,6 @@ impl Connection {
                 None => break,
             }
         }
-        self.socket.flush_within(limit).await
     }
 
     /// Sends the frames still queued for this session until the room has let it go (it drops

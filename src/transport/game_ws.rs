@@ -348,8 +348,8 @@ impl GameConnection {
                 }
                 event = room_event(&mut self.joined) => match event {
                     LinkEvent::Frame(frame) => {
-                        if !self.send(frame).await {
-                            return End::Gone(None);
+                        if let Some(end) = self.send(frame).await {
+                            return end;
                         }
                     }
                     LinkEvent::Closed(reason) => return End::Close(None, reason),
@@ -490,19 +490,24 @@ impl GameConnection {
     }
 
     /// Sends a frame of the room and whatever else it queued for this connection by now (one
-    /// write); false when the connection does not take it within the stale timeout.
-    async fn send(&mut self, frame: ByteString) -> bool {
+    /// write). Ends the connection when it does not take the bytes within the stale timeout, or
+    /// when the room closes it meanwhile (a socket that stopped reading must not hold it open).
+    async fn send(&mut self, frame: ByteString) -> Option<End> {
+        let limit = self.state.config.game_stale_timeout;
         self.socket.queue_text(&frame);
-        if let Some((_, link)) = &mut self.joined {
-            while self.socket.queued() < super::WRITE_BATCH_BYTES {
-                match link.try_frame() {
-                    Some(frame) => self.socket.queue_text(&frame),
-                    None => break,
-                }
+        let Some((_, link)) = &mut self.joined else {
+            return (!self.socket.flush_within(limit).await).then_some(End::Gone(None));
+        };
+        while self.socket.queued() < super::WRITE_BATCH_BYTES {
+            match link.try_frame() {
+                Some(frame) => self.socket.queue_text(&frame),
+                None => break,
             }
         }
-        let limit = self.state.config.game_stale_timeout;
-        self.socket.flush_within(limit).await
+        tokio::select! {
+            flushed = self.socket.flush_within(limit) => (!flushed).then_some(End::Gone(None)),
+            reason = link.closed() => Some(End::Close(None, reason)),
+        }
     }
 
     /// A second `auth`: a token refresh. The identity must stay the same user.

@@ -229,16 +229,18 @@ async fn fragmented_message_over_the_limit_closes_with_1009() {
     assert_eq!(app.document(room).await["timestamp"], 0);
 }
 
-/// A client that never reads, while another floods large patches, is closed with 1013 once its
-/// outbound queue is full; the writer keeps getting its acks throughout and after.
-#[tokio::test]
-async fn slow_reader_is_closed_with_1013_and_the_writer_keeps_going() {
+/// Settings where a reader that stops reading is soon too slow, and a joined client `fast`
+/// with a reader `slow` in `room` whose socket takes little before the server's queue fills.
+async fn writer_and_slow_reader(
+    heartbeat_timeout_ms: u64,
+    room: &str,
+) -> (TestApp, Client, Client) {
     let mut settings = test_settings();
     settings.limits.outbound_queue = 8;
     settings.limits.messages_per_second = 100_000.0;
     settings.limits.message_burst = 100_000;
+    settings.limits.heartbeat_timeout_ms = heartbeat_timeout_ms;
     let app = spawn_app_with(settings).await;
-    let room = "l-slow";
     let (mut fast, _) = app.join(room, "fast").await;
 
     // A small receive buffer, so the kernel absorbs little before the server's queue fills.
@@ -255,12 +257,16 @@ async fn slow_reader_is_closed_with_1013_and_the_writer_keeps_going() {
     slow.send(reconnect(0)).await;
     slow.recv_until("synced").await;
     assert_eq!(fast.recv().await, count(2));
+    (app, fast, slow)
+}
 
+/// `fast` sends large patches, each acked, until the room reports the slow reader gone
+/// (`clientCount` 1); returns the room clock (every ack read).
+async fn flood_until_the_slow_reader_is_dropped(fast: &mut Client) -> u64 {
     let blob = "x".repeat(64 * 1024);
     let started = Instant::now();
     let mut clock = 0;
-    let mut slow_dropped = false;
-    while !slow_dropped {
+    loop {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "slow reader still connected after {clock} patches"
@@ -272,16 +278,29 @@ async fn slow_reader_is_closed_with_1013_and_the_writer_keeps_going() {
             json!([{"e/S": {"_exists": true, "blob": blob}}]),
         ))
         .await;
+        let mut dropped = false;
         loop {
             let frame = fast.recv().await;
             if frame == count(1) {
-                slow_dropped = true;
+                dropped = true;
             } else {
                 assert_eq!(frame, ack(&id, clock));
                 break;
             }
         }
+        if dropped {
+            return clock;
+        }
     }
+}
+
+/// A client that never reads, while another floods large patches, is closed with 1013 once its
+/// outbound queue is full; the writer keeps getting its acks throughout and after.
+#[tokio::test]
+async fn slow_reader_is_closed_with_1013_and_the_writer_keeps_going() {
+    let room = "l-slow";
+    let (app, mut fast, mut slow) = writer_and_slow_reader(45_000, room).await;
+    let clock = flood_until_the_slow_reader_is_dropped(&mut fast).await;
     fast.send(doc_patch("after", json!([{"e/S": {"n": 1}}])))
         .await;
     let frames = fast.recv_until("ack").await;
@@ -295,6 +314,21 @@ async fn slow_reader_is_closed_with_1013_and_the_writer_keeps_going() {
             "client too slow: outbound queue full".to_owned()
         )
     );
+}
+
+/// A reader closed for slowness that still does not read loses its socket within the closing
+/// handshake's few seconds, not after the (here 10-minute) heartbeat timeout: its connection
+/// stops waiting on the stuck write as soon as the room closes it.
+#[tokio::test]
+async fn slow_reader_socket_is_dropped_without_waiting_for_the_heartbeat_timeout() {
+    let (app, mut fast, _slow) = writer_and_slow_reader(600_000, "l-stuck").await;
+    flood_until_the_slow_reader_is_dropped(&mut fast).await;
+    // The closing handshake gives a peer 5 s to take the close frame.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while app.metric("weft_connections_active").await != 1 {
+        assert!(Instant::now() < deadline, "the stuck socket is still open");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// With a 100 ms heartbeat and a 300 ms timeout, a client that never answers pings is closed
