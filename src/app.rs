@@ -136,7 +136,6 @@ impl Application {
         let addr = listener.local_addr()?;
         let app_state = state.clone();
         let server = actix_server::Server::build()
-            .backlog(LISTEN_BACKLOG)
             .listen("weft", listener, move || {
                 let routes = App::new()
                     .app_data(app_state.clone())
