@@ -10,7 +10,6 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -20,6 +19,9 @@ use weft::config::{AuthMode, Settings};
 use weft::ids::RoomId;
 use weft::rooms::{RoomHandle, RoomManager, SessionInfo};
 use weft::storage::StorageKind;
+
+#[path = "../common/raw_http.rs"]
+mod raw_http;
 
 /// How long a test waits for a frame that should come.
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -244,30 +246,7 @@ impl TestApp {
 
     /// Sends a raw HTTP request; returns the status and the body.
     pub async fn http(&self, request: &str) -> (u16, String) {
-        let exchange = async {
-            let mut stream = TcpStream::connect(self.addr).await.expect("tcp connects");
-            stream
-                .write_all(request.as_bytes())
-                .await
-                .expect("request sent");
-            let mut response = Vec::new();
-            stream
-                .read_to_end(&mut response)
-                .await
-                .expect("response read");
-            response
-        };
-        let response = tokio::time::timeout(WAIT, exchange)
-            .await
-            .expect("response within the wait");
-        let text = String::from_utf8(response).expect("utf-8 response");
-        let (head, body) = text.split_once("\r\n\r\n").expect("http response");
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status code");
-        (status, body.to_owned())
+        raw_http::exchange(self.addr, request, WAIT).await
     }
 
     /// The value of one metric from `GET /metrics`, e.g. `weft_frames_ignored`.

@@ -17,7 +17,6 @@ use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use jsonschema::{Registry, Validator};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -29,6 +28,9 @@ use weft::game::{
 };
 use weft::ids::{RecordKey, RoomId};
 use weft::storage::StorageKind;
+
+#[path = "../common/raw_http.rs"]
+mod raw_http;
 
 /// How long a test waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -501,37 +503,7 @@ impl GameApp {
     }
 
     async fn http(&self, request: &str) -> (u16, Value) {
-        let exchange = async {
-            let mut stream = TcpStream::connect(self.addr).await.expect("tcp connects");
-            stream
-                .write_all(request.as_bytes())
-                .await
-                .expect("request sent");
-            let mut response = Vec::new();
-            stream
-                .read_to_end(&mut response)
-                .await
-                .expect("response read");
-            response
-        };
-        let response = tokio::time::timeout(WAIT, exchange)
-            .await
-            .expect("response within the wait");
-        let text = String::from_utf8(response).expect("utf-8 response");
-        let (head, body) = text.split_once("\r\n\r\n").expect("http response");
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status code");
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        };
+        let (status, body) = raw_http::exchange(self.addr, request, WAIT).await;
         let json = if body.is_empty() {
             Value::Null
         } else {
@@ -539,20 +511,6 @@ impl GameApp {
         };
         (status, json)
     }
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = &tail[n + 2..];
-    }
-    out
 }
 
 /// Opens a WebSocket to a full `ws://` URL, or returns the HTTP refusal (status, JSON body).
