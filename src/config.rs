@@ -90,8 +90,8 @@ pub struct LimitSettings {
     /// Plain HTTP: after its head, the request's body must arrive and its answer be ready within
     /// this (408, connection closed).
     pub http_request_timeout_ms: u64,
-    /// `/healthz` answers 503 when the main runtime (where rooms run) has made no progress for
-    /// this long.
+    /// `/healthz` answers 503 when a worker of the main runtime (where rooms run) has been stuck
+    /// in one task for this long.
     pub liveness_timeout_ms: u64,
 }
 

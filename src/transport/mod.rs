@@ -183,7 +183,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// 200 while the server serves; 503 when it is shutting down, or when the main runtime (where
-/// rooms run) has made no progress for longer than `limits.liveness_timeout_ms`.
+/// rooms run) has a worker stuck for longer than `limits.liveness_timeout_ms`.
 async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     if state.shutting_down() {
         return HttpResponse::ServiceUnavailable().json(json!({"status": "shutting_down"}));
