@@ -84,7 +84,7 @@ cleanup() {
 trap cleanup EXIT
 
 log "building release binaries"
-(cd "$ROOT" && cargo build --release --bin weft --bin weft-load --bin weft-ceiling)
+(cd "$ROOT" && cargo build --release -p weft -p weft-load)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 # Copies, so a rebuild during the run cannot swap a binary under it.
 mkdir -p "$WORK/bin"
