@@ -12,6 +12,11 @@
 //!   (no keep-alive: actix's head deadline covers only a connection's first request), and
 //!   [`serve`] drops any connection still in its HTTP phase after the sum of the deadlines, so
 //!   none outlives them whatever a client does.
+//!
+//! Why not actix's own settings alone: `client_request_timeout` (used: the head deadline) covers
+//! only the head, and actix-http has no deadline for a body; actix-server's `max_connections` is
+//! per worker thread, has no per-address cap, and stops accepting silently (connections wait in
+//! the backlog) instead of answering 503/429.
 
 use std::io;
 use std::net::SocketAddr;

@@ -45,8 +45,9 @@ pub struct TransportConfig {
     /// Plain HTTP: the body must arrive and the answer be ready within this after the head
     /// (408, connection closed).
     pub http_request_timeout: Duration,
-    /// Frames queued for one connection before it counts as too slow and is closed with 1013.
-    pub outbound_queue: usize,
+    /// Bytes of frames waiting for one connection (held until durable or queued) beyond which it
+    /// counts as too slow and is closed with 1013 (see [`crate::rooms::Outbox`]).
+    pub outbound_queue_bytes: usize,
     /// Messages per second a connection may send on average, and its burst.
     pub messages_per_second: f64,
     pub message_burst: u32,
@@ -67,7 +68,10 @@ impl Default for TransportConfig {
             message_assembly_timeout: Duration::from_secs(10),
             http_head_timeout: Duration::from_secs(5),
             http_request_timeout: Duration::from_secs(10),
-            outbound_queue: 1024,
+            // Eight frames of the largest size a client may send, relayed, before a reader is too
+            // slow. A larger single frame (a reconnect reply of a large document) still goes to
+            // a reader that keeps up: the cap is checked before a frame is added.
+            outbound_queue_bytes: 8 << 20,
             messages_per_second: 100.0,
             message_burst: 200,
             heartbeat_interval: Duration::from_secs(15),

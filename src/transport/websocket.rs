@@ -5,7 +5,8 @@
 //! two 8 KiB buffers per connection: most of the memory an idle connection costs. This socket
 //! holds no buffer while idle (bytes are read into a stack chunk and kept only while a frame is
 //! incomplete; the write buffer is released once flushed), and it is driven by the connection's
-//! own task, so a frame from a room reaches the kernel without another hop. Frame parsing and
+//! own task, so a frame from a room reaches the kernel without another hop (BENCHMARKS.md: 4.13
+//! KiB per idle connection, against 20.1 KiB through actix-ws). Frame parsing and
 //! encoding are actix-http's (`ws::Parser`); this module adds reading, writing, joining
 //! continuation frames and the limits on unfinished messages: the size limit, a deadline for
 //! completing a message ([`WebSocket`]), and one byte budget for all unfinished messages of all
