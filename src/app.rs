@@ -1,11 +1,15 @@
 //! Wiring: settings -> storage -> authorizer -> RoomManager -> HTTP server -> shutdown.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_http::HttpService;
-use actix_service::{fn_factory, fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_http::{HttpService, KeepAlive};
+use actix_service::{
+    apply_fn_factory, fn_factory, fn_service, map_config, IntoServiceFactory, Service,
+    ServiceFactory, ServiceFactoryExt,
+};
 use actix_web::dev::AppConfig;
 use actix_web::{web, App};
 use anyhow::Context;
@@ -17,7 +21,7 @@ use crate::game::{GameRooms, LogicFactory, NamespaceOptions, Namespaces};
 use crate::metrics::Metrics;
 use crate::rooms::RoomManager;
 use crate::storage::{self, Storage};
-use crate::transport::{self, AppState, ConnectionLimiter};
+use crate::transport::{self, AppState, AssemblyBudget, ConnectionLimiter, Liveness};
 
 /// A bound, not yet running server.
 pub struct Application {
@@ -128,6 +132,11 @@ impl Application {
             limiter: ConnectionLimiter::new(limits.max_connections, limits.max_connections_per_ip),
             metrics,
             config: settings.transport_config(),
+            assembly: AssemblyBudget::new(limits.assembly_budget_bytes),
+            liveness: Liveness::start(
+                &tokio::runtime::Handle::current(),
+                Duration::from_millis(limits.liveness_timeout_ms),
+            ),
             closing: tokio::sync::watch::Sender::new(false),
             runtime: tokio::runtime::Handle::current(),
         });
@@ -137,11 +146,19 @@ impl Application {
         let app_state = state.clone();
         let server = actix_server::Server::build()
             .listen("weft", listener, move || {
+                let config = &app_state.config;
                 let routes = App::new()
                     .app_data(app_state.clone())
                     .configure(transport::routes)
                     .into_factory()
                     .map_err(|e: actix_web::Error| e.error_response());
+                let request_timeout = config.http_request_timeout;
+                let routes = apply_fn_factory(
+                    map_config(routes, |_| AppConfig::default()),
+                    move |req, routes| {
+                        transport::within_request_deadline(request_timeout, routes.call(req))
+                    },
+                );
                 let upgrade_state = app_state.clone();
                 let upgrade = fn_factory(move || {
                     let state = upgrade_state.clone();
@@ -152,11 +169,32 @@ impl Application {
                     }
                 });
                 // (TCP_NODELAY is set on upgraded sockets, see `transport::hand_off`.)
-                HttpService::build()
+                // One request per connection: actix's head deadline covers only a
+                // connection's first request (see `transport::serve_connection`).
+                let http = HttpService::build()
+                    .client_request_timeout(config.http_head_timeout)
+                    .client_disconnect_timeout(transport::LINGER)
+                    .keep_alive(KeepAlive::Disabled)
                     .local_addr(addr)
                     .upgrade(upgrade)
-                    .h1(map_config(routes, |_| AppConfig::default()))
-                    .tcp()
+                    .h1(routes);
+                let state = app_state.clone();
+                fn_factory(move || {
+                    let state = state.clone();
+                    let http = http.new_service(());
+                    async move {
+                        let http = Rc::new(http.await.map_err(|e| {
+                            error!(error = ?e, "HTTP service failed to start");
+                        })?);
+                        Ok::<_, ()>(fn_service(move |io| {
+                            let (state, http) = (state.clone(), http.clone());
+                            async move {
+                                transport::serve_connection(state, http, io).await;
+                                Ok::<_, ()>(())
+                            }
+                        }))
+                    }
+                })
             })?
             .disable_signals()
             .shutdown_timeout(5)

@@ -82,6 +82,18 @@ pub struct LimitSettings {
     pub game_auth_timeout_ms: u64,
     /// Game rooms: a connection silent this long is closed (keep above the SDKs' 30 s ping).
     pub game_stale_timeout_ms: u64,
+    /// A WebSocket message (all its fragments) must be complete this long after its first bytes.
+    pub message_assembly_timeout_ms: u64,
+    /// Bytes of unfinished WebSocket messages all connections together may hold.
+    pub assembly_budget_bytes: usize,
+    /// Plain HTTP: the request head must arrive within this after the connection opened (408).
+    pub http_head_timeout_ms: u64,
+    /// Plain HTTP: after its head, the request's body must arrive and its answer be ready within
+    /// this (408, connection closed).
+    pub http_request_timeout_ms: u64,
+    /// `/healthz` answers 503 when a worker of the main runtime (where rooms run) has been stuck
+    /// in one task for this long.
+    pub liveness_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -137,6 +149,11 @@ impl Default for LimitSettings {
             heartbeat_timeout_ms: transport.heartbeat_timeout.as_millis() as u64,
             game_auth_timeout_ms: transport.game_auth_timeout.as_millis() as u64,
             game_stale_timeout_ms: transport.game_stale_timeout.as_millis() as u64,
+            message_assembly_timeout_ms: transport.message_assembly_timeout.as_millis() as u64,
+            assembly_budget_bytes: 64 << 20,
+            http_head_timeout_ms: transport.http_head_timeout.as_millis() as u64,
+            http_request_timeout_ms: transport.http_request_timeout.as_millis() as u64,
+            liveness_timeout_ms: 5000,
         }
     }
 }
@@ -316,6 +333,20 @@ impl Settings {
             ),
             ("limits.heartbeat_timeout_ms", l.heartbeat_timeout_ms as f64),
             ("limits.game_auth_timeout_ms", l.game_auth_timeout_ms as f64),
+            (
+                "limits.message_assembly_timeout_ms",
+                l.message_assembly_timeout_ms as f64,
+            ),
+            (
+                "limits.assembly_budget_bytes",
+                l.assembly_budget_bytes as f64,
+            ),
+            ("limits.http_head_timeout_ms", l.http_head_timeout_ms as f64),
+            (
+                "limits.http_request_timeout_ms",
+                l.http_request_timeout_ms as f64,
+            ),
+            ("limits.liveness_timeout_ms", l.liveness_timeout_ms as f64),
         ];
         for (name, value) in positive {
             if !(value > 0.0 && value.is_finite()) {
@@ -349,6 +380,9 @@ impl Settings {
         let l = &self.limits;
         TransportConfig {
             max_frame_bytes: l.max_frame_bytes,
+            message_assembly_timeout: Duration::from_millis(l.message_assembly_timeout_ms),
+            http_head_timeout: Duration::from_millis(l.http_head_timeout_ms),
+            http_request_timeout: Duration::from_millis(l.http_request_timeout_ms),
             outbound_queue_bytes: l.outbound_queue_bytes,
             messages_per_second: l.messages_per_second,
             message_burst: l.message_burst,

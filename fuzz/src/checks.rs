@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use serde_json::{json, Map, Value};
 use weft::engine::{validate_patches, Document, Ephemeral, Limits};
 use weft::protocol::canvas::{self, ClientFrame, Patches, ServerFrame};
-use weft::transport::{FrameReader, WsError, WsMessage};
+use weft::transport::{AssemblyBudget, FrameReader, WsError, WsMessage};
 
 /// Limits for decoded frames: a small buffer cap keeps each run fast; the rules do not depend on it.
 pub const FRAME_LIMITS: Limits = Limits {
@@ -895,18 +895,32 @@ pub fn check_ws_frames(data: &[u8]) {
 
 /// The messages `stream` pushed in chunks of `chunk` bytes gives, and the error that stopped it.
 pub fn read_ws_stream(stream: &[u8], chunk: usize) -> (Vec<WsMessage>, Option<WsError>) {
-    let mut reader = FrameReader::new(WS_MAX_MESSAGE);
+    let budget = AssemblyBudget::new(usize::MAX);
+    let mut reader = FrameReader::new(WS_MAX_MESSAGE, budget.clone());
     let mut messages = Vec::new();
-    for piece in stream.chunks(chunk) {
+    let mut error = None;
+    'read: for piece in stream.chunks(chunk) {
         reader.push(piece);
         loop {
             match reader.next_message() {
                 Ok(Some(message)) => messages.push(message),
                 Ok(None) => break,
                 // The connection is closed on the first error: nothing more is read.
-                Err(e) => return (messages, Some(e)),
+                Err(e) => {
+                    error = Some(e);
+                    break 'read;
+                }
             }
         }
     }
-    (messages, None)
+    // What an unfinished message holds stays within the limit (plus a control frame's payload
+    // between its fragments), and goes back with the reader.
+    assert!(
+        budget.used() <= WS_MAX_MESSAGE + 125,
+        "{} bytes held",
+        budget.used()
+    );
+    drop(reader);
+    assert_eq!(budget.used(), 0, "the budget is given back");
+    (messages, error)
 }

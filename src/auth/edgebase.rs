@@ -1,6 +1,6 @@
 //! EdgeBase access tokens, for game rooms: HS256 JWTs signed with the server's user secret (its
 //! raw UTF-8 bytes are the HMAC key), claims `sub` (the user), `iss` = `edgebase:user`, `exp`,
-//! `iat`, `jti`, optional `role` (default `user`), `email`, `isAnonymous`, `custom`. Refresh tokens
+//! `iat`, `jti`, optional `nbf` (checked with the same leeway as `exp`), optional `role` (default `user`), `email`, `isAnonymous`, `custom`. Refresh tokens
 //! (`type` = `refresh`) are refused.
 
 use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
@@ -59,6 +59,8 @@ impl GameAuth {
         validation.set_required_spec_claims(&["exp", "sub", "iss"]);
         validation.set_issuer(&["edgebase:user"]);
         validation.validate_aud = false;
+        // `nbf`, when present, is checked with the same leeway as `exp`.
+        validation.validate_nbf = true;
         validation.leeway = 5;
         GameAuth::Verified(Box::new((DecodingKey::from_secret(secret), validation)))
     }
@@ -74,6 +76,7 @@ impl GameAuth {
                 let data = decode::<Value>(token, key, validation).map_err(|e| {
                     TokenRefused(match e.kind() {
                         ErrorKind::ExpiredSignature => "Invalid or expired token".into(),
+                        ErrorKind::ImmatureSignature => "token not yet valid (nbf)".into(),
                         ErrorKind::InvalidSignature => "token signature invalid".into(),
                         ErrorKind::InvalidIssuer => "token is not an EdgeBase user token".into(),
                         ErrorKind::MissingRequiredClaim(c) => format!("token lacks claim {c}"),
@@ -147,6 +150,7 @@ mod tests {
         .expect("signs")
     }
 
+    /// A signed access token gives its user, role and custom claims; a past `nbf` is fine.
     #[test]
     fn accepts_edgebase_access_tokens() {
         let auth = GameAuth::with_secret(b"user-secret");
@@ -161,12 +165,14 @@ mod tests {
         assert_eq!(id.custom, json!({"team": "red"}));
 
         let plain = sign(
-            json!({"sub": "u2", "iss": "edgebase:user", "exp": now() + 60}),
+            json!({"sub": "u2", "iss": "edgebase:user", "exp": now() + 60, "nbf": now()}),
             "user-secret",
         );
         assert_eq!(auth.verify(&plain).expect("valid").role, "user");
     }
 
+    /// Expired, foreign-issuer, issuer-less, refresh, subject-less and not-yet-valid (`nbf`)
+    /// tokens and forged signatures are refused.
     #[test]
     fn refuses_bad_tokens() {
         let auth = GameAuth::with_secret(b"user-secret");
@@ -176,6 +182,7 @@ mod tests {
             json!({"sub": "u", "exp": now() + 60}),
             json!({"sub": "u", "iss": "edgebase:user", "exp": now() + 60, "type": "refresh"}),
             json!({"sub": "", "iss": "edgebase:user", "exp": now() + 60}),
+            json!({"sub": "u", "iss": "edgebase:user", "exp": now() + 600, "nbf": now() + 60}),
         ];
         for claims in cases {
             assert!(
@@ -192,6 +199,7 @@ mod tests {
         assert!(auth.verify("not-a-jwt").is_err());
     }
 
+    /// Without a secret (development), a JWT's `sub` or else the token itself is the user id.
     #[test]
     fn insecure_mode_takes_the_subject_or_the_token() {
         let token = sign(json!({"sub": "alice", "exp": 1}), "anything");

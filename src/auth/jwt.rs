@@ -1,6 +1,6 @@
 //! JSON Web Tokens, HS256 (shared secret) or RS256 (public key).
 //!
-//! Claims: `exp` (required), `sub` (the user), `rooms` (patterns, `["*"]` for all) or `room`
+//! Claims: `exp` (required), `nbf` (checked when present, same leeway as `exp`), `sub` (the user), `rooms` (patterns, `["*"]` for all) or `room`
 //! (one id), `permission` (`readwrite` | `readonly`, default `readwrite`), optional `clientId`
 //! (binds the token to one client), `aud` (checked when an audience is configured, ignored
 //! otherwise). Every claim becomes the session's metadata.
@@ -48,6 +48,8 @@ impl JwtAuthorizer {
         };
         let mut validation = Validation::new(alg);
         validation.set_required_spec_claims(&["exp"]);
+        // `nbf`, when present, is checked with the same leeway as `exp`.
+        validation.validate_nbf = true;
         validation.leeway = 5;
         match audience {
             Some(aud) => validation.set_audience(&[aud]),
@@ -68,6 +70,7 @@ impl Authorizer for JwtAuthorizer {
         let data = decode::<Value>(token, &self.key, &self.validation).map_err(|e| {
             Denied(match e.kind() {
                 ErrorKind::ExpiredSignature => "token expired".into(),
+                ErrorKind::ImmatureSignature => "token not yet valid (nbf)".into(),
                 ErrorKind::InvalidSignature => "token signature invalid".into(),
                 ErrorKind::MissingRequiredClaim(c) => format!("token lacks claim {c}"),
                 _ => "token invalid".into(),
@@ -118,8 +121,8 @@ mod tests {
         .expect("signs")
     }
 
-    /// HS256 tokens grant their rooms and permission; expiry, bad signatures, wrong room or
-    /// client are refused with a reason.
+    /// HS256 tokens grant their rooms and permission; expiry, a future `nbf`, bad signatures,
+    /// wrong room or client are refused with a reason.
     #[tokio::test]
     async fn hs256_claims_are_enforced() {
         let auth = JwtAuthorizer::new(JwtKey::Secret(b"s3cret".to_vec()), None).expect("key");
@@ -147,7 +150,7 @@ mod tests {
         assert_eq!(grant.permission, Permission::Readonly);
         assert_eq!(grant.metadata["sub"], "ann");
         let ok = check(sign(
-            json!({"room": "doc-1", "exp": exp, "clientId": "c1"}),
+            json!({"room": "doc-1", "exp": exp, "clientId": "c1", "nbf": now()}),
             b"s3cret",
         ))
         .await;
@@ -158,6 +161,11 @@ mod tests {
                 json!({"rooms": ["*"], "exp": now() - 60}),
                 &b"s3cret"[..],
                 "token expired",
+            ),
+            (
+                json!({"rooms": ["*"], "exp": exp, "nbf": now() + 60}),
+                b"s3cret",
+                "token not yet valid (nbf)",
             ),
             (
                 json!({"rooms": ["*"], "exp": exp}),

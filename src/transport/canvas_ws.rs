@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use std::net::IpAddr;
 
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use bytestring::ByteString;
 use serde::Deserialize;
@@ -17,10 +16,10 @@ use serde_json::json;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
-use super::limits::ConnectionPermit;
+use super::limits::{costs_a_token, ConnectionPermit};
 use super::upgrade::UpgradeRequest;
 use super::websocket::{Message, WebSocket, WsError};
-use super::{AppState, HttpError, LimitError, LiveConnection, RateLimiter};
+use super::{AppState, LiveConnection, RateLimiter};
 use crate::auth::{AuthRequest, Denied};
 use crate::ids::{ClientId, RoomId, SessionId};
 use crate::metrics::Metrics;
@@ -45,33 +44,23 @@ pub(super) async fn not_upgraded() -> HttpResponse {
     }))
 }
 
-/// An upgrade the server has room for. Connection caps are checked before the upgrade (HTTP
-/// 503/429); everything else is answered with a close frame and a reason.
+/// An upgrade to the canvas endpoint, with its place under the connection caps (taken at
+/// accept, see `accept`). Everything else is answered with a close frame and a reason.
 pub(super) struct Accepted {
     permit: ConnectionPermit,
     query: ConnectQuery,
     peer: Option<IpAddr>,
 }
 
-pub(super) fn accept(state: &AppState, request: &UpgradeRequest) -> Result<Accepted, HttpError> {
-    let peer = request.peer;
-    let permit = state.limiter.acquire(peer).map_err(|e| {
-        Metrics::inc(&state.metrics.connections_refused);
-        warn!(peer = ?peer, error = %e, "connection refused");
-        let status = match e {
-            LimitError::ServerFull => StatusCode::SERVICE_UNAVAILABLE,
-            LimitError::PeerFull => StatusCode::TOO_MANY_REQUESTS,
-        };
-        HttpError::new(status, json!({ "error": e.to_string() }))
-    })?;
+pub(super) fn accept(request: &UpgradeRequest, permit: ConnectionPermit) -> Accepted {
     let query = web::Query::<ConnectQuery>::from_query(&request.query)
         .map(web::Query::into_inner)
         .unwrap_or_default();
-    Ok(Accepted {
+    Accepted {
         permit,
         query,
-        peer,
-    })
+        peer: request.peer,
+    }
 }
 
 impl Accepted {
@@ -246,10 +235,7 @@ impl Connection {
                         Ok(msg) => msg,
                         Err(e) => return self.read_error(e),
                     };
-                    // Every frame the server must act on costs a token, pings included (each
-                    // is answered); pongs and the closing handshake do not.
-                    let costs = !matches!(msg, Message::Pong | Message::Close(_));
-                    if costs && !rate.allow(last_heard) {
+                    if costs_a_token(&msg) && !rate.allow(last_heard) {
                         Metrics::inc(&self.state.metrics.rate_limited);
                         warn!("rate limit exceeded");
                         return End::Close(CloseReason::new(1008, "rate limit exceeded"));

@@ -17,10 +17,10 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tracing::{debug, info, Instrument};
 
-use super::limits::ConnectionPermit;
+use super::limits::{costs_a_token, ConnectionPermit};
 use super::upgrade::UpgradeRequest;
 use super::websocket::{Message, WebSocket, WsError};
-use super::{AppState, HttpError, LimitError, LiveConnection, RateLimiter};
+use super::{AppState, HttpError, LiveConnection, RateLimiter};
 use crate::auth::Identity;
 use crate::game::{JoinOutcome, RoomHandle, Sender};
 use crate::ids::{RecordKey, RoomId};
@@ -82,9 +82,14 @@ pub(super) struct Accepted {
     peer: Option<IpAddr>,
 }
 
-/// Checks an upgrade. Refused before the upgrade: unknown namespace (404), a full room
-/// (403 `ROOM_FULL`), connection caps (503/429), shutdown (503).
-pub(super) fn accept(state: &AppState, request: &UpgradeRequest) -> Result<Accepted, HttpError> {
+/// Checks an upgrade (which holds its place under the connection caps, taken at accept).
+/// Refused before the upgrade: unknown namespace (404), a full room (403 `ROOM_FULL`),
+/// shutdown (503).
+pub(super) fn accept(
+    state: &AppState,
+    request: &UpgradeRequest,
+    permit: ConnectionPermit,
+) -> Result<Accepted, HttpError> {
     let query = web::Query::<RoomQuery>::from_query(&request.query)
         .map(web::Query::into_inner)
         .unwrap_or_default();
@@ -108,14 +113,6 @@ pub(super) fn accept(state: &AppState, request: &UpgradeRequest) -> Result<Accep
             "Room at maxPlayers capacity",
         ));
     }
-    let permit = state.limiter.acquire(request.peer).map_err(|e| {
-        Metrics::inc(&state.metrics.connections_refused);
-        let status = match e {
-            LimitError::ServerFull => StatusCode::SERVICE_UNAVAILABLE,
-            LimitError::PeerFull => StatusCode::TOO_MANY_REQUESTS,
-        };
-        HttpError::coded(status, "TOO_MANY_CONNECTIONS", &e.to_string())
-    })?;
     Ok(Accepted {
         permit,
         key,
@@ -177,8 +174,15 @@ impl End {
 
 impl GameConnection {
     async fn run(mut self) {
-        let end = match Box::pin(self.authenticate()).await {
-            Ok(()) => self.serve().await,
+        let config = &self.state.config;
+        // One message rate for the connection's whole life, before and after auth.
+        let mut frames = RateLimiter::new(
+            config.messages_per_second,
+            config.message_burst,
+            Instant::now(),
+        );
+        let end = match Box::pin(self.authenticate(&mut frames)).await {
+            Ok(()) => self.serve(&mut frames).await,
             Err(end) => end,
         };
         Box::pin(self.finish(end)).await;
@@ -223,7 +227,7 @@ impl GameConnection {
     }
 
     /// Waits for the `auth` frame (within the auth timeout).
-    async fn authenticate(&mut self) -> Result<(), End> {
+    async fn authenticate(&mut self, frames: &mut RateLimiter) -> Result<(), End> {
         let deadline = Instant::now() + self.state.config.game_auth_timeout;
         loop {
             let msg = match tokio::time::timeout_at(deadline, self.socket.recv()).await {
@@ -238,6 +242,11 @@ impl GameConnection {
                 Ok(Err(e)) => return Err(self.read_error(e)),
                 Ok(Ok(msg)) => msg,
             };
+            match self.charge(frames, &msg, Instant::now()).await {
+                Ok(()) => {}
+                Err(None) => continue,
+                Err(Some(end)) => return Err(end),
+            }
             let text = match self.transport_frame(msg).await {
                 Ok(Some(text)) => text,
                 Ok(None) => continue,
@@ -275,6 +284,16 @@ impl GameConnection {
                         ErrorCode::InvalidJson,
                         &format!("Invalid JSON: {e}"),
                         codes::PROTOCOL,
+                    ));
+                }
+                // An `auth` without a string token is a failed authentication, not a frame
+                // before auth (the protocol's AUTH_FAILED, 4002).
+                Err(e @ DecodeError::Invalid { kind: "auth", .. }) => {
+                    info!(reason = %e, "auth failed");
+                    return Err(End::error(
+                        ErrorCode::AuthFailed,
+                        &e.to_string(),
+                        codes::AUTH_FAILED,
                     ));
                 }
                 Ok(_) | Err(_) => {
@@ -324,7 +343,26 @@ impl GameConnection {
         }
     }
 
-    async fn serve(&mut self) -> End {
+    /// Charges `msg` to the connection's message rate (see [`costs_a_token`]). Over the rate
+    /// the frame is dropped (a ping is not answered) and `error RATE_LIMITED` is sent, the
+    /// socket kept, as the protocol says: `Err(None)` to go on, `Err(Some(end))` when that
+    /// answer could not be sent.
+    async fn charge(
+        &mut self,
+        frames: &mut RateLimiter,
+        msg: &Message,
+        now: Instant,
+    ) -> Result<(), Option<End>> {
+        if !costs_a_token(msg) || frames.allow(now) {
+            return Ok(());
+        }
+        Metrics::inc(&self.state.metrics.rate_limited);
+        Err(self
+            .reply(error_frame(ErrorCode::RateLimited, "Too many messages"))
+            .await)
+    }
+
+    async fn serve(&mut self, frames: &mut RateLimiter) -> End {
         let state = self.state.clone();
         let config = &state.config;
         let actions_per_second = self
@@ -336,7 +374,6 @@ impl GameConnection {
         let now = Instant::now();
         // The specified bucket: capacity = refill = actions per second, starting full.
         let mut actions = RateLimiter::new(f64::from(actions_per_second), actions_per_second, now);
-        let mut frames = RateLimiter::new(config.messages_per_second, config.message_burst, now);
         let mut last_heard = now;
         let mut stale_check = tokio::time::interval(Duration::from_secs(1));
         // A joined connection is closed by its room at shutdown; one that has not joined, here.
@@ -360,19 +397,17 @@ impl GameConnection {
                         Ok(msg) => msg,
                         Err(e) => return self.read_error(e),
                     };
+                    match self.charge(frames, &msg, last_heard).await {
+                        Ok(()) => {}
+                        Err(None) => continue,
+                        Err(Some(end)) => return end,
+                    }
                     let text = match self.transport_frame(msg).await {
                         Ok(Some(text)) => text,
                         Ok(None) => continue,
                         Err(end) => return end,
                     };
                     Metrics::inc(&self.state.metrics.frames_received);
-                    if !frames.allow(last_heard) {
-                        Metrics::inc(&self.state.metrics.rate_limited);
-                        if let Some(end) = self.reply(error_frame(ErrorCode::RateLimited, "Too many messages")).await {
-                            return end;
-                        }
-                        continue;
-                    }
                     if let Some(end) = Box::pin(self.on_text(&text, &mut actions, last_heard)).await {
                         return end;
                     }

@@ -5,6 +5,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 
+use super::websocket::Message;
+
 /// Caps open connections, in total and per peer address.
 pub struct ConnectionLimiter {
     max_total: usize,
@@ -82,6 +84,13 @@ impl Drop for ConnectionPermit {
     }
 }
 
+/// Whether `message` costs a token of its connection's message rate. One rule for both
+/// endpoints: every frame the server must act on costs one (text and binary frames, and pings,
+/// which are answered); pongs and the closing handshake do not.
+pub(super) fn costs_a_token(message: &Message) -> bool {
+    !matches!(message, Message::Pong | Message::Close(_))
+}
+
 /// A token bucket: `rate` messages per second on average, bursts of up to `burst`.
 pub struct RateLimiter {
     rate: f64,
@@ -133,6 +142,16 @@ mod tests {
         assert_eq!(limiter.acquire(Some(b)).err(), Some(LimitError::ServerFull));
         drop(p1);
         assert!(limiter.acquire(Some(a)).is_ok());
+    }
+
+    /// Data frames and pings cost a token; pongs and close frames do not.
+    #[test]
+    fn pings_cost_a_token_pongs_and_closes_do_not() {
+        assert!(costs_a_token(&Message::Ping(bytes::Bytes::new())));
+        assert!(costs_a_token(&Message::Text("x".into())));
+        assert!(costs_a_token(&Message::Binary(bytes::Bytes::new())));
+        assert!(!costs_a_token(&Message::Pong));
+        assert!(!costs_a_token(&Message::Close(1000)));
     }
 
     /// A burst passes, the next message is refused, and tokens come back with time.

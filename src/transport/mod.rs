@@ -2,10 +2,12 @@
 //! (`upgrade`) for weft's own socket (`websocket`) and one session loop per connection
 //! (`canvas_ws`, `game_ws`).
 
+mod accept;
 mod canvas_ws;
 mod game_http;
 mod game_ws;
 mod limits;
+mod liveness;
 mod upgrade;
 mod websocket;
 
@@ -17,9 +19,12 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+pub use accept::Admitted;
+pub(crate) use accept::{serve as serve_connection, within_request_deadline, LINGER};
 pub use limits::{ConnectionLimiter, LimitError, RateLimiter};
+pub use liveness::Liveness;
 pub(crate) use upgrade::hand_off;
-pub use websocket::{FrameReader, Message as WsMessage, WsError};
+pub use websocket::{AssemblyBudget, FrameReader, Message as WsMessage, WsError};
 
 use crate::auth::{Authorizer, GameAuth};
 use crate::engine::Limits;
@@ -32,6 +37,14 @@ use crate::rooms::RoomManager;
 pub struct TransportConfig {
     /// Largest accepted frame (after continuation frames are joined); larger closes with 1009.
     pub max_frame_bytes: usize,
+    /// A message (all its fragments) must be complete this long after its first bytes arrived;
+    /// else the connection is closed with 1008.
+    pub message_assembly_timeout: Duration,
+    /// Plain HTTP: the request head must arrive within this (408).
+    pub http_head_timeout: Duration,
+    /// Plain HTTP: the body must arrive and the answer be ready within this after the head
+    /// (408, connection closed).
+    pub http_request_timeout: Duration,
     /// Bytes of frames waiting for one connection (held until durable or queued) beyond which it
     /// counts as too slow and is closed with 1013 (see [`crate::rooms::Outbox`]).
     pub outbound_queue_bytes: usize,
@@ -52,6 +65,9 @@ impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {
             max_frame_bytes: 1 << 20,
+            message_assembly_timeout: Duration::from_secs(10),
+            http_head_timeout: Duration::from_secs(5),
+            http_request_timeout: Duration::from_secs(10),
             // Eight frames of the largest size a client may send, relayed, before a reader is too
             // slow. A larger single frame (a reconnect reply of a large document) still goes to
             // a reader that keeps up: the cap is checked before a frame is added.
@@ -102,6 +118,10 @@ pub struct AppState {
     pub limiter: Arc<ConnectionLimiter>,
     pub metrics: Arc<Metrics>,
     pub config: TransportConfig,
+    /// Bytes of unfinished WebSocket messages, all connections together.
+    pub assembly: Arc<AssemblyBudget>,
+    /// Whether the main runtime still makes progress (`/healthz`).
+    pub liveness: Arc<Liveness>,
     /// Flips to `true` when shutdown begins (see [`AppState::shutting_down`]).
     pub closing: tokio::sync::watch::Sender<bool>,
     /// The server's main runtime, where rooms and WebSocket connections run (HTTP requests are
@@ -166,16 +186,26 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics));
 }
 
+/// 200 while the server serves; 503 when it is shutting down, or when the main runtime (where
+/// rooms run) has a worker stuck for longer than `limits.liveness_timeout_ms`.
 async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     if state.shutting_down() {
         return HttpResponse::ServiceUnavailable().json(json!({"status": "shutting_down"}));
     }
-    HttpResponse::Ok().json(json!({
+    let mut body = json!({
         "status": "ok",
         "rooms": state.metrics.rooms_active.load(Ordering::Relaxed),
         "game_rooms": state.games.live_rooms(),
         "connections": state.metrics.connections_active.load(Ordering::Relaxed),
-    }))
+    });
+    match state.liveness.stalled_for() {
+        None => HttpResponse::Ok().json(body),
+        Some(stalled) => {
+            body["status"] = json!("stalled");
+            body["stalled_ms"] = json!(stalled.as_millis() as u64);
+            HttpResponse::ServiceUnavailable().json(body)
+        }
+    }
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {

@@ -4,7 +4,7 @@
 //! its socket, instead of to the actix-web routes. The request's few facts are copied out, the
 //! socket moves to the server's main runtime (where the rooms run, so a room's frames reach the
 //! connection's task without crossing runtimes), and the HTTP/1 dispatcher with its buffers is
-//! dropped. On the main runtime the endpoint checks the request (caps, room, shutdown) and
+//! dropped. On the main runtime the endpoint checks the request (room, shutdown) and
 //! answers with an HTTP error or `101 Switching Protocols`, then runs its session loop.
 
 use std::io;
@@ -20,7 +20,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::websocket::WebSocket;
+use super::accept::Admitted;
+use super::limits::ConnectionPermit;
+use super::websocket::{FrameReader, WebSocket};
 use super::{canvas_ws, game_ws, AppState, HttpError};
 
 /// What an endpoint needs of an upgrade request.
@@ -51,19 +53,40 @@ impl UpgradeRequest {
     }
 }
 
-/// The actix-http upgrade service: takes the socket off the worker and serves it on the main
-/// runtime.
+/// The actix-http upgrade service: takes the socket (and its place under the connection caps)
+/// off the worker and serves it on the main runtime.
 pub(crate) async fn hand_off(
     state: web::Data<AppState>,
     req: Request,
-    framed: Framed<actix_rt::net::TcpStream, h1::Codec>,
+    framed: Framed<Admitted, h1::Codec>,
 ) -> Result<(), actix_web::Error> {
     let request = UpgradeRequest::of(&req);
     let parts = framed.into_parts();
-    let io = parts.io.into_std()?;
+    let (io, permit) = parts.io.into_parts();
+    let io = io.into_std()?;
     let runtime = state.runtime.clone();
-    runtime.spawn(serve(state, request, io, parts.write_buf, parts.read_buf));
+    runtime.spawn(serve(
+        state,
+        request,
+        Socket {
+            io,
+            permit,
+            unsent: parts.write_buf,
+            received: parts.read_buf,
+        },
+    ));
     Ok(())
+}
+
+/// An upgrading socket, off actix-http.
+struct Socket {
+    io: std::net::TcpStream,
+    /// Its place under the connection caps, taken at accept.
+    permit: ConnectionPermit,
+    /// Responses the dispatcher had not written yet (pipelined requests).
+    unsent: BytesMut,
+    /// Bytes the client sent after its upgrade request.
+    received: BytesMut,
 }
 
 /// An accepted upgrade: the endpoint's session, ready to run on a WebSocket.
@@ -72,14 +95,8 @@ enum Accepted {
     Game(game_ws::Accepted),
 }
 
-async fn serve(
-    state: web::Data<AppState>,
-    request: UpgradeRequest,
-    io: std::net::TcpStream,
-    unsent: BytesMut,
-    received: BytesMut,
-) {
-    let Some((accepted, socket)) = upgrade(&state, request, io, unsent, received).await else {
+async fn serve(state: web::Data<AppState>, request: UpgradeRequest, socket: Socket) {
+    let Some((accepted, socket)) = upgrade(&state, request, socket).await else {
         return;
     };
     // The session gets a task of its own, sized for its endpoint's loop alone: a connection
@@ -95,16 +112,20 @@ async fn serve(
 async fn upgrade(
     state: &AppState,
     request: UpgradeRequest,
-    io: std::net::TcpStream,
-    unsent: BytesMut,
-    received: BytesMut,
+    socket: Socket,
 ) -> Option<(Accepted, WebSocket)> {
+    let Socket {
+        io,
+        permit,
+        unsent,
+        received,
+    } = socket;
     let mut io = TcpStream::from_std(io).ok()?;
     // Small real-time frames: send each at once instead of coalescing them (Nagle).
     io.set_nodelay(true).ok()?;
     let accepted = match request.path.as_str() {
-        "/" => canvas_ws::accept(state, &request).map(Accepted::Canvas),
-        "/api/room" => game_ws::accept(state, &request).map(Accepted::Game),
+        "/" => Ok(Accepted::Canvas(canvas_ws::accept(&request, permit))),
+        "/api/room" => game_ws::accept(state, &request, permit).map(Accepted::Game),
         _ => Err(HttpError::new(
             StatusCode::NOT_FOUND,
             serde_json::json!({ "error": format!("no WebSocket endpoint at {}", request.path) }),
@@ -134,7 +155,12 @@ async fn upgrade(
     }
     Some((
         accepted,
-        WebSocket::new(io, received, state.config.max_frame_bytes),
+        WebSocket::new(
+            io,
+            received,
+            FrameReader::new(state.config.max_frame_bytes, state.assembly.clone()),
+            state.config.message_assembly_timeout,
+        ),
     ))
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -16,7 +17,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::MaybeTlsStream;
 
 use crate::helpers::{
-    ack, count, doc_patch, eventually, reconnect, spawn_app_with, synced as synced_at,
+    ack, count, doc_patch, eventually, reconnect, spawn_app, spawn_app_with, synced as synced_at,
     test_settings, Client, TestApp, QUIET, WAIT,
 };
 
@@ -104,17 +105,27 @@ async fn upgrade_beyond_max_connections_gets_503() {
     let app = spawn_app_with(settings).await;
     let (a, _) = app.join("l-max", "a").await;
     let (_b, _) = app.join("l-max", "b").await;
+    let full = "server is at its connection limit";
     assert_eq!(
         refused_upgrade(&app, "roomId=l-max&clientId=c").await,
-        (503, json!({"error": "server is at its connection limit"}))
+        (
+            503,
+            json!({"error": full, "code": "TOO_MANY_CONNECTIONS", "message": full})
+        )
     );
-    assert_eq!(app.metric("weft_connections_refused").await, 1);
     a.leave().await;
     let app = &app;
     eventually("a freed place is taken", || async move {
         app.try_connect("roomId=l-max&clientId=c").await.is_ok()
     })
     .await;
+    // (Plain requests count toward the cap too: `/metrics` waits for a free place.)
+    drop(_b);
+    eventually("metrics are served", || async move {
+        app.http_get("/metrics").await.0 == 200
+    })
+    .await;
+    assert!(app.metric("weft_connections_refused").await >= 1);
 }
 
 /// With `max_connections_per_ip = 1`, a second upgrade from the same address gets HTTP 429.
@@ -124,14 +135,145 @@ async fn upgrade_beyond_the_per_address_cap_gets_429() {
     settings.limits.max_connections_per_ip = 1;
     let app = spawn_app_with(settings).await;
     let (_a, _) = app.join("l-per-ip", "a").await;
+    let full = "too many connections from this address";
     assert_eq!(
         refused_upgrade(&app, "roomId=l-per-ip&clientId=b").await,
         (
             429,
-            json!({"error": "too many connections from this address"})
+            json!({"error": full, "code": "TOO_MANY_CONNECTIONS", "message": full})
         )
     );
-    assert_eq!(app.metric("weft_connections_refused").await, 1);
+    assert_eq!(
+        metric_from_another_address(&app, "weft_connections_refused").await,
+        1
+    );
+}
+
+/// A metric read from 127.0.0.2, which has its own per-address count.
+async fn metric_from_another_address(app: &TestApp, name: &str) -> u64 {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.2:0".parse().expect("addr"))
+        .expect("bind 127.0.0.2");
+    let mut stream = socket.connect(app.addr).await.expect("tcp connects");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: weft\r\n\r\n")
+        .await
+        .expect("sent");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("answer within the wait")
+        .expect("read");
+    let response = String::from_utf8(response).expect("utf-8");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("metric {name} in {response}"))
+        .parse()
+        .expect("numeric metric")
+}
+
+/// The caps count every connection, not only WebSockets: with `max_connections_per_ip = 1`, an
+/// open plain HTTP connection (its request unfinished) makes the next request from the same
+/// address get 429, and a WebSocket makes a plain request get 429 too. Once the connection
+/// closes, requests are served again.
+#[tokio::test]
+async fn plain_http_connections_count_toward_the_caps() {
+    let mut settings = test_settings();
+    settings.limits.max_connections_per_ip = 1;
+    let app = spawn_app_with(settings).await;
+    let mut idle = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("tcp connects");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .expect("half a request");
+    let app = &app;
+    // The server takes the idle connection's place when it accepts it.
+    eventually("a plain request is refused with 429", || async move {
+        app.http_get("/healthz").await.0 == 429
+    })
+    .await;
+    let (status, body) = app.http_get("/healthz").await;
+    let full = "too many connections from this address";
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body).expect("json")),
+        (
+            429,
+            json!({"error": full, "code": "TOO_MANY_CONNECTIONS", "message": full})
+        )
+    );
+    drop(idle);
+    eventually("the place is free again", || async move {
+        app.http_get("/healthz").await.0 == 200
+    })
+    .await;
+    let (_a, _) = app.join("l-http-cap", "a").await;
+    assert_eq!(app.http_get("/healthz").await.0, 429);
+}
+
+/// A request whose body never finishes gets 408 once `http_request_timeout_ms` has passed and
+/// its connection is closed (a fixed length or chunked); one whose head never finishes gets 408
+/// after `http_head_timeout_ms`. Nothing holds the socket open.
+#[tokio::test]
+async fn unfinished_http_requests_get_408_and_are_closed() {
+    let mut settings = test_settings();
+    settings.limits.http_head_timeout_ms = 300;
+    settings.limits.http_request_timeout_ms = 300;
+    let app = spawn_app_with(settings).await;
+    let post =
+        "POST /api/room/matchmake HTTP/1.1\r\nHost: weft\r\nContent-Type: application/json\r\n";
+    for (what, request) in [
+        (
+            "a body shorter than its length",
+            format!("{post}Content-Length: 100\r\n\r\n{{\"namespace\": \"ar"),
+        ),
+        (
+            "a chunked body without its last chunk",
+            format!("{post}Transfer-Encoding: chunked\r\n\r\n5\r\n{{\"nam\r\n"),
+        ),
+        (
+            "half a head",
+            "GET /healthz HTTP/1.1\r\nHost: we".to_owned(),
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(app.addr)
+            .await
+            .expect("tcp connects");
+        stream.write_all(request.as_bytes()).await.expect("sent");
+        // The request is never finished: the server answers and closes by itself.
+        let mut response = Vec::new();
+        tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the server closes the connection"))
+            .expect("read");
+        let response = String::from_utf8_lossy(&response);
+        assert!(response.starts_with("HTTP/1.1 408"), "{what}: {response}");
+    }
+}
+
+/// A plain HTTP connection serves one request and is closed (no keep-alive: a later request's
+/// head would have no deadline).
+#[tokio::test]
+async fn plain_http_connection_serves_one_request() {
+    let app = spawn_app().await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("tcp connects");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: weft\r\n\r\n")
+        .await
+        .expect("sent");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("the server closes the connection")
+        .expect("read");
+    let response = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    assert!(response.starts_with("http/1.1 200"), "{response}");
+    assert!(response.contains("connection: close"), "{response}");
 }
 
 /// A text frame of `size` bytes: a patch whose padding field fills it up.
@@ -227,6 +369,91 @@ async fn fragmented_message_over_the_limit_closes_with_1009() {
     assert_eq!(a.recv().await, count(1));
     assert_eq!(app.metric("weft_frames_oversized").await, 1);
     assert_eq!(app.document(room).await["timestamp"], 0);
+}
+
+/// Sends `part` as the first fragment of a text message (not finished), then a ping, and waits
+/// for its pong: the server has read the fragment.
+async fn send_first_fragment(c: &mut Client, part: &str) {
+    c.send_message(Message::Frame(Frame::message(
+        part.as_bytes().to_vec(),
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await;
+    c.send_message(Message::Ping(b"sync".to_vec().into())).await;
+    loop {
+        let msg = tokio::time::timeout(WAIT, c.ws.next())
+            .await
+            .expect("the pong within the wait");
+        match msg {
+            Some(Ok(Message::Pong(payload))) if payload.as_ref() == b"sync" => return,
+            Some(Ok(_)) => continue,
+            other => panic!("expected the pong, got {other:?}"),
+        }
+    }
+}
+
+/// A fragmented message left unfinished is dropped `message_assembly_timeout_ms` after its
+/// first bytes, with close 1008 and a reason, although the client keeps answering the server's
+/// pings; nothing of it is applied.
+#[tokio::test]
+async fn unfinished_fragmented_message_is_dropped_at_its_deadline() {
+    let mut settings = test_settings();
+    settings.limits.message_assembly_timeout_ms = 300;
+    // Pings keep coming (and are answered): only the deadline can end the connection.
+    settings.limits.heartbeat_interval_ms = 50;
+    settings.limits.heartbeat_timeout_ms = 60_000;
+    let app = spawn_app_with(settings).await;
+    let room = "l-assembly-deadline";
+    let (mut a, _) = app.join(room, "a").await;
+    send_first_fragment(&mut a, &frame_of(600, "never")[..300]).await;
+    assert_eq!(
+        a.closed().await,
+        (
+            CloseCode::Policy,
+            "message not completed within 300 ms".to_owned()
+        )
+    );
+    assert_eq!(app.document(room).await["timestamp"], 0);
+}
+
+/// While one client's unfinished message holds `assembly_budget_bytes`, another client's
+/// unfinished message is refused before it is buffered: close 1013 (try again later). The
+/// first message completes normally, and afterwards the budget is free again.
+#[tokio::test]
+async fn exhausted_assembly_budget_refuses_another_unfinished_message() {
+    let mut settings = test_settings();
+    settings.limits.assembly_budget_bytes = 1000;
+    let app = spawn_app_with(settings).await;
+    let room = "l-assembly-budget";
+    let (mut a, _) = app.join(room, "a").await;
+    let (mut b, _) = app.join(room, "b").await;
+    assert_eq!(a.recv().await, count(2));
+    let first = frame_of(1000, "a1");
+    send_first_fragment(&mut a, &first[..800]).await;
+    b.send_message(Message::Frame(Frame::message(
+        frame_of(400, "b1").as_bytes()[..300].to_vec(),
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await;
+    assert_eq!(
+        b.closed().await,
+        (
+            CloseCode::Again,
+            "server busy: no room for unfinished messages, retry later".to_owned()
+        )
+    );
+    a.send_message(Message::Frame(Frame::message(
+        first.as_bytes()[800..].to_vec(),
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .await;
+    assert_eq!(a.recv_until("ack").await.last(), Some(&ack("a1", 1)));
+    let (mut c, _) = app.join(room, "c").await;
+    send_fragmented(&mut c, &frame_of(900, "c1"), 3).await;
+    assert_eq!(c.recv_until("ack").await.last(), Some(&ack("c1", 2)));
 }
 
 /// A client with a small receive buffer, so the kernel absorbs little of what the server

@@ -66,7 +66,6 @@ async fn frames_before_auth_are_refused_with_4000() {
         json!({"type": "send", "actionType": "ECHO", "requestId": "r1"}),
         json!({"type": "leave"}),
         json!({"type": "signal", "to": "bob"}),
-        json!({"type": "auth", "token": 5}),
     ] {
         let mut c = app.connect("arena", "early").await;
         c.send(frame.clone()).await;
@@ -81,6 +80,30 @@ async fn frames_before_auth_are_refused_with_4000() {
         assert_eq!(close, (4000, NOT_AUTHENTICATED.to_owned()), "{frame}");
     }
     assert!(app.hooks.of("early").is_empty());
+}
+
+/// An `auth` frame without a string token (none, a number, null) is a failed authentication:
+/// `error AUTH_FAILED` and close 4002, as the protocol defines (not `NOT_AUTHENTICATED`, 4000).
+#[tokio::test]
+async fn auth_without_a_string_token_fails_with_4002() {
+    let app = GameApp::start().await;
+    let message = "invalid auth message: `token` must be a string";
+    for frame in [
+        json!({"type": "auth"}),
+        json!({"type": "auth", "token": 1}),
+        json!({"type": "auth", "token": null}),
+    ] {
+        let mut c = app.connect("arena", "tokenless").await;
+        c.send(frame.clone()).await;
+        let (frames, close) = c.frames_until_close().await;
+        assert_eq!(
+            frames,
+            vec![json!({"type": "error", "code": "AUTH_FAILED", "message": message})],
+            "{frame}"
+        );
+        assert_eq!(close, (4002, message.to_owned()), "{frame}");
+    }
+    assert!(app.hooks.of("tokenless").is_empty());
 }
 
 fn assert_invalid_json(frames: &[Value], close: &(u16, String), sent: &str) {
@@ -376,6 +399,30 @@ async fn websocket_ping_is_answered_with_pong() {
     assert_eq!(next_raw(&mut c).await, Message::Pong(Vec::new().into()));
     // Nothing else comes: in particular no Ping from the server.
     assert!(c.silent_for(QUIET).await);
+}
+
+/// WebSocket Pings cost a token of the message rate like every other frame (the canvas
+/// endpoint's rule): over the burst a Ping is not answered but gets `error RATE_LIMITED`, and
+/// the socket stays open.
+#[tokio::test]
+async fn websocket_pings_count_toward_the_message_rate() {
+    let mut settings = test_settings();
+    // Three tokens, and practically no refill during the test.
+    settings.limits.messages_per_second = 0.001;
+    settings.limits.message_burst = 3;
+    let app = GameApp::start_with(settings).await;
+    // `auth` takes the first token.
+    let (mut c, _) = app.authed("arena", "ping-rate", "alice").await;
+    for payload in [&b"1"[..], b"2", b"3"] {
+        c.send_message(Message::Ping(payload.to_vec().into())).await;
+    }
+    assert_eq!(next_raw(&mut c).await, Message::Pong(b"1".to_vec().into()));
+    assert_eq!(next_raw(&mut c).await, Message::Pong(b"2".to_vec().into()));
+    assert_eq!(
+        c.recv().await,
+        json!({"type": "error", "code": "RATE_LIMITED", "message": "Too many messages"})
+    );
+    assert!(c.silent_for(QUIET).await, "the third ping is not answered");
 }
 
 const BINARY: &str = "binary frames are not supported; send JSON text frames";

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -263,9 +263,30 @@ pub fn arena(hooks: &Hooks) -> RoomBuilder {
         })
 }
 
-/// The `slow` namespace: `SLEEP {ms}` awaits that long (past the handler timeout), `FAST` answers
-/// at once.
-struct Slow;
+/// A gate a handler can wait at, holding its thread, until the test opens it.
+#[derive(Clone, Default)]
+pub struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    /// Blocks the calling thread until the gate is open (at most 10 s: a bound for a failed test).
+    fn pass(&self) {
+        let (open, changed) = &*self.0;
+        let open = open.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = changed.wait_timeout_while(open, Duration::from_secs(10), |open| !*open);
+    }
+
+    pub fn open(&self) {
+        let (open, changed) = &*self.0;
+        *open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        changed.notify_all();
+    }
+}
+
+/// The `slow` namespace: `SLEEP {ms}` awaits that long (past the handler timeout), `BLOCK` holds
+/// its thread (never yields) until the server's [`Gate`] opens, `FAST` answers at once.
+struct Slow {
+    gate: Gate,
+}
 
 #[async_trait]
 impl RoomLogic for Slow {
@@ -281,6 +302,10 @@ impl RoomLogic for Slow {
                 let ms = payload["ms"].as_u64().unwrap_or(0);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 Ok(json!({"slept": ms}))
+            }
+            "BLOCK" => {
+                self.gate.pass();
+                Ok(json!("unblocked"))
             }
             "FAST" => Ok(json!("fast")),
             other => Err(HandlerError::no_handler(other)),
@@ -300,8 +325,8 @@ fn base() -> NamespaceOptions {
 /// - `arena`: [`arena`] with the default options (grace [`GRACE`]);
 /// - `duo`: `max_players: 2`; `limited`: `actions_per_second: 2`; `tiny`: `max_state_size: 1024`;
 /// - `guarded`: the metadata endpoint needs a token; `shortttl`: `state_ttl` 300 ms;
-/// - `slow`: `handler_timeout` [`HANDLER_TIMEOUT`].
-fn with_namespaces(builder: ServerBuilder, hooks: &Hooks) -> ServerBuilder {
+/// - `slow`: `handler_timeout` [`HANDLER_TIMEOUT`]; its `BLOCK` action waits at `gate`.
+fn with_namespaces(builder: ServerBuilder, hooks: &Hooks, gate: &Gate) -> ServerBuilder {
     let factory = || arena(hooks).into_factory();
     let list = [
         ("arena", base()),
@@ -354,7 +379,10 @@ fn with_namespaces(builder: ServerBuilder, hooks: &Hooks) -> ServerBuilder {
                 handler_timeout: HANDLER_TIMEOUT,
                 ..base()
             },
-            Arc::new(|| Box::new(Slow) as Box<dyn RoomLogic>),
+            {
+                let gate = gate.clone();
+                Arc::new(move || Box::new(Slow { gate: gate.clone() }) as Box<dyn RoomLogic>)
+            },
         )
         .expect("namespace registers")
 }
@@ -384,6 +412,8 @@ pub struct GameApp {
     pub shutdown: ShutdownHandle,
     pub games: GameRooms,
     pub hooks: Hooks,
+    /// Where the `slow` namespace's `BLOCK` action waits.
+    pub gate: Gate,
     _server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -393,8 +423,8 @@ impl GameApp {
     }
 
     pub async fn start_with(settings: Settings) -> GameApp {
-        let hooks = Hooks::default();
-        let app = with_namespaces(ServerBuilder::new(settings), &hooks)
+        let (hooks, gate) = (Hooks::default(), Gate::default());
+        let app = with_namespaces(ServerBuilder::new(settings), &hooks, &gate)
             .build()
             .expect("server builds");
         GameApp {
@@ -402,6 +432,7 @@ impl GameApp {
             shutdown: app.shutdown_handle(),
             games: app.games(),
             hooks,
+            gate,
             _server: tokio::spawn(app.run()),
         }
     }

@@ -1,9 +1,13 @@
 //! The HTTP side: the upgrade's refusals (unknown namespace, bad parameters, ROOM_FULL), refused
-//! joins (ROOM_FULL, JOIN_DENIED, locked), the metadata endpoint, matchmaking.
+//! joins (ROOM_FULL, JOIN_DENIED, locked), the metadata endpoint, matchmaking, `/healthz`.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{connect_url, GameApp};
+use crate::helpers::{connect_url, send, test_settings, GameApp, WAIT};
 
 const FULL_AT_UPGRADE: (u16, &str, &str) = (403, "ROOM_FULL", "Room at maxPlayers capacity");
 
@@ -301,4 +305,62 @@ async fn matchmade_client_gets_the_last_seat() {
     assert_eq!(app.matchmake("duo").await["id"], "last-seat");
     let (_b, b) = app.joined("duo", "last-seat", "bob").await;
     assert_eq!(b["sharedState"]["players"], json!(["alice", "bob"]));
+}
+
+/// `/healthz` as a probe outside the server sees it (blocking std IO: while a worker is stuck,
+/// the server's runtime may drive no IO or timers, and the test shares that runtime): the
+/// status and the JSON body.
+fn probe_healthz(addr: SocketAddr) -> (u16, Value) {
+    let mut stream = std::net::TcpStream::connect(addr).expect("tcp connects");
+    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: weft\r\nConnection: close\r\n\r\n")
+        .expect("request sent");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("response within the wait");
+    let (head, body) = response.split_once("\r\n\r\n").expect("http response");
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+    (
+        status.expect("status code"),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+/// Probes `/healthz` until it answers `status` with body field `status` = `word`.
+fn probe_until(addr: SocketAddr, status: u16, word: &str) {
+    let deadline = Instant::now() + 2 * WAIT;
+    loop {
+        let (got, body) = probe_healthz(addr);
+        if got == status && body["status"] == word {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz never said {status} {word}; last {got} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A room task that never yields (a handler holding its thread) stops a worker of the runtime
+/// where rooms run: `/healthz` answers 503 `stalled` while it lasts, and 200 again once the
+/// room runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_reports_a_room_task_that_makes_no_progress() {
+    let mut settings = test_settings();
+    settings.limits.liveness_timeout_ms = 200;
+    let app = GameApp::start_with(settings).await;
+    probe_until(app.addr, 200, "ok");
+    let (mut c, _) = app.joined("slow", "stuck", "alice").await;
+    c.send(send("BLOCK", json!(null), "b1")).await;
+    probe_until(app.addr, 503, "stalled");
+    app.gate.open();
+    let answer = c.until_answer("b1").await;
+    assert_eq!(
+        answer.last().map(|a| &a["result"]),
+        Some(&json!("unblocked"))
+    );
+    probe_until(app.addr, 200, "ok");
 }
