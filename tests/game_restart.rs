@@ -220,14 +220,8 @@ impl Drop for Server {
     }
 }
 
-/// A graceful exit: 0. A SIGABRT during a graceful RocksDB shutdown is a known open bug (see
-/// tests/crash.rs); it is reported loudly and tolerated, since the checks that follow are what
-/// this file is about.
+/// A graceful exit: 0.
 fn assert_graceful(status: ExitStatus) {
-    if status.signal() == Some(6) {
-        eprintln!("KNOWN BUG: weft aborted (SIGABRT) during a graceful shutdown");
-        return;
-    }
     assert!(status.success(), "after SIGTERM weft ended with {status}");
 }
 
