@@ -166,7 +166,8 @@ pub enum ErrorCode {
     InvalidMessage,
     /// `send` before `join`.
     NotJoined,
-    /// A mutation would make the room's state larger than `maxStateSize`.
+    /// A mutation would make the room's state larger than `maxStateSize`, or nest it deeper
+    /// than the game layer allows.
     StateTooLarge,
     /// An action handler failed (its own error message is in `message`).
     ActionFailed,
