@@ -17,15 +17,23 @@ use super::options::NamespaceOptions;
 use super::record::{unix_ms, RoomRecord, SavedPlayer, SavedSender, SavedTimer};
 use crate::engine::tree::{self, Change};
 use crate::ids::RecordKey;
-use crate::protocol::game::ServerFrame;
+use crate::protocol::game::{self as wire, ServerFrame};
 use crate::rooms::{CloseReason, Outbox};
 use crate::storage::{Storage, StorageError};
+
+/// How deeply the shared state or a player's state may nest arrays and objects (counted as
+/// [`wire::depth`]). Room records nest a state 3 levels deeper and the SDKs echo it 2 levels
+/// deep in their `join` frames, both read with serde_json's limit of 127 levels; a handler that
+/// keeps nesting payloads (at most [`wire::MAX_VALUE_DEPTH`] each) is stopped well before that.
+pub const MAX_STATE_DEPTH: usize = 64;
 
 /// Why a state mutation was refused; nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StateError {
     #[error("state too large: {size} bytes would exceed maxStateSize {max}")]
     TooLarge { size: usize, max: usize },
+    #[error("state too deep: it would nest {depth} levels of arrays and objects, at most {max} are allowed")]
+    TooDeep { depth: usize, max: usize },
     #[error("no player {0:?} in this room")]
     NoSuchPlayer(String),
 }
@@ -184,7 +192,7 @@ impl RoomContext {
     }
 
     /// Changes the shared state; refused (and nothing changed) if the result would exceed
-    /// `max_state_size`.
+    /// `max_state_size` or nest deeper than [`MAX_STATE_DEPTH`].
     pub fn set_shared(&mut self, update: impl FnOnce(&mut Value)) -> Result<(), StateError> {
         let others = self.state_size() - self.shared.size;
         update_tracked(
@@ -209,7 +217,8 @@ impl RoomContext {
         self.players.iter().map(|(id, p)| (id.as_str(), &p.value))
     }
 
-    /// Changes a player's state. The player must hold a seat in the room.
+    /// Changes a player's state. The player must hold a seat in the room; refused like
+    /// [`RoomContext::set_shared`].
     pub fn set_player(
         &mut self,
         user_id: &str,
@@ -341,11 +350,19 @@ impl RoomContext {
         self.effects.push(Effect::DisconnectAll);
     }
 
-    /// Saves the room now; returns once storage holds it.
+    /// Saves the room now; returns once storage holds it. A record that would not load again
+    /// is refused (and the last saved one kept).
     pub async fn save_state(&mut self) -> Result<(), StorageError> {
         // Changes go out first, so the saved versions are the ones clients saw for this state.
         self.flush();
-        let (key, bytes) = (self.key.clone(), self.record().encode());
+        let key = self.key.clone();
+        let bytes = self
+            .record()
+            .encode()
+            .map_err(|e| StorageError::Unloadable {
+                room: key.to_string(),
+                reason: e.to_string(),
+            })?;
         let storage = self.storage.clone();
         let result = tokio::task::spawn_blocking(move || storage.save_record(&key, &bytes))
             .await
@@ -659,7 +676,8 @@ fn message_frame(message_type: &str, data: &Value) -> ByteString {
     ServerFrame::Message { message_type, data }.encode()
 }
 
-/// Applies an updater to a copy, normalizes it, checks the size limit, and keeps it if allowed.
+/// Applies an updater to a copy, normalizes it, checks the size and depth limits, and keeps it if
+/// allowed.
 fn update_tracked(
     tracked: &mut Tracked,
     others: usize,
@@ -674,6 +692,13 @@ fn update_tracked(
         return Err(StateError::TooLarge {
             size: others + size,
             max,
+        });
+    }
+    let depth = wire::depth(&next);
+    if depth > MAX_STATE_DEPTH {
+        return Err(StateError::TooDeep {
+            depth,
+            max: MAX_STATE_DEPTH,
         });
     }
     if next != tracked.value {

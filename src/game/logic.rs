@@ -100,7 +100,7 @@ impl From<&str> for HandlerError {
 impl From<StateError> for HandlerError {
     fn from(e: StateError) -> Self {
         let code = match e {
-            StateError::TooLarge { .. } => ErrorCode::StateTooLarge,
+            StateError::TooLarge { .. } | StateError::TooDeep { .. } => ErrorCode::StateTooLarge,
             StateError::NoSuchPlayer(_) => ErrorCode::ActionFailed,
         };
         HandlerError::with_code(code, e.to_string())

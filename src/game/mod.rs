@@ -15,7 +15,7 @@ mod options;
 mod record;
 mod room;
 
-pub use context::{ClockId, RoomContext, StateError};
+pub use context::{ClockId, RoomContext, StateError, MAX_STATE_DEPTH};
 pub use logic::{
     HandlerError, HandlerResult, LeaveReason, LogicFactory, RoomBuilder, RoomLogic, Sender,
 };
@@ -23,4 +23,4 @@ pub use manager::{
     GameRooms, JoinOutcome, Match, Namespace, Namespaces, RoomHandle, RoomStatus, RoomUnavailable,
 };
 pub use options::NamespaceOptions;
-pub use record::RoomRecord;
+pub use record::{RoomRecord, MAX_RECORD_DEPTH};

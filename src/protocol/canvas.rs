@@ -347,6 +347,39 @@ mod tests {
         assert!(decode(&deep, &limits()).is_err());
     }
 
+    /// The deepest field value a `patch` frame can carry still loads back: from a snapshot and
+    /// from the write-ahead log (which stores the raw `documentPatches`). Both nest a value less
+    /// deeply than the frame the parser already accepted.
+    #[test]
+    fn the_deepest_accepted_patch_loads_back() {
+        let frame = |levels: usize| {
+            format!(
+                r#"{{"type":"patch","messageId":"m","documentPatches":[{{"k/S":{{"_exists":true,"f":{}1{}}}}}]}}"#,
+                "[".repeat(levels),
+                "]".repeat(levels)
+            )
+        };
+        let deepest = (0..200)
+            .take_while(|&levels| decode(&frame(levels), &limits()).is_ok())
+            .last()
+            .expect("a flat patch decodes");
+        assert!(deepest < 199, "the parser's depth limit applies");
+        let Ok(ClientFrame::Patch {
+            document: Some(patches),
+            ..
+        }) = decode(&frame(deepest), &limits())
+        else {
+            panic!("the deepest patch decodes");
+        };
+        let logged: Vec<Value> =
+            serde_json::from_str(patches.raw.get()).expect("the logged patches parse");
+        assert_eq!(logged, patches.parsed);
+        let mut doc = Document::default();
+        doc.apply(&patches.parsed, &limits());
+        let loaded = Document::decode_snapshot(&doc.encode_snapshot()).expect("snapshot loads");
+        assert_eq!(loaded, doc);
+    }
+
     /// Server frames encode with the exact wire names; `timestamp` only with document patches.
     #[test]
     fn encodes_server_frames() {

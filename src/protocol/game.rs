@@ -1,9 +1,19 @@
 //! The EdgeBase Rooms v2 protocol (`GET /api/room?namespace=&id=`): client frame decoding,
 //! server frame encoding, error codes and close codes. Text frames only.
+//!
+//! The data a client hands to a room (a `send`'s `payload`, a `join`'s `options`) nests at most
+//! [`MAX_VALUE_DEPTH`] arrays and objects. Handlers store that data in the room's state, which is
+//! saved inside a record with its own nesting; a small limit keeps every saved state far from
+//! any parser's recursion limit (and the SDKs echo the state back in their `join` frames).
 
 use bytestring::ByteString;
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+/// How deeply a `payload` or `options` value may nest arrays and objects (`1` and `"a"` nest 0
+/// levels, `[]` and `{"a": 1}` 1, `{"a": [1]}` 2). Deeper values are refused with
+/// `INVALID_MESSAGE` before a handler sees them.
+pub const MAX_VALUE_DEPTH: usize = 32;
 
 /// A frame from a client.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,7 +73,8 @@ impl ClientFrame {
                 _ => Err(invalid("auth", "`token` must be a string")),
             },
             "join" => Ok(ClientFrame::Join {
-                options: map.remove("options").unwrap_or(Value::Null),
+                options: within_depth("join", "options", map.remove("options"))?
+                    .unwrap_or(Value::Null),
             }),
             "send" => {
                 let request_id = match map.remove("requestId") {
@@ -76,7 +87,7 @@ impl ClientFrame {
                     Some(Value::String(t)) if !t.is_empty() => Some(t),
                     _ => None,
                 };
-                let payload = match map.remove("payload") {
+                let payload = match within_depth("send", "payload", map.remove("payload"))? {
                     None | Some(Value::Null) => Value::Object(Map::new()),
                     Some(payload) => payload,
                 };
@@ -91,6 +102,39 @@ impl ClientFrame {
             _ => Err(DecodeError::UnknownType(kind)),
         }
     }
+}
+
+/// `value`, unless it nests deeper than [`MAX_VALUE_DEPTH`].
+fn within_depth(
+    kind: &'static str,
+    field: &str,
+    value: Option<Value>,
+) -> Result<Option<Value>, DecodeError> {
+    match value.as_ref().map(depth) {
+        Some(levels) if levels > MAX_VALUE_DEPTH => Err(invalid(
+            kind,
+            &format!(
+                "`{field}` nests {levels} levels of arrays and objects; at most {MAX_VALUE_DEPTH} are allowed"
+            ),
+        )),
+        _ => Ok(value),
+    }
+}
+
+/// How many arrays and objects `value` nests (see [`MAX_VALUE_DEPTH`]); linear in its size, and
+/// without recursion.
+pub fn depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(value, 0)];
+    while let Some((value, level)) = pending.pop() {
+        match value {
+            Value::Array(items) => pending.extend(items.iter().map(|v| (v, level + 1))),
+            Value::Object(fields) => pending.extend(fields.values().map(|v| (v, level + 1))),
+            _ => continue,
+        }
+        deepest = deepest.max(level + 1);
+    }
+    deepest
 }
 
 fn invalid(kind: &'static str, reason: &str) -> DecodeError {
@@ -122,7 +166,8 @@ pub enum ErrorCode {
     InvalidMessage,
     /// `send` before `join`.
     NotJoined,
-    /// A mutation would make the room's state larger than `maxStateSize`.
+    /// A mutation would make the room's state larger than `maxStateSize`, or nest it deeper
+    /// than the game layer allows.
     StateTooLarge,
     /// An action handler failed (its own error message is in `message`).
     ActionFailed,
@@ -302,6 +347,53 @@ mod tests {
             ClientFrame::decode(r#"{"type":"auth","token":5}"#),
             Err(DecodeError::Invalid { .. })
         ));
+    }
+
+    /// `x` wrapped in `levels` arrays.
+    fn nested(levels: usize, x: Value) -> Value {
+        (0..levels).fold(x, |inner, _| json!([inner]))
+    }
+
+    /// Depth counts arrays and objects on the deepest path; scalars add nothing.
+    #[test]
+    fn depth_counts_nested_arrays_and_objects() {
+        assert_eq!(depth(&json!(1)), 0);
+        assert_eq!(depth(&json!("a")), 0);
+        assert_eq!(depth(&json!([])), 1);
+        assert_eq!(depth(&json!({"a": 1, "b": [1, {"c": {}}]})), 4);
+        assert_eq!(depth(&nested(200, json!({}))), 201);
+    }
+
+    /// A `payload` or `options` nesting more than [`MAX_VALUE_DEPTH`] levels is refused (with the
+    /// depth and the limit in the reason); one at the limit is decoded.
+    #[test]
+    fn values_deeper_than_the_limit_are_refused() {
+        let deepest = nested(MAX_VALUE_DEPTH - 1, json!({}));
+        let too_deep = nested(MAX_VALUE_DEPTH, json!({}));
+        let send = |payload: &Value| {
+            ClientFrame::decode(
+                &json!({"type": "send", "actionType": "MOVE", "payload": payload}).to_string(),
+            )
+        };
+        let join = |options: &Value| {
+            ClientFrame::decode(&json!({"type": "join", "options": options}).to_string())
+        };
+        assert!(
+            matches!(send(&deepest), Ok(ClientFrame::Send { payload, .. }) if payload == deepest)
+        );
+        assert!(matches!(join(&deepest), Ok(ClientFrame::Join { options }) if options == deepest));
+        let reason = format!(
+            "nests {} levels of arrays and objects; at most {MAX_VALUE_DEPTH} are allowed",
+            MAX_VALUE_DEPTH + 1
+        );
+        assert_eq!(
+            send(&too_deep),
+            Err(invalid("send", &format!("`payload` {reason}")))
+        );
+        assert_eq!(
+            join(&too_deep),
+            Err(invalid("join", &format!("`options` {reason}")))
+        );
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub enum StorageError {
         #[source]
         source: SnapshotError,
     },
+    /// Refused before anything was written: the data would not load again.
+    #[error("refused to save room {room}: {reason}")]
+    Unloadable { room: String, reason: String },
 }
 
 /// A storage backend. Implementations must be safe to call from several threads at once for

@@ -14,7 +14,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
 use rocksdb::{
@@ -80,7 +80,11 @@ enum Job {
 }
 
 pub struct RocksStorage {
-    db: Arc<DB>,
+    /// `None` once closed. [`Storage::close`] takes the database out and closes it then and
+    /// there, not whoever drops the last handle to the storage: at shutdown that may be a thread
+    /// the process does not join (actix-server's workers), closing the database while `exit`
+    /// destroys RocksDB's statics, which aborts the process (SIGABRT in `pthread lock`).
+    db: RwLock<Option<Arc<DB>>>,
     // Unbounded, but bounded in practice: each room has at most a fixed number of appends in
     // flight (rooms::room::MAX_APPENDS_IN_FLIGHT) and folds/deletes wait for their reply.
     jobs: Mutex<Option<std_mpsc::Sender<Job>>>,
@@ -149,7 +153,7 @@ impl RocksStorage {
                 })?
         };
         Ok(RocksStorage {
-            db,
+            db: RwLock::new(Some(db)),
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
         })
@@ -189,24 +193,54 @@ impl RocksStorage {
         rx.recv().unwrap_or_else(|_| Err(closed()))
     }
 
-    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StorageError> {
-        self.db.cf_handle(name).ok_or_else(|| StorageError::Io {
-            room: String::new(),
-            source: std::io::Error::other(format!("column family {name} missing")),
-        })
+    /// The open database, for one read (`room` names the caller in the error once closed).
+    fn db(&self, room: &str) -> Result<OpenDb<'_>, StorageError> {
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        match *db {
+            Some(_) => Ok(OpenDb(db)),
+            None => Err(db_error(room, "storage is closed")),
+        }
     }
 }
 
+/// The database, borrowed while open: [`RocksStorage::stop`] waits until no read borrows it.
+struct OpenDb<'a>(RwLockReadGuard<'a, Option<Arc<DB>>>);
+
+impl std::ops::Deref for OpenDb<'_> {
+    type Target = DB;
+
+    fn deref(&self) -> &DB {
+        match self.0.as_deref() {
+            Some(db) => db,
+            None => unreachable!("RocksStorage::db lends only an open database"),
+        }
+    }
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StorageError> {
+    db.cf_handle(name)
+        .ok_or_else(|| db_error("", format!("column family {name} missing")))
+}
+
 impl RocksStorage {
-    /// Ends the writer after it wrote everything queued, then stops RocksDB's background threads
-    /// (flushes, compactions): a process that exits with them running can abort in RocksDB's
-    /// static destructors.
+    /// Ends the writer after it wrote everything queued, waits for running reads, syncs the
+    /// write-ahead log, stops RocksDB's background threads (flushes, compactions) and closes the
+    /// database, all on the calling thread. Later calls are refused with "storage is closed".
     fn stop(&self) {
         lock(&self.jobs).take();
         if let Some(writer) = lock(&self.writer).take() {
             let _ = writer.join();
         }
-        self.db.cancel_all_background_work(true);
+        let db = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(db) = db else { return };
+        if let Err(e) = db.flush_wal(true) {
+            warn!(error = %e, "syncing the RocksDB write-ahead log at close failed");
+        }
+        db.cancel_all_background_work(true);
+        // The writer's handle ended with its thread and reads are done: this is the last one.
+        if Arc::try_unwrap(db).is_err() {
+            error!("RocksDB is still referenced at close; it closes with the last reference");
+        }
     }
 }
 
@@ -226,9 +260,9 @@ impl Storage for RocksStorage {
             room: room.clone(),
             done,
         })?;
-        let snapshot = self
-            .db
-            .get_cf(self.cf(SNAPSHOTS)?, room.as_str())
+        let db = self.db(room.as_str())?;
+        let snapshot = db
+            .get_cf(cf(&db, SNAPSHOTS)?, room.as_str())
             .map_err(|e| io_error(room, e))?;
         let mut doc = match &snapshot {
             Some(bytes) => Some(super::decode(room, bytes)?),
@@ -237,17 +271,14 @@ impl Storage for RocksStorage {
         // Replay the log after the snapshot, in clock order. An entry that does not continue the
         // clock (after a failed write) ends the replay: it and everything after it was never
         // acked, and is removed so a later write with the same clock cannot revive it.
-        let log = self.cf(LOG)?;
+        let log = cf(&db, LOG)?;
         let start = log_key(room, doc.as_ref().map_or(0, Document::clock) + 1);
         let end = log_end(room);
         let unbounded = Limits {
             max_buffer_len: usize::MAX,
         };
         let mut stale_from = None;
-        for item in self
-            .db
-            .iterator_cf(log, IteratorMode::From(&start, Direction::Forward))
-        {
+        for item in db.iterator_cf(log, IteratorMode::From(&start, Direction::Forward)) {
             let (key, value) = item.map_err(|e| io_error(room, e))?;
             if *key >= *end {
                 break;
@@ -271,8 +302,7 @@ impl Storage for RocksStorage {
             current.apply(&patches, &unbounded);
         }
         if let Some(from) = stale_from {
-            self.db
-                .delete_range_cf(log, from, end)
+            db.delete_range_cf(log, from, end)
                 .map_err(|e| io_error(room, e))?;
         }
         Ok(doc)
@@ -299,10 +329,8 @@ impl Storage for RocksStorage {
     fn room_ids(&self) -> Result<Vec<RoomId>, StorageError> {
         let mut ids: Vec<RoomId> = Vec::new();
         let whole = |e| db_error("", e);
-        for item in self
-            .db
-            .iterator_cf(self.cf(SNAPSHOTS)?, IteratorMode::Start)
-        {
+        let db = self.db("")?;
+        for item in db.iterator_cf(cf(&db, SNAPSHOTS)?, IteratorMode::Start) {
             let (key, _) = item.map_err(whole)?;
             if let Some(id) = std::str::from_utf8(&key)
                 .ok()
@@ -312,8 +340,7 @@ impl Storage for RocksStorage {
             }
         }
         // Rooms that have log entries but were never folded.
-        let log = self.cf(LOG)?;
-        let mut iter = self.db.raw_iterator_cf(log);
+        let mut iter = db.raw_iterator_cf(cf(&db, LOG)?);
         iter.seek_to_first();
         while let Some(key) = iter.key() {
             let Some(end) = key.iter().position(|b| *b == 0) else {
@@ -338,9 +365,10 @@ impl Storage for RocksStorage {
     }
 
     fn load_record(&self, key: &RecordKey) -> Result<Option<Vec<u8>>, StorageError> {
-        self.db
-            .get_cf(self.cf(RECORDS)?, key.to_string())
-            .map_err(|e| db_error(&key.to_string(), e))
+        let name = key.to_string();
+        let db = self.db(&name)?;
+        db.get_cf(cf(&db, RECORDS)?, &name)
+            .map_err(|e| db_error(&name, e))
     }
 
     fn save_record(&self, key: &RecordKey, bytes: &[u8]) -> Result<(), StorageError> {
@@ -353,7 +381,8 @@ impl Storage for RocksStorage {
 
     fn record_keys(&self) -> Result<Vec<RecordKey>, StorageError> {
         let mut keys = Vec::new();
-        for item in self.db.iterator_cf(self.cf(RECORDS)?, IteratorMode::Start) {
+        let db = self.db("")?;
+        for item in db.iterator_cf(cf(&db, RECORDS)?, IteratorMode::Start) {
             let (key, _) = item.map_err(|e| db_error("", e))?;
             if let Some(key) = std::str::from_utf8(&key).ok().and_then(RecordKey::parse) {
                 keys.push(key);
@@ -473,8 +502,13 @@ mod tests {
     use serde_json::json;
 
     fn append_sync(storage: &RocksStorage, room: &RoomId, clock: u64, patches: Value) {
+        append_sync_dyn(storage, room, clock, patches);
+    }
+
+    fn append_sync_dyn(storage: &dyn Storage, room: &RoomId, clock: u64, patches: Value) {
         let (tx, rx) = std_mpsc::channel();
-        storage.append(
+        let log = storage.write_ahead().expect("a write-ahead log");
+        log.append(
             room,
             clock,
             patches.to_string().into_bytes(),
@@ -547,6 +581,32 @@ mod tests {
             (doc.clock(), doc.get("a/S").map(|f| f["x"].clone())),
             (2, Some(json!(2)))
         );
+    }
+
+    /// `close` closes the database even while others still hold the storage (at shutdown, threads
+    /// the process does not join may drop the last handle during exit, when RocksDB's statics are
+    /// gone: SIGABRT): the directory opens again at once, and the old handle answers "closed".
+    #[test]
+    fn close_releases_the_database_while_still_shared() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let room = RoomId::parse("r").expect("id");
+        let storage: Arc<dyn Storage> =
+            Arc::new(RocksStorage::open(dir.path(), Durability::ProcessCrash).expect("open"));
+        let late_holder = storage.clone();
+        append_sync_dyn(&*storage, &room, 1, json!([{"k/S": {"_exists": true}}]));
+        storage.close();
+        let reopened = RocksStorage::open(dir.path(), Durability::ProcessCrash)
+            .expect("the closed database's directory opens again");
+        assert_eq!(
+            reopened.load(&room).expect("load").map(|d| d.clock()),
+            Some(1)
+        );
+        assert!(
+            late_holder.load(&room).is_err(),
+            "a closed storage refuses reads"
+        );
+        assert!(late_holder.room_ids().is_err());
+        drop(late_holder);
     }
 
     /// A room that has only log entries (never folded) is listed and loads.

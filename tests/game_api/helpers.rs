@@ -99,6 +99,13 @@ fn text(payload: &Value, key: &str) -> HandlerResult<String> {
         .ok_or_else(|| HandlerError::new(format!("payload needs a string {key}")))
 }
 
+/// `value` := itself wrapped in `levels` objects `{"inner": ...}`.
+fn wrap(value: &mut Value, levels: u64) {
+    for _ in 0..levels {
+        *value = json!({"inner": value.take()});
+    }
+}
+
 /// The logic of most test namespaces. Shared state starts as `{"players": []}`; each joiner is
 /// appended (and removed on leave) and gets player state `{"hp": 100}`. Join options
 /// `{"deny": MSG}` refuse the join with MSG; `{"greet": true}` makes `on_join` send a `welcome`
@@ -110,7 +117,9 @@ fn text(payload: &Value, key: &str) -> HandlerResult<String> {
 /// - `MSG {type, data?, exclude?}`, `MSG_TO {userId, type, data?}`, `MERGE_THEN_MSG`;
 /// - `KICK {userId}`, `META` (metadata := payload), `LOCK`, `UNLOCK`, `PRIVATE`;
 /// - `GROW {key, size}`: shared[key] := a string of `size` bytes;
-/// - `TIMER {name, ms, data}`: a named timer whose handler sets shared.ticked := data.
+/// - `TIMER {name, ms, data}`: a named timer whose handler sets shared.ticked := data;
+/// - `WRAP {levels}` / `WRAP_SERVER {levels}`: the shared / server-only state := itself wrapped
+///   in `levels` objects `{"inner": ...}` (a handler that nests what it stores).
 pub fn arena(hooks: &Hooks) -> RoomBuilder {
     let (h1, h2, h3, h4, h5) = (
         hooks.clone(),
@@ -191,6 +200,16 @@ pub fn arena(hooks: &Hooks) -> RoomBuilder {
         })
         .on_action("SERVER", |room, _, payload| {
             room.set_server_state(|s| *s = payload);
+            Ok(Value::Null)
+        })
+        .on_action("WRAP", |room, _, payload| {
+            let levels = payload["levels"].as_u64().unwrap_or(1);
+            room.set_shared(|s| wrap(s, levels))?;
+            Ok(Value::Null)
+        })
+        .on_action("WRAP_SERVER", |room, _, payload| {
+            let levels = payload["levels"].as_u64().unwrap_or(1);
+            room.set_server_state(|s| wrap(s, levels));
             Ok(Value::Null)
         })
         .on_action("ECHO", |_, _, payload| Ok(payload))

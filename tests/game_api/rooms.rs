@@ -10,6 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{access_token, GameApp, GRACE, QUIET, WAIT};
 use weft::engine::tree::apply_delta;
+use weft::game::{MAX_RECORD_DEPTH, MAX_STATE_DEPTH};
 
 fn sync(shared: Value, shared_version: u64, player: Value, player_version: u64) -> Value {
     json!({
@@ -624,6 +625,77 @@ async fn emptied_room_is_destroyed_evicted_and_restored() {
             "destroy",
             "join bob"
         ]
+    );
+}
+
+/// `value` wrapped in `levels` objects `{"inner": ...}`, as the arena's `WRAP` does it.
+fn wrapped(levels: usize, value: Value) -> Value {
+    (0..levels).fold(value, |inner, _| json!({"inner": inner}))
+}
+
+/// A handler that keeps nesting the shared state (`WRAP`) is stopped at `MAX_STATE_DEPTH`: the
+/// change that would go deeper gets `action_error STATE_TOO_LARGE` and changes nothing; the room,
+/// saved at the limit, is evicted and loads again with that state.
+#[tokio::test]
+async fn state_nested_past_the_depth_limit_is_refused_and_the_room_loads() {
+    let app = GameApp::start().await;
+    let room = "deep-state";
+    let (mut a, _) = app.joined("arena", room, "alice").await;
+    // `{"players": ["alice"]}` nests 2 levels.
+    let levels = MAX_STATE_DEPTH - 2;
+    let frames = a.action("WRAP", json!({"levels": levels}), "w1").await;
+    assert_eq!(
+        frames.last().map(|f| &f["type"]),
+        Some(&json!("action_result"))
+    );
+    let refused = a.answer("WRAP", json!({"levels": 1}), "w2").await;
+    assert_eq!(
+        refused,
+        json!({
+            "type": "action_error",
+            "requestId": "w2",
+            "actionType": "WRAP",
+            "code": "STATE_TOO_LARGE",
+            "message": format!(
+                "state too deep: it would nest {} levels of arrays and objects, at most {MAX_STATE_DEPTH} are allowed",
+                MAX_STATE_DEPTH + 1
+            ),
+        })
+    );
+    a.send(json!({"type": "leave"})).await;
+    a.frames_until_close().await;
+    wait_evicted(&app, "arena", room).await;
+    let (_b, restored) = app.joined("arena", room, "bob").await;
+    // `on_leave` and `on_join` rewrite the top-level `players`.
+    let mut expected = wrapped(levels, json!({"players": ["alice"]}));
+    expected["players"] = json!(["bob"]);
+    assert_eq!(restored["sharedState"], expected);
+}
+
+/// A record that would not load again is never saved. Server-only state has no depth check of
+/// its own: a handler nesting it past what a record can hold keeps running, but its room's save
+/// is refused, and after eviction the room loads from its last good save instead of answering
+/// every join with ROOM_UNAVAILABLE.
+#[tokio::test]
+async fn a_record_too_deep_to_load_is_never_saved() {
+    let app = GameApp::start().await;
+    let room = "deep-record";
+    let (mut a, _) = app.joined("arena", room, "alice").await;
+    a.action("MERGE", json!({"score": 1}), "m1").await;
+    a.send(json!({"type": "leave"})).await;
+    a.frames_until_close().await;
+    wait_evicted(&app, "arena", room).await;
+    let (mut a, _) = app.joined("arena", room, "alice").await;
+    a.action("WRAP_SERVER", json!({"levels": MAX_RECORD_DEPTH}), "w")
+        .await;
+    a.action("MERGE", json!({"score": 2}), "m2").await;
+    a.send(json!({"type": "leave"})).await;
+    a.frames_until_close().await;
+    wait_evicted(&app, "arena", room).await;
+    let (_b, restored) = app.joined("arena", room, "bob").await;
+    assert_eq!(
+        restored["sharedState"],
+        json!({"players": ["bob"], "score": 1})
     );
 }
 
