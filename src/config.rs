@@ -69,7 +69,8 @@ pub struct AuthSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct LimitSettings {
     pub max_frame_bytes: usize,
-    pub outbound_queue: usize,
+    /// Bytes waiting for one connection beyond which it is closed as too slow (1013).
+    pub outbound_queue_bytes: usize,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub messages_per_second: f64,
@@ -137,7 +138,7 @@ impl Default for LimitSettings {
         let engine = Limits::default();
         LimitSettings {
             max_frame_bytes: transport.max_frame_bytes,
-            outbound_queue: transport.outbound_queue,
+            outbound_queue_bytes: transport.outbound_queue_bytes,
             max_connections: 10_000,
             max_connections_per_ip: 512,
             messages_per_second: transport.messages_per_second,
@@ -234,9 +235,9 @@ pub struct Overrides {
     /// Largest accepted frame in bytes.
     #[arg(long, env = "WEFT_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
-    /// Frames queued per connection before it is closed as too slow.
-    #[arg(long, env = "WEFT_OUTBOUND_QUEUE")]
-    pub outbound_queue: Option<usize>,
+    /// Bytes waiting for one connection before it is closed as too slow.
+    #[arg(long, env = "WEFT_OUTBOUND_QUEUE_BYTES")]
+    pub outbound_queue_bytes: Option<usize>,
     /// Cap on open connections.
     #[arg(long, env = "WEFT_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -289,7 +290,7 @@ impl Settings {
         set_some(&mut auth.edgebase_secret_file, o.edgebase_secret_file);
         let limits = &mut settings.limits;
         set(&mut limits.max_frame_bytes, o.max_frame_bytes);
-        set(&mut limits.outbound_queue, o.outbound_queue);
+        set(&mut limits.outbound_queue_bytes, o.outbound_queue_bytes);
         set(&mut limits.max_connections, o.max_connections);
         set(&mut limits.max_connections_per_ip, o.max_connections_per_ip);
         set(&mut limits.messages_per_second, o.messages_per_second);
@@ -317,7 +318,7 @@ impl Settings {
         let l = &self.limits;
         let positive = [
             ("limits.max_frame_bytes", l.max_frame_bytes as f64),
-            ("limits.outbound_queue", l.outbound_queue as f64),
+            ("limits.outbound_queue_bytes", l.outbound_queue_bytes as f64),
             ("limits.max_connections", l.max_connections as f64),
             (
                 "limits.max_connections_per_ip",
@@ -372,7 +373,7 @@ impl Settings {
         let l = &self.limits;
         TransportConfig {
             max_frame_bytes: l.max_frame_bytes,
-            outbound_queue: l.outbound_queue,
+            outbound_queue_bytes: l.outbound_queue_bytes,
             messages_per_second: l.messages_per_second,
             message_burst: l.message_burst,
             heartbeat_interval: Duration::from_millis(l.heartbeat_interval_ms),

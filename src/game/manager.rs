@@ -347,7 +347,7 @@ impl GameRooms {
         key: &RecordKey,
         sender: Sender,
         options: Value,
-        outbox_capacity: usize,
+        outbox_bytes: usize,
     ) -> JoinOutcome {
         // A room may be closing as the join arrives; it then asks us to retry on a fresh load.
         for _ in 0..5 {
@@ -356,7 +356,7 @@ impl GameRooms {
                 Err(RoomUnavailable::ShuttingDown) => return JoinOutcome::ShuttingDown,
                 Err(e) => return JoinOutcome::Unavailable(e.to_string()),
             };
-            let (outbox, link) = Outbox::new(outbox_capacity);
+            let (outbox, link) = Outbox::new(outbox_bytes);
             let (reply, answer) = oneshot::channel();
             let command = Command::Join {
                 sender: sender.clone(),

@@ -24,6 +24,10 @@ use crate::storage::{Storage, StorageError};
 /// Appends a room may have in flight before it stops taking commands (backpressure to clients).
 const MAX_APPENDS_IN_FLIGHT: usize = 1024;
 
+/// How long a closing room waits for its appends in flight, so that the acks they hold reach
+/// their clients before the close (a storage that takes longer has failed them anyway).
+const SETTLE_APPENDS_LIMIT: Duration = Duration::from_secs(5);
+
 /// Commands a room task processes, in arrival order.
 pub(crate) enum RoomCommand {
     Join {
@@ -201,6 +205,10 @@ struct Session {
     /// Document broadcasts go only to sessions whose `reconnect` was answered (or that sent a
     /// patch): before that, a broadcast would move the client's cursor past edits it never got.
     live: bool,
+    /// The lowest `lastTimestamp` this session was sent a reconnect diff from. Being live since,
+    /// it has every later write queued, so a reconnect from there or later is answered without
+    /// a diff (a socket repeating `reconnect` must not queue the document again and again).
+    diff_sent_from: Option<u64>,
 }
 
 /// Persistence schedule: throttled saves, one in flight at a time, retried after failures.
@@ -227,6 +235,9 @@ pub(crate) struct Room {
     sessions: HashMap<SessionId, Session>,
     /// Sessions whose queue overflowed during the current command; removed right after it.
     overflowed: Vec<SessionId>,
+    /// Outboxes of sessions that left with frames still held (acks of applied writes), kept
+    /// until those are durable and released: the connection sends them before its close.
+    leaving: Vec<Outbox>,
     save: SaveState,
     idle_at: Option<Instant>,
     /// Loading failed: joins are refused rather than served an empty document.
@@ -273,6 +284,7 @@ impl Room {
             ephemeral: Ephemeral::default(),
             sessions: HashMap::new(),
             overflowed: Vec::new(),
+            leaving: Vec::new(),
             save: SaveState::default(),
             idle_at: None,
             load_failed: false,
@@ -317,7 +329,7 @@ impl Room {
                 (CloseReason::storage_unavailable(), None)
             }
         };
-        let result = self.shut(reason, &mut rx).await;
+        let result = self.shut(reason, &mut rx, &mut durable_rx).await;
         if let Some(reply) = reply {
             let _ = reply.send(result);
         }
@@ -478,6 +490,7 @@ impl Room {
                 metadata: new.metadata,
                 outbox: new.outbox,
                 live: false,
+                diff_sent_from: None,
             },
         );
         Metrics::inc(&self.metrics.sessions_active);
@@ -502,8 +515,12 @@ impl Room {
         };
         debug!(session = %id, reason = ?close, "leave");
         Metrics::dec(&self.metrics.sessions_active);
-        if let Some(reason) = close {
-            session.outbox.close(reason);
+        match close {
+            Some(reason) => session.outbox.close(reason),
+            // The connection ends the session (and may close it itself, after the frames still
+            // queued): the acks of writes it made still reach it once durable.
+            None if session.outbox.has_held() => self.leaving.push(session.outbox),
+            None => {}
         }
         if let Some(deletions) = self.ephemeral.remove(id.0) {
             let raw = canvas::single_patch(&deletions);
@@ -556,11 +573,15 @@ impl Room {
     /// Writes up to `clock` are durable: frames waiting for them leave.
     fn made_durable(&mut self, clock: u64) {
         self.durable = self.durable.max(clock);
-        for (id, session) in &mut self.sessions {
-            if session.outbox.has_held() && session.outbox.release(self.durable) == Delivery::Full {
-                self.overflowed.push(*id);
+        for session in self.sessions.values_mut() {
+            if session.outbox.has_held() {
+                session.outbox.release(self.durable);
             }
         }
+        // A left session's outbox is dropped once it holds nothing: its connection then closes.
+        let durable = self.durable;
+        self.leaving
+            .retain_mut(|outbox| outbox.release(durable) == Delivery::Queued && outbox.has_held());
     }
 
     fn broadcast_client_count(&mut self) {
@@ -656,10 +677,18 @@ impl Room {
         if needs_resync {
             self.send(id, &ServerFrame::Resync { since }.encode());
         }
-        // The diff is serialized straight from the document into the frame (no copy of it).
-        let others = self.ephemeral.merged_except(id.0);
-        if let Some(frame) = canvas::encode_reconnect_patch(&self.doc, last_timestamp, &others) {
-            self.send(id, &frame);
+        let diff_sent = self
+            .sessions
+            .get(&id)
+            .and_then(|s| s.diff_sent_from)
+            .is_some_and(|from| from <= last_timestamp);
+        if !diff_sent {
+            // The diff is serialized straight from the document into the frame (no copy of it).
+            let others = self.ephemeral.merged_except(id.0);
+            if let Some(frame) = canvas::encode_reconnect_patch(&self.doc, last_timestamp, &others)
+            {
+                self.send(id, &frame);
+            }
         }
         let synced = ServerFrame::Synced {
             timestamp: self.doc.clock(),
@@ -667,6 +696,9 @@ impl Room {
         self.send(id, &synced.encode());
         if let Some(session) = self.sessions.get_mut(&id) {
             session.live = true;
+            if !diff_sent {
+                session.diff_sent_from = Some(last_timestamp);
+            }
         }
     }
 
@@ -791,16 +823,25 @@ impl Room {
         }
     }
 
-    /// Ends the room: closes its sessions so nothing more is acked, then saves what changed.
+    /// Ends the room: closes its sessions so nothing more is acked (after the acks of writes
+    /// already applied, once durable), then saves what changed.
     async fn shut(
         &mut self,
         reason: CloseReason,
         rx: &mut mpsc::Receiver<RoomCommand>,
+        durable_rx: &mut mpsc::Receiver<Result<u64, StorageError>>,
     ) -> Result<(), StorageError> {
         let manager = self.manager.upgrade();
         let closing = manager
             .as_ref()
             .map(|m| m.begin_close(&self.id, self.generation));
+        if tokio::time::timeout(SETTLE_APPENDS_LIMIT, self.settle_appends(durable_rx))
+            .await
+            .is_err()
+        {
+            warn!("appends still in flight at close; their frames are dropped");
+        }
+        self.leaving.clear();
         let ids: Vec<_> = self.sessions.keys().copied().collect();
         for id in ids {
             if let Some(mut session) = self.sessions.remove(&id) {
@@ -842,6 +883,25 @@ impl Room {
         drop(closing);
         info!(clock = self.doc.clock(), "room closed");
         result
+    }
+
+    /// Waits for the appends in flight and releases the frames they hold. After a failed append
+    /// nothing more is released: a later batch's success does not make the failed one durable.
+    async fn settle_appends(&mut self, durable_rx: &mut mpsc::Receiver<Result<u64, StorageError>>) {
+        while self.appending > 0 && !self.write_failed {
+            let Some(result) = durable_rx.recv().await else {
+                return;
+            };
+            self.appending -= 1;
+            match result {
+                Ok(clock) => self.made_durable(clock),
+                Err(e) => {
+                    error!(error = %e, "write-ahead append failed while closing");
+                    Metrics::inc(&self.metrics.storage_errors);
+                    self.write_failed = true;
+                }
+            }
+        }
     }
 
     /// The last save of a closing room, retried a few times: it is the only copy of acked writes.

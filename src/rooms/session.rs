@@ -46,15 +46,23 @@ impl CloseReason {
     }
 }
 
-/// The room's way to reach a connection: a bounded frame queue and a close signal.
+/// The room's way to reach a connection: a frame queue bounded in bytes and a close signal.
 ///
 /// With a write-ahead log, a frame may only leave once every write the room made before it is
 /// durable (an ack is a promise; a broadcast must not show a write a crash could undo). Such
 /// frames wait in `held`, tagged with the room clock at the time they were made, in order.
+///
+/// One rule bounds both: a frame is taken while the frames held and queued (not yet taken by the
+/// connection) cost less than `max_bytes` (see [`frame_cost`]); past that the client is too slow.
+/// The check is made before the frame is added, so one frame larger than the cap (a reconnect
+/// reply of a large document) still goes to a client that keeps up: a session pins at most
+/// `max_bytes` plus its largest frame.
 pub struct Outbox {
     queue: Arc<Mutex<Queue>>,
     held: VecDeque<(u64, ByteString)>,
-    capacity: usize,
+    /// What the frames in `held` cost.
+    held_bytes: usize,
+    max_bytes: usize,
 }
 
 /// The connection's end of an [`Outbox`].
@@ -76,6 +84,8 @@ pub enum LinkEvent {
 /// `.await`.
 struct Queue {
     frames: VecDeque<ByteString>,
+    /// What the frames in `frames` cost.
+    bytes: usize,
     close: Option<CloseReason>,
     /// The room dropped its `Outbox` (the session left the room).
     room_gone: bool,
@@ -89,6 +99,29 @@ struct Queue {
 /// nothing large).
 const KEPT_QUEUE_CAPACITY: usize = 8;
 
+/// What a queued frame counts against a session's byte cap: its text and its slot. A broadcast's
+/// text is shared by every session it is queued for, yet counted in full for each: it is what a
+/// reader that does not read keeps alive.
+pub(crate) fn frame_cost(frame: &ByteString) -> usize {
+    frame.len() + std::mem::size_of::<(u64, ByteString)>()
+}
+
+impl Queue {
+    fn pop(&mut self) -> Option<ByteString> {
+        let frame = self.frames.pop_front()?;
+        self.bytes -= frame_cost(&frame);
+        if self.frames.is_empty() && self.frames.capacity() > KEPT_QUEUE_CAPACITY {
+            self.frames = VecDeque::new();
+        }
+        Some(frame)
+    }
+
+    fn clear(&mut self) {
+        self.frames = VecDeque::new();
+        self.bytes = 0;
+    }
+}
+
 fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
     // A panic while holding this lock leaves the queue consistent (each step is one push or pop).
     queue
@@ -100,17 +133,18 @@ fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Delivery {
     Queued,
-    /// The queue is full: the client is too slow and must be disconnected.
+    /// The queue holds its byte cap: the client is too slow and must be disconnected.
     Full,
     /// The connection is already gone; its leave is on the way.
     Gone,
 }
 
 impl Outbox {
-    /// A new outbox holding at most `capacity` frames, with the connection's end.
-    pub fn new(capacity: usize) -> (Outbox, SessionLink) {
+    /// A new outbox holding about `max_bytes` (see [`Outbox`]), with the connection's end.
+    pub fn new(max_bytes: usize) -> (Outbox, SessionLink) {
         let queue = Arc::new(Mutex::new(Queue {
             frames: VecDeque::new(),
+            bytes: 0,
             close: None,
             room_gone: false,
             connection_gone: false,
@@ -120,7 +154,8 @@ impl Outbox {
             Outbox {
                 queue: queue.clone(),
                 held: VecDeque::new(),
-                capacity: capacity.max(1),
+                held_bytes: 0,
+                max_bytes: max_bytes.max(1),
             },
             SessionLink { queue },
         )
@@ -128,29 +163,54 @@ impl Outbox {
 
     /// Queues a frame made when the room clock was `tag`; it leaves once `durable >= tag`.
     pub(crate) fn send(&mut self, frame: &ByteString, tag: u64, durable: u64) -> Delivery {
-        if tag <= durable && self.held.is_empty() {
-            return self.push(frame.clone());
+        let mut queue = lock(&self.queue);
+        if queue.connection_gone {
+            return Delivery::Gone;
         }
-        if self.held.len() >= self.capacity {
+        if queue.bytes + self.held_bytes >= self.max_bytes {
             return Delivery::Full;
         }
-        self.held.push_back((tag, frame.clone()));
+        if tag <= durable && self.held.is_empty() {
+            queue.bytes += frame_cost(frame);
+            queue.frames.push_back(frame.clone());
+            let waiter = queue.waiter.take();
+            drop(queue);
+            if let Some(waiter) = waiter {
+                waiter.wake();
+            }
+        } else {
+            self.held_bytes += frame_cost(frame);
+            self.held.push_back((tag, frame.clone()));
+        }
         Delivery::Queued
     }
 
-    /// Sends the held frames that are now durable.
+    /// Sends the held frames that are now durable (already counted: never `Full`).
     pub(crate) fn release(&mut self, durable: u64) -> Delivery {
-        while let Some((tag, _)) = self.held.front() {
-            if *tag > durable {
-                break;
+        let waiter = {
+            let mut queue = lock(&self.queue);
+            if queue.connection_gone {
+                return Delivery::Gone;
             }
-            let Some((_, frame)) = self.held.pop_front() else {
-                break;
-            };
-            let delivery = self.push(frame);
-            if delivery != Delivery::Queued {
-                return delivery;
+            let mut moved = false;
+            while self.held.front().is_some_and(|(tag, _)| *tag <= durable) {
+                let Some((_, frame)) = self.held.pop_front() else {
+                    break;
+                };
+                let cost = frame_cost(&frame);
+                self.held_bytes -= cost;
+                queue.bytes += cost;
+                queue.frames.push_back(frame);
+                moved = true;
             }
+            if moved {
+                queue.waiter.take()
+            } else {
+                None
+            }
+        };
+        if let Some(waiter) = waiter {
+            waiter.wake();
         }
         Delivery::Queued
     }
@@ -159,22 +219,10 @@ impl Outbox {
         !self.held.is_empty()
     }
 
-    fn push(&self, frame: ByteString) -> Delivery {
-        let waiter = {
-            let mut queue = lock(&self.queue);
-            if queue.connection_gone {
-                return Delivery::Gone;
-            }
-            if queue.frames.len() >= self.capacity {
-                return Delivery::Full;
-            }
-            queue.frames.push_back(frame);
-            queue.waiter.take()
-        };
-        if let Some(waiter) = waiter {
-            waiter.wake();
-        }
-        Delivery::Queued
+    /// What the frames held and queued for the connection (not yet taken by it) cost.
+    #[cfg(test)]
+    pub(crate) fn pending_bytes(&self) -> usize {
+        lock(&self.queue).bytes + self.held_bytes
     }
 
     /// Ends the session with `reason`, after the frames already queued. A client closed for
@@ -183,7 +231,7 @@ impl Outbox {
         let waiter = {
             let mut queue = lock(&self.queue);
             if reason == CloseReason::slow_client() {
-                queue.frames = VecDeque::new();
+                queue.clear();
             }
             queue.close.get_or_insert(reason);
             queue.waiter.take()
@@ -216,10 +264,7 @@ impl SessionLink {
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<LinkEvent> {
         let mut queue = lock(&self.queue);
-        if let Some(frame) = queue.frames.pop_front() {
-            if queue.frames.is_empty() && queue.frames.capacity() > KEPT_QUEUE_CAPACITY {
-                queue.frames = VecDeque::new();
-            }
+        if let Some(frame) = queue.pop() {
             return Poll::Ready(LinkEvent::Frame(frame));
         }
         if let Some(reason) = &queue.close {
@@ -257,7 +302,7 @@ impl SessionLink {
 
     /// The next frame if one is queued (to batch several into one socket write).
     pub fn try_frame(&mut self) -> Option<ByteString> {
-        lock(&self.queue).frames.pop_front()
+        lock(&self.queue).pop()
     }
 }
 
@@ -265,7 +310,7 @@ impl Drop for SessionLink {
     fn drop(&mut self) {
         let mut queue = lock(&self.queue);
         queue.connection_gone = true;
-        queue.frames = VecDeque::new();
+        queue.clear();
     }
 }
 

@@ -43,6 +43,9 @@ impl Storage for ProbeStorage {
     }
 }
 
+/// An outbox cap no test here reaches.
+const ROOMY: usize = 1 << 20;
+
 fn manager(storage: Arc<ProbeStorage>, config: RoomConfig) -> RoomManager {
     RoomManager::new(storage, config, Arc::new(Metrics::default()))
 }
@@ -58,8 +61,13 @@ struct TestSession {
 }
 
 impl TestSession {
-    async fn join(manager: &RoomManager, room_id: &str, client: &str, queue: usize) -> TestSession {
-        let (outbox, link) = Outbox::new(queue);
+    async fn join(
+        manager: &RoomManager,
+        room_id: &str,
+        client: &str,
+        max_bytes: usize,
+    ) -> TestSession {
+        let (outbox, link) = Outbox::new(max_bytes);
         let new = NewSession {
             client: ClientId::parse(client).expect("client id"),
             permission: Permission::Readwrite,
@@ -123,7 +131,9 @@ async fn concurrent_first_connects_share_one_load() {
     let manager = manager(storage.clone(), RoomConfig::default());
     let joins = (0..50).map(|i| {
         let manager = manager.clone();
-        tokio::spawn(async move { TestSession::join(&manager, "race", &format!("c{i}"), 64).await })
+        tokio::spawn(
+            async move { TestSession::join(&manager, "race", &format!("c{i}"), ROOMY).await },
+        )
     });
     let mut sessions = vec![];
     for join in joins {
@@ -144,7 +154,7 @@ async fn idle_rooms_are_evicted_after_the_timeout() {
     let config = RoomConfig::default();
     assert_eq!(config.idle_timeout, Duration::from_secs(30));
     let manager = manager(storage.clone(), config);
-    let mut a = TestSession::join(&manager, "idle", "a", 64).await;
+    let mut a = TestSession::join(&manager, "idle", "a", ROOMY).await;
     a.send(write("m1", "e/S", 1)).await;
     a.recv_until("ack").await;
     a.handle.leave(a.id).await;
@@ -155,7 +165,7 @@ async fn idle_rooms_are_evicted_after_the_timeout() {
         vec![room("idle")],
         "still there before the timeout"
     );
-    let b = TestSession::join(&manager, "idle", "b", 64).await;
+    let b = TestSession::join(&manager, "idle", "b", ROOMY).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(
         manager.room_ids(),
@@ -168,7 +178,7 @@ async fn idle_rooms_are_evicted_after_the_timeout() {
     assert!(manager.room_ids().is_empty(), "evicted");
     assert_eq!(storage.loads.load(Ordering::SeqCst), 1);
 
-    let mut c = TestSession::join(&manager, "idle", "c", 64).await;
+    let mut c = TestSession::join(&manager, "idle", "c", ROOMY).await;
     c.send(json!({"type": "reconnect", "lastTimestamp": 0, "protocolVersion": 2}))
         .await;
     let frames = c.recv_until("synced").await;
@@ -189,7 +199,7 @@ async fn a_room_reopened_during_its_final_save_loads_that_save() {
         ..ProbeStorage::default()
     });
     let manager = manager(storage.clone(), RoomConfig::default());
-    let mut a = TestSession::join(&manager, "reopen", "a", 64).await;
+    let mut a = TestSession::join(&manager, "reopen", "a", ROOMY).await;
     a.send(write("m1", "e/S", 7)).await;
     a.recv_until("ack").await;
 
@@ -202,7 +212,7 @@ async fn a_room_reopened_during_its_final_save_loads_that_save() {
         })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let mut b = TestSession::join(&manager, "reopen", "b", 64).await;
+    let mut b = TestSession::join(&manager, "reopen", "b", ROOMY).await;
     b.send(json!({"type": "reconnect", "lastTimestamp": 0, "protocolVersion": 2}))
         .await;
     let frames = b.recv_until("synced").await;
@@ -217,8 +227,8 @@ async fn a_room_reopened_during_its_final_save_loads_that_save() {
 #[tokio::test]
 async fn slow_sessions_are_disconnected_not_buffered() {
     let manager = manager(Arc::new(ProbeStorage::default()), RoomConfig::default());
-    let mut fast = TestSession::join(&manager, "slow", "fast", 1024).await;
-    let mut slow = TestSession::join(&manager, "slow", "slow", 4).await;
+    let mut fast = TestSession::join(&manager, "slow", "fast", ROOMY).await;
+    let mut slow = TestSession::join(&manager, "slow", "slow", 512).await;
     slow.send(json!({"type": "reconnect", "lastTimestamp": 0, "protocolVersion": 2}))
         .await;
     for i in 0..10 {
@@ -246,7 +256,7 @@ async fn close_all_closes_sessions_then_saves_every_room() {
     let manager = manager(storage.clone(), RoomConfig::default());
     let mut sessions = vec![];
     for name in ["r1", "r2", "r3"] {
-        let mut s = TestSession::join(&manager, name, "a", 64).await;
+        let mut s = TestSession::join(&manager, name, "a", ROOMY).await;
         s.send(write("m", "e/S", 1)).await;
         s.recv_until("ack").await;
         sessions.push(s);
@@ -352,4 +362,228 @@ fn dropped_ends_are_seen_by_the_other_side() {
     let (mut outbox, link) = Outbox::new(4);
     drop(link);
     assert_eq!(outbox.send(&frame, 0, 0), Delivery::Gone);
+}
+
+/// Memory storage with a write-ahead log whose appends stay unconfirmed until the test says.
+#[derive(Default)]
+struct GatedLogStorage {
+    inner: MemoryStorage,
+    pending: std::sync::Mutex<Vec<crate::storage::AppendDone>>,
+}
+
+impl GatedLogStorage {
+    /// Confirms every append made so far as durable.
+    fn confirm_appends(&self) {
+        let pending = std::mem::take(&mut *self.pending.lock().expect("lock"));
+        for done in pending {
+            done(Ok(()));
+        }
+    }
+
+    fn appends_pending(&self) -> usize {
+        self.pending.lock().expect("lock").len()
+    }
+}
+
+impl Storage for GatedLogStorage {
+    fn name(&self) -> &'static str {
+        "gated-log"
+    }
+    fn load(&self, room: &RoomId, limits: &Limits) -> Result<Option<Document>, StorageError> {
+        self.inner.load(room, limits)
+    }
+    fn save(&self, room: &RoomId, snapshot: &[u8]) -> Result<(), StorageError> {
+        self.inner.save(room, snapshot)
+    }
+    fn delete(&self, room: &RoomId) -> Result<(), StorageError> {
+        self.inner.delete(room)
+    }
+    fn room_ids(&self) -> Result<Vec<RoomId>, StorageError> {
+        self.inner.room_ids()
+    }
+    fn write_ahead(&self) -> Option<&dyn crate::storage::WriteAhead> {
+        Some(self)
+    }
+}
+
+impl crate::storage::WriteAhead for GatedLogStorage {
+    fn append(
+        &self,
+        _room: &RoomId,
+        _clock: u64,
+        _patches: Vec<u8>,
+        done: crate::storage::AppendDone,
+    ) {
+        self.pending.lock().expect("lock").push(done);
+    }
+}
+
+/// A session in a room of `storage` that has written `writes` patches, none of them durable yet.
+async fn session_with_unconfirmed_writes(
+    storage: &Arc<GatedLogStorage>,
+    room_id: &str,
+    writes: usize,
+) -> (RoomManager, TestSession) {
+    let manager = RoomManager::new(
+        storage.clone(),
+        RoomConfig::default(),
+        Arc::new(Metrics::default()),
+    );
+    let mut s = TestSession::join(&manager, room_id, "a", ROOMY).await;
+    assert_eq!(s.recv().await, json!({"type": "clientCount", "count": 1}));
+    for i in 1..=writes {
+        s.send(write(&format!("m{i}"), "e/S", i as i64)).await;
+    }
+    // A round trip: the room has handled every write (the sessions are asked after them).
+    s.handle.sessions().await.expect("room alive");
+    assert_eq!(storage.appends_pending(), writes);
+    (manager, s)
+}
+
+/// The frames a link yields until its close, and the close.
+async fn frames_until_closed(link: &mut SessionLink) -> (Vec<Value>, CloseReason) {
+    let mut frames = vec![];
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), link.next())
+            .await
+            .expect("an event in time");
+        match event {
+            LinkEvent::Frame(frame) => frames.push(serde_json::from_str(&frame).expect("json")),
+            LinkEvent::Closed(reason) => return (frames, reason),
+        }
+    }
+}
+
+fn acks(n: usize) -> Vec<Value> {
+    (1..=n)
+        .map(|i| json!({"type": "ack", "messageId": format!("m{i}"), "timestamp": i}))
+        .collect()
+}
+
+/// A connection that ends its session (rate limit, bad frame: it closes the socket itself after
+/// the frames still queued) while its writes are applied but not yet durable still gets their
+/// acks, once durable, before the room lets it go.
+#[tokio::test]
+async fn a_session_that_leaves_gets_the_acks_of_its_applied_writes_once_durable() {
+    let storage = Arc::new(GatedLogStorage::default());
+    let (_manager, mut s) = session_with_unconfirmed_writes(&storage, "leave-held", 3).await;
+    s.handle.leave(s.id).await;
+    s.handle.sessions().await.expect("room alive");
+    use futures_util::FutureExt;
+    assert_eq!(s.link.next().now_or_never(), None, "held until durable");
+    storage.confirm_appends();
+    let (frames, close) = frames_until_closed(&mut s.link).await;
+    assert_eq!(frames, acks(3));
+    assert_eq!(close, CloseReason::room_closed());
+}
+
+/// A room closed while writes are in flight sends their acks (once durable) before the close.
+#[tokio::test]
+async fn a_closing_room_sends_the_acks_of_applied_writes_before_the_close() {
+    let storage = Arc::new(GatedLogStorage::default());
+    let (manager, mut s) = session_with_unconfirmed_writes(&storage, "close-held", 3).await;
+    let closing = tokio::spawn({
+        let manager = manager.clone();
+        async move {
+            manager
+                .close_room(&room("close-held"), CloseReason::shutting_down())
+                .await
+        }
+    });
+    // The room is closing (no longer handed out) while its appends are still unconfirmed.
+    while manager.existing(&room("close-held")).is_some() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    storage.confirm_appends();
+    let (frames, close) = frames_until_closed(&mut s.link).await;
+    assert_eq!(frames, acks(3));
+    assert_eq!(close, CloseReason::shutting_down());
+    closing.await.expect("task").expect("saved");
+}
+
+/// Frames queued and frames held until durable count against one byte cap; the frame that
+/// reaches it is still taken, the next one is refused.
+#[test]
+fn the_outbox_is_bounded_by_the_bytes_it_holds() {
+    let frame = ByteString::from("x".repeat(300));
+    let cost = super::session::frame_cost(&frame);
+    let (mut outbox, _link) = Outbox::new(3 * cost);
+    assert_eq!(outbox.send(&frame, 0, 0), Delivery::Queued);
+    assert_eq!(outbox.send(&frame, 5, 0), Delivery::Queued, "held");
+    assert_eq!(outbox.send(&frame, 5, 0), Delivery::Queued, "held");
+    assert_eq!(outbox.pending_bytes(), 3 * cost);
+    assert_eq!(outbox.send(&frame, 5, 0), Delivery::Full);
+    assert_eq!(outbox.release(5), Delivery::Queued);
+    assert_eq!(
+        outbox.pending_bytes(),
+        3 * cost,
+        "released frames still count"
+    );
+    assert_eq!(outbox.send(&frame, 0, 5), Delivery::Full);
+}
+
+/// One frame larger than the cap goes to a reader that has nothing waiting (a reconnect reply
+/// of a large document), and so does the frame right after it; then the reader is too slow.
+#[test]
+fn one_frame_larger_than_the_cap_goes_to_a_reader_that_keeps_up() {
+    use futures_util::FutureExt;
+    let big = ByteString::from("x".repeat(10_000));
+    let small = ByteString::from_static("{}");
+    let (mut outbox, mut link) = Outbox::new(1000);
+    assert_eq!(outbox.send(&big, 0, 0), Delivery::Queued);
+    assert_eq!(outbox.send(&small, 0, 0), Delivery::Full);
+    assert_eq!(link.next().now_or_never(), Some(LinkEvent::Frame(big)));
+    assert_eq!(outbox.pending_bytes(), 0);
+    assert_eq!(outbox.send(&small, 0, 0), Delivery::Queued);
+}
+
+/// Repeated `reconnect`s on one socket queue the document once: each later one from the same
+/// or a later timestamp is answered with `synced` alone (the session has been sent every write
+/// since its first diff), and the client ends with the whole document and every `synced`.
+#[tokio::test]
+async fn repeated_reconnects_queue_the_diff_once() {
+    let manager = manager(Arc::new(ProbeStorage::default()), RoomConfig::default());
+    let mut writer = TestSession::join(&manager, "reconnects", "w", ROOMY).await;
+    let blob = "b".repeat(50_000);
+    writer
+        .send(json!({"type": "patch", "messageId": "big", "documentPatches": [{"e/S": {"_exists": true, "blob": blob}}]}))
+        .await;
+    writer.recv_until("ack").await;
+    let mut s = TestSession::join(&manager, "reconnects", "r", ROOMY).await;
+    for last in [0, 0, 0, 1, 0] {
+        s.send(json!({"type": "reconnect", "lastTimestamp": last, "protocolVersion": 2}))
+            .await;
+    }
+    writer.send(write("after", "e/T", 7)).await;
+    s.send(json!({"type": "reconnect", "lastTimestamp": 0, "protocolVersion": 2}))
+        .await;
+    let mut frames = vec![];
+    while frames
+        .iter()
+        .filter(|f: &&Value| f["type"] == "synced")
+        .count()
+        < 6
+    {
+        frames.push(s.recv().await);
+    }
+    let kinds: Vec<_> = frames
+        .iter()
+        .filter(|f| f["type"] != "clientCount")
+        .map(|f| match (f["type"].as_str(), f["timestamp"].as_u64()) {
+            (Some(kind), Some(t)) => format!("{kind}@{t}"),
+            (kind, _) => format!("{kind:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "patch@1", "synced@1", "synced@1", "synced@1", "synced@1", "synced@1", "patch@2",
+            "synced@2"
+        ]
+    );
+    let diff = &frames
+        .iter()
+        .find(|f| f["type"] == "patch")
+        .expect("a diff")["documentPatches"];
+    assert_eq!(diff[0]["e/S"]["blob"], json!(blob));
 }

@@ -166,7 +166,7 @@ impl Connection {
                 return None;
             }
         };
-        let (outbox, link) = Outbox::new(state.config.outbound_queue);
+        let (outbox, link) = Outbox::new(state.config.outbound_queue_bytes);
         let new = NewSession {
             client: client.clone(),
             permission: grant.permission,

@@ -569,8 +569,8 @@ impl GameConnection {
         };
         let sender = self.sender(&identity);
         let games = self.state.games.clone();
-        let capacity = self.state.config.outbound_queue;
-        match games.join(&self.key, sender, options, capacity).await {
+        let max_bytes = self.state.config.outbound_queue_bytes;
+        match games.join(&self.key, sender, options, max_bytes).await {
             JoinOutcome::Joined(handle, link) => {
                 self.joined = Some((handle, link));
                 None

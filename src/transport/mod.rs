@@ -32,8 +32,9 @@ use crate::rooms::RoomManager;
 pub struct TransportConfig {
     /// Largest accepted frame (after continuation frames are joined); larger closes with 1009.
     pub max_frame_bytes: usize,
-    /// Frames queued for one connection before it counts as too slow and is closed with 1013.
-    pub outbound_queue: usize,
+    /// Bytes of frames waiting for one connection (held until durable or queued) beyond which it
+    /// counts as too slow and is closed with 1013 (see [`crate::rooms::Outbox`]).
+    pub outbound_queue_bytes: usize,
     /// Messages per second a connection may send on average, and its burst.
     pub messages_per_second: f64,
     pub message_burst: u32,
@@ -51,7 +52,10 @@ impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {
             max_frame_bytes: 1 << 20,
-            outbound_queue: 1024,
+            // Eight frames of the largest size a client may send, relayed, before a reader is too
+            // slow. A larger single frame (a reconnect reply of a large document) still goes to
+            // a reader that keeps up: the cap is checked before a frame is added.
+            outbound_queue_bytes: 8 << 20,
             messages_per_second: 100.0,
             message_burst: 200,
             heartbeat_interval: Duration::from_secs(15),

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -16,8 +16,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::MaybeTlsStream;
 
 use crate::helpers::{
-    ack, count, doc_patch, eventually, reconnect, spawn_app_with, test_settings, Client, TestApp,
-    QUIET, WAIT,
+    ack, count, doc_patch, eventually, reconnect, spawn_app_with, synced as synced_at,
+    test_settings, Client, TestApp, QUIET, WAIT,
 };
 
 /// The HTTP status and JSON body of a refused upgrade.
@@ -229,6 +229,21 @@ async fn fragmented_message_over_the_limit_closes_with_1009() {
     assert_eq!(app.document(room).await["timestamp"], 0);
 }
 
+/// A client with a small receive buffer, so the kernel absorbs little of what the server
+/// sends it while it does not read.
+async fn connect_slow_reader(app: &TestApp, room: &str, client: &str) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let stream = socket.connect(app.addr).await.expect("tcp connects");
+    let (ws, _) = tokio_tungstenite::client_async(
+        app.url(&format!("roomId={room}&clientId={client}")),
+        MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .expect("upgrade");
+    Client { ws }
+}
+
 /// Settings where a reader that stops reading is soon too slow, and a joined client `fast`
 /// with a reader `slow` in `room` whose socket takes little before the server's queue fills.
 async fn writer_and_slow_reader(
@@ -236,24 +251,13 @@ async fn writer_and_slow_reader(
     room: &str,
 ) -> (TestApp, Client, Client) {
     let mut settings = test_settings();
-    settings.limits.outbound_queue = 8;
+    settings.limits.outbound_queue_bytes = 512 * 1024;
     settings.limits.messages_per_second = 100_000.0;
     settings.limits.message_burst = 100_000;
     settings.limits.heartbeat_timeout_ms = heartbeat_timeout_ms;
     let app = spawn_app_with(settings).await;
     let (mut fast, _) = app.join(room, "fast").await;
-
-    // A small receive buffer, so the kernel absorbs little before the server's queue fills.
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    let stream = socket.connect(app.addr).await.expect("tcp connects");
-    let (ws, _) = tokio_tungstenite::client_async(
-        app.url(&format!("roomId={room}&clientId=slow")),
-        MaybeTlsStream::Plain(stream),
-    )
-    .await
-    .expect("upgrade");
-    let mut slow = Client { ws };
+    let mut slow = connect_slow_reader(&app, room, "slow").await;
     slow.send(reconnect(0)).await;
     slow.recv_until("synced").await;
     assert_eq!(fast.recv().await, count(2));
@@ -416,4 +420,131 @@ async fn invalid_binary_frames_count_against_the_rate_limit() {
         "the sixth message must close the socket, not be handled"
     );
     assert_eq!(app.metric("weft_rate_limited").await, 1);
+}
+
+/// Sends `frames` in one write (the server finds them all at once), without reading.
+async fn send_at_once(client: &mut Client, frames: impl IntoIterator<Item = Value>) {
+    for frame in frames {
+        client
+            .ws
+            .feed(Message::text(frame.to_string()))
+            .await
+            .expect("frame queued");
+    }
+    client.ws.flush().await.expect("frames sent");
+}
+
+/// A room whose document took `writes` patches of `blob_bytes` each (clock = `writes`).
+async fn room_with_large_writes(app: &TestApp, room: &str, writes: usize, blob_bytes: usize) {
+    let (mut writer, _) = app.join(room, "writer").await;
+    for i in 0..writes {
+        let blob = format!("{i:04}").repeat(blob_bytes / 4);
+        writer
+            .send(doc_patch(
+                &format!("w{i}"),
+                json!([{ format!("e/{i}"): {"_exists": true, "blob": blob} }]),
+            ))
+            .await;
+        writer.recv_until("ack").await;
+    }
+    writer.leave().await;
+}
+
+/// A socket that sends 150 `reconnect`s at once on a large document and does not read gets the
+/// document once: one diff and 150 `synced` (it is not closed, and nothing more is queued).
+#[tokio::test]
+async fn reconnect_flood_from_a_reader_that_does_not_read_queues_the_document_once() {
+    let mut settings = test_settings();
+    settings.limits.messages_per_second = 100_000.0;
+    settings.limits.message_burst = 100_000;
+    let app = spawn_app_with(settings).await;
+    let room = "l-reconnect-flood";
+    room_with_large_writes(&app, room, 4, 200_000).await;
+    let mut flood = connect_slow_reader(&app, room, "flood").await;
+    send_at_once(&mut flood, (0..150).map(|_| reconnect(0))).await;
+    let mut diffs = 0;
+    let mut synced = 0;
+    while synced < 150 {
+        let frame = flood.recv().await;
+        match frame["type"].as_str() {
+            Some("patch") => {
+                assert_eq!(
+                    frame["documentPatches"][0].as_object().map(|d| d.len()),
+                    Some(4)
+                );
+                diffs += 1;
+            }
+            Some("synced") => {
+                assert_eq!(frame, synced_at(4));
+                synced += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(diffs, 1, "one diff for 150 reconnects");
+    assert!(flood.silent_for(QUIET).await);
+    assert_eq!(app.metric("weft_slow_clients_disconnected").await, 0);
+}
+
+/// `reconnect`s that each need a new diff (from ever older timestamps) to a socket that does
+/// not read fill its outbound queue by bytes, not by frame count: the session is closed with
+/// 1013 once the diffs waiting for it pass `outbound_queue_bytes`, long before 1024 frames.
+#[tokio::test]
+async fn diffs_waiting_for_a_reader_that_does_not_read_are_capped_in_bytes() {
+    let mut settings = test_settings();
+    settings.limits.outbound_queue_bytes = 1 << 20;
+    settings.limits.messages_per_second = 100_000.0;
+    settings.limits.message_burst = 100_000;
+    let app = spawn_app_with(settings).await;
+    let room = "l-reconnect-bytes";
+    room_with_large_writes(&app, room, 40, 64 * 1024).await;
+    let mut flood = connect_slow_reader(&app, room, "flood").await;
+    // 40 diffs of 64 KiB to 2.5 MiB each: 52 MiB in 80 frames.
+    send_at_once(&mut flood, (0..40).rev().map(reconnect)).await;
+    let app_ref = &app;
+    eventually("the reader is closed as too slow", || async move {
+        app_ref.metric("weft_slow_clients_disconnected").await == 1
+    })
+    .await;
+    let (_, close) = flood.frames_until_close().await;
+    assert_eq!(
+        close,
+        (
+            CloseCode::Again,
+            "client too slow: outbound queue full".to_owned()
+        )
+    );
+}
+
+/// With RocksDB (an ack waits for the write-ahead log), a client that exceeds the rate limit
+/// gets an ack for every write the server applied before the 1008 close, and nothing else.
+#[tokio::test]
+async fn rate_limited_client_gets_the_ack_of_every_applied_write_with_rocksdb() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = test_settings();
+    settings.storage = weft::storage::StorageKind::Rocksdb;
+    settings.data_dir = dir.path().to_path_buf();
+    settings.limits.messages_per_second = 1.0;
+    settings.limits.message_burst = 199;
+    let app = spawn_app_with(settings).await;
+    let room = "l-rate-rocksdb";
+    let mut c = app.connect(room, "c").await;
+    assert_eq!(c.recv().await, count(1));
+    let patches = (1..=200).map(|i| {
+        doc_patch(
+            &format!("m{i}"),
+            json!([{"e/S": {"_exists": true, "i": i}}]),
+        )
+    });
+    send_at_once(&mut c, patches).await;
+    let (frames, close) = c.frames_until_close().await;
+    assert_eq!(close, (CloseCode::Policy, "rate limit exceeded".to_owned()));
+    let doc = app.document(room).await;
+    let applied = doc["timestamp"].as_u64().expect("clock");
+    assert_eq!(applied, 199, "the burst is applied, the 200th is not");
+    let acks: Vec<Value> = (1..=applied).map(|i| ack(&format!("m{i}"), i)).collect();
+    assert_eq!(
+        frames, acks,
+        "every applied write is acked before the close"
+    );
 }

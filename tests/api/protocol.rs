@@ -393,17 +393,22 @@ async fn reconnect_diff_holds_fields_newer_than_the_cursor_and_tombstones() {
             synced(3),
         ]
     );
-    b.send(reconnect(2)).await;
+    // Each cursor on its own socket: a socket that was sent a diff is not sent one again.
+    let mut c = app.connect(room, "c").await;
+    assert_eq!(c.recv().await, count(3));
+    c.send(reconnect(2)).await;
     assert_eq!(
-        b.recv_n(2).await,
+        c.recv_n(2).await,
         vec![
             json!({"type": "patch", "documentPatches": [{"e2/S": {"_exists": false}}], "clientId": "", "timestamp": 3}),
             synced(3),
         ]
     );
-    b.send(reconnect(0)).await;
+    let mut d = app.connect(room, "d").await;
+    assert_eq!(d.recv().await, count(4));
+    d.send(reconnect(0)).await;
     assert_eq!(
-        b.recv_n(2).await,
+        d.recv_n(2).await,
         vec![
             json!({"type": "patch", "documentPatches": [{"e1/S": {"_exists": true, "x": 2, "y": 1}, "e2/S": {"_exists": false}}], "clientId": "", "timestamp": 3}),
             synced(3),
@@ -453,13 +458,25 @@ async fn reconnect_reply_carries_the_others_presence() {
             ack("m1", 1),
         ]
     );
+    // b was sent every change since its first reconnect: a second one is answered without a diff.
     b.send(reconnect(0)).await;
     assert_eq!(
-        b.recv_n(3).await,
+        b.recv_n(2).await,
         vec![
             json!({"type": "patch", "documentPatches": [{"e/S": {"_exists": true}}], "clientId": "a", "timestamp": 1}),
+            synced(1),
+        ]
+    );
+    // A new socket's reconnect reply carries the document and both others' presence.
+    let mut c = app.connect(room, "c").await;
+    c.recv_n(2).await;
+    c.send(reconnect(0)).await;
+    assert_eq!(
+        c.recv_n(2).await,
+        vec![
             json!({"type": "patch", "documentPatches": [{"e/S": {"_exists": true}}],
-                   "ephemeralPatches": [{"cursor/a": {"_exists": true, "x": 1}}], "clientId": "", "timestamp": 1}),
+                   "ephemeralPatches": [{"cursor/a": {"_exists": true, "x": 1}, "cursor/b": {"_exists": true, "x": 2}}],
+                   "clientId": "", "timestamp": 1}),
             synced(1),
         ]
     );

@@ -72,16 +72,18 @@ async fn idle_room_is_evicted_saved_and_reloaded() {
         ]
     );
     assert_eq!(app.manager.room_ids(), vec![id(room)]);
-    b.send(reconnect(2)).await;
+    let mut c = app.connect(room, "c").await;
+    assert_eq!(c.recv().await, count(2));
+    c.send(reconnect(2)).await;
     assert_eq!(
-        b.recv_n(2).await,
+        c.recv_n(2).await,
         vec![
             json!({"type": "patch", "documentPatches": [{"e1/S": {"x": 2}}], "clientId": "", "timestamp": 3}),
             synced(3),
         ]
     );
     b.send(doc_patch("m4", json!([{"e1/S": {"x": 3}}]))).await;
-    assert_eq!(b.recv().await, ack("m4", 4));
+    assert_eq!(b.recv_n(2).await, vec![count(2), ack("m4", 4)]);
 }
 
 /// A client joining before the idle timeout keeps the room alive: no eviction, no close.

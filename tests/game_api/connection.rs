@@ -428,3 +428,55 @@ async fn oversized_frames_close_with_1009() {
     tokio::time::sleep(GRACE / 2).await;
     assert_eq!(app.hooks.of("big"), vec!["create", "join alice"]);
 }
+
+/// A player that does not read, while another's actions broadcast large messages, is closed
+/// with 1013 once `outbound_queue_bytes` wait for it: game rooms use the same byte-capped
+/// outbox as canvas rooms (a few large messages, far from any frame count).
+#[tokio::test]
+async fn player_that_does_not_read_is_closed_once_its_queue_holds_the_byte_cap() {
+    let mut settings = test_settings();
+    settings.limits.outbound_queue_bytes = 256 * 1024;
+    let app = GameApp::start_with(settings).await;
+    // A small receive buffer, so the kernel absorbs little before the server's queue fills.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let stream = socket.connect(app.addr).await.expect("tcp connects");
+    let (ws, _) = tokio_tungstenite::client_async(
+        app.url("arena", "bytes"),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .expect("upgrade");
+    let mut slow = GameClient { ws };
+    slow.auth("slow").await;
+    slow.join().await;
+    let (mut fast, _) = app.joined("arena", "bytes", "fast").await;
+    let data = "x".repeat(256 * 1024);
+    let started = Instant::now();
+    let mut sent = 0;
+    while app
+        .games
+        .status(&GameApp::key("arena", "bytes"))
+        .map(|s| s.connected.load(std::sync::atomic::Ordering::Relaxed))
+        != Some(1)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the reader is still connected after {sent} messages"
+        );
+        let payload = json!({"type": "big", "data": data, "exclude": ["fast"]});
+        let answer = fast.action("MSG", payload, &format!("r{sent}")).await;
+        if answer.last().expect("an answer")["type"] == "action_error" {
+            // Over the action rate: wait for a token.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        } else {
+            sent += 1;
+        }
+    }
+    assert!(sent < 100, "closed after {sent} messages");
+    let (_, close) = slow.frames_until_close().await;
+    assert_eq!(
+        close,
+        (1013, "client too slow: outbound queue full".to_owned())
+    );
+}
