@@ -18,7 +18,8 @@ use weft::protocol::canvas::{self, ClientFrame};
 /// One request of the trace as the room task sees it: decoded and validated.
 struct Request {
     room: usize,
-    client: String,
+    /// The client's session (presence belongs to a session): one per client of the trace.
+    session: u64,
     document: Vec<Value>,
     ephemeral: Vec<Value>,
 }
@@ -28,6 +29,7 @@ struct Request {
 fn requests() -> (Vec<Request>, usize) {
     let limits = Limits::default();
     let mut rooms = BTreeMap::new();
+    let mut sessions = BTreeMap::new();
     let mut out = Vec::new();
     for f in trace::load() {
         let next = rooms.len();
@@ -50,9 +52,11 @@ fn requests() -> (Vec<Request>, usize) {
         if document.is_empty() && ephemeral.is_empty() {
             continue;
         }
+        let next = sessions.len() as u64;
+        let session = *sessions.entry(f.client).or_insert(next);
         out.push(Request {
             room,
-            client: f.client,
+            session,
             document,
             ephemeral,
         });
@@ -89,7 +93,7 @@ fn bench_apply_trace(c: &mut Criterion) {
                     docs[r.room].apply(&r.document, &limits);
                 }
                 if !r.ephemeral.is_empty() {
-                    eph[r.room].apply(&r.client, &r.ephemeral, &limits);
+                    eph[r.room].apply(r.session, &r.ephemeral, &limits);
                 }
             }
             (docs, eph)

@@ -42,6 +42,8 @@ fn bench_encode(c: &mut Criterion) {
     let limits = Limits::default();
     let mut relays: Vec<(String, Option<Patches>, Option<Patches>)> = Vec::new();
     let mut presence = Ephemeral::default();
+    // Presence belongs to a session: one per client of the trace.
+    let mut sessions = std::collections::HashMap::new();
     for f in trace::load() {
         if let ClientFrame::Patch {
             document,
@@ -50,7 +52,9 @@ fn bench_encode(c: &mut Criterion) {
         } = canvas::decode(&f.text, &limits).expect("trace frame")
         {
             if let Some(e) = &ephemeral {
-                presence.apply(&f.client, &e.parsed, &limits);
+                let next = sessions.len() as u64;
+                let session = *sessions.entry(f.client.clone()).or_insert(next);
+                presence.apply(session, &e.parsed, &limits);
             }
             relays.push((f.client, document, ephemeral));
         }
@@ -109,7 +113,7 @@ fn bench_encode(c: &mut Criterion) {
             let synced = ServerFrame::Synced { timestamp: clock }.encode();
             (patch, synced)
         };
-        let (diff, others) = (doc.diff_since(0), presence.merged_except(""));
+        let (diff, others) = (doc.diff_since(0), presence.merged_except(u64::MAX));
         let (patch, _) = reply_from_values(&diff, &others);
         assert_eq!(
             reply(0, &others).0,
@@ -120,14 +124,17 @@ fn bench_encode(c: &mut Criterion) {
         group.sample_size(if n > 10_000 { 10 } else { 100 });
         group.throughput(Throughput::Bytes(patch.len() as u64));
         group.bench_with_input(BenchmarkId::new("reconnect_reply/full", n), &n, |b, _| {
-            b.iter(|| reply(black_box(0), &presence.merged_except("")))
+            b.iter(|| reply(black_box(0), &presence.merged_except(u64::MAX)))
         });
         group.bench_with_input(
             BenchmarkId::new("reconnect_reply/full_value", n),
             &n,
             |b, _| {
                 b.iter(|| {
-                    reply_from_values(&doc.diff_since(black_box(0)), &presence.merged_except(""))
+                    reply_from_values(
+                        &doc.diff_since(black_box(0)),
+                        &presence.merged_except(u64::MAX),
+                    )
                 })
             },
         );
@@ -140,7 +147,7 @@ fn bench_encode(c: &mut Criterion) {
         group.sample_size(100);
         group.throughput(Throughput::Elements(1));
         group.bench_with_input(BenchmarkId::new("reconnect_reply/recent", n), &n, |b, _| {
-            b.iter(|| reply(black_box(clock - 20), &presence.merged_except("")))
+            b.iter(|| reply(black_box(clock - 20), &presence.merged_except(u64::MAX)))
         });
     }
     group.finish();

@@ -76,6 +76,16 @@ pub struct LimitSettings {
     pub messages_per_second: f64,
     pub message_burst: u32,
     pub max_buffer_len: usize,
+    /// Largest canvas document, as the length of its JSON (see `engine::Limits`).
+    pub max_document_bytes: usize,
+    /// Most JSON values a canvas document may hold (memory: ~80 bytes each).
+    pub max_document_values: usize,
+    /// Most values one canvas request may create.
+    pub max_request_values: usize,
+    /// Most fields one component may have.
+    pub max_fields_per_component: usize,
+    /// Largest presence state of one session, as the length of its JSON.
+    pub max_presence_bytes: usize,
     pub heartbeat_interval_ms: u64,
     pub heartbeat_timeout_ms: u64,
     /// Game rooms: time allowed for the `auth` frame.
@@ -137,6 +147,7 @@ impl Default for AuthSettings {
 impl Default for LimitSettings {
     fn default() -> Self {
         let transport = TransportConfig::default();
+        let engine = Limits::default();
         LimitSettings {
             max_frame_bytes: transport.max_frame_bytes,
             outbound_queue_bytes: transport.outbound_queue_bytes,
@@ -144,7 +155,12 @@ impl Default for LimitSettings {
             max_connections_per_ip: 512,
             messages_per_second: transport.messages_per_second,
             message_burst: transport.message_burst,
-            max_buffer_len: Limits::default().max_buffer_len,
+            max_buffer_len: engine.max_buffer_len,
+            max_document_bytes: engine.max_document_bytes,
+            max_document_values: engine.max_document_values,
+            max_request_values: engine.max_request_values,
+            max_fields_per_component: engine.max_fields_per_component,
+            max_presence_bytes: engine.max_presence_bytes,
             heartbeat_interval_ms: transport.heartbeat_interval.as_millis() as u64,
             heartbeat_timeout_ms: transport.heartbeat_timeout.as_millis() as u64,
             game_auth_timeout_ms: transport.game_auth_timeout.as_millis() as u64,
@@ -347,6 +363,14 @@ impl Settings {
                 l.http_request_timeout_ms as f64,
             ),
             ("limits.liveness_timeout_ms", l.liveness_timeout_ms as f64),
+            ("limits.max_document_bytes", l.max_document_bytes as f64),
+            ("limits.max_document_values", l.max_document_values as f64),
+            ("limits.max_request_values", l.max_request_values as f64),
+            (
+                "limits.max_fields_per_component",
+                l.max_fields_per_component as f64,
+            ),
+            ("limits.max_presence_bytes", l.max_presence_bytes as f64),
         ];
         for (name, value) in positive {
             if !(value > 0.0 && value.is_finite()) {
@@ -395,8 +419,14 @@ impl Settings {
     }
 
     fn engine_limits(&self) -> Limits {
+        let l = &self.limits;
         Limits {
-            max_buffer_len: self.limits.max_buffer_len,
+            max_buffer_len: l.max_buffer_len,
+            max_document_bytes: l.max_document_bytes,
+            max_document_values: l.max_document_values,
+            max_request_values: l.max_request_values,
+            max_fields_per_component: l.max_fields_per_component,
+            max_presence_bytes: l.max_presence_bytes,
         }
     }
 }

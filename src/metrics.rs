@@ -52,6 +52,9 @@ metrics! {
     rate_limited: "counter",
     /// Requests whose document patches were applied.
     patches_applied: "counter",
+    /// Sessions closed (1009) for a request that would take the document or their presence
+    /// past a limit (`max_document_bytes`, `max_request_values`, ...).
+    requests_over_limit: "counter",
     /// Sessions disconnected because their outbound queue was full.
     slow_clients_disconnected: "counter",
     /// Connections closed because no frame or pong arrived within the heartbeat timeout.

@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::config::{ConfigError, Overrides, Settings, StorageArgs};
-use crate::engine::{Document, SnapshotError};
+use crate::engine::{Document, Limits, SnapshotError};
 use crate::ids::{IdError, RoomId};
 use crate::storage::{self, Storage, StorageError, StorageKind};
 
@@ -385,7 +385,8 @@ fn export(args: &ExportArgs) -> Result<(), CliError> {
     let opened = open_storage(&settings(&args.storage)?, false)?;
     let doc = opened
         .storage
-        .load(&room)?
+        // An operator's export reads whatever is stored, over the limits or not.
+        .load(&room, &Limits::UNBOUNDED)?
         .ok_or_else(|| CliError::NotFound {
             room: room.clone(),
             kind: opened.kind,

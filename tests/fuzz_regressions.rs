@@ -13,9 +13,10 @@ use checks::{Buf, Kind, Program, Request, Run, Val, Write};
 type Check = fn(&[u8]);
 
 /// The fuzz targets and the check each one runs.
-const TARGETS: [(&str, Check); 4] = [
+const TARGETS: [(&str, Check); 5] = [
     ("decode_frame", checks::check_frame),
     ("engine_apply", checks::check_engine),
+    ("engine_limits", checks::check_limits),
     ("snapshot_load", checks::check_snapshot),
     ("ws_frames", checks::check_ws_frames),
 ];
@@ -74,6 +75,13 @@ fn decode_frame_inputs_replay() {
 #[test]
 fn engine_apply_inputs_replay() {
     replay_target("engine_apply");
+}
+
+/// Every saved `engine_limits` program keeps the document within the limits, refuses without
+/// changing anything, and costs engine steps linear in its input (apply, load and diff).
+#[test]
+fn engine_limits_inputs_replay() {
+    replay_target("engine_limits");
 }
 
 /// Every saved `snapshot_load` input loads or is refused without a panic, and what loads saves and

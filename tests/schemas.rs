@@ -451,6 +451,9 @@ fn engine_made_frames_validate() {
     let first = doc.clock();
     // The examples are all written by one client, whose presence keys they use.
     let client = "f47ac10b-58cc-4372-a567-0e02b2c3d479";
+    // Presence belongs to a session: the writer's and a newcomer's.
+    const WRITER: u64 = 1;
+    const NEWCOMER: u64 = 2;
     for frame in &requests {
         let (ClientFrame::Patch {
             document,
@@ -469,7 +472,7 @@ fn engine_made_frames_validate() {
         let ephemeral = ephemeral.as_ref().filter(|p| !p.is_empty());
         let timestamp = document.map(|d| doc.apply(&d.parsed, &limits));
         if let Some(e) = ephemeral {
-            presence.apply(client, &e.parsed, &limits);
+            presence.apply(WRITER, &e.parsed, &limits);
         }
         if document.is_some() || ephemeral.is_some() {
             let relay = ServerFrame::Patch {
@@ -491,11 +494,7 @@ fn engine_made_frames_validate() {
     // Reconnect replies, built as the room builds them: each list only when it is not empty.
     let non_empty =
         |v: Value| (v.as_object().is_some_and(|o| !o.is_empty())).then(|| canvas::single_patch(&v));
-    for (since, reader) in [
-        (0, "newcomer"),
-        (first, "newcomer"),
-        (doc.clock() - 1, client),
-    ] {
+    for (since, reader) in [(0, NEWCOMER), (first, NEWCOMER), (doc.clock() - 1, WRITER)] {
         let diff = non_empty(doc.diff_since(since));
         let others = non_empty(presence.merged_except(reader));
         push(
@@ -508,7 +507,7 @@ fn engine_made_frames_validate() {
             },
         );
     }
-    let joined = canvas::single_patch(&presence.merged_except("newcomer"));
+    let joined = canvas::single_patch(&presence.merged_except(NEWCOMER));
     push(
         "patch-broadcast",
         ServerFrame::Patch {
@@ -518,7 +517,7 @@ fn engine_made_frames_validate() {
             timestamp: None,
         },
     );
-    let left = presence.remove(client).expect("the client had presence");
+    let left = presence.remove(WRITER).expect("the client had presence");
     let left = canvas::single_patch(&left);
     push(
         "patch-broadcast",

@@ -360,11 +360,17 @@ fn restore_a_reference_data_directory() {
     assert_eq!(ids.len(), 201);
     for id in ids {
         let file = std::fs::read(source.join(format!("{id}.json"))).expect("source file");
-        let stored = storage.load(&id).expect("loads").expect("present");
+        let stored = storage
+            .load(&id, &Limits::default())
+            .expect("loads")
+            .expect("present");
         assert_eq!(stored, decode(&file), "room {id}");
     }
     let reference = storage
-        .load(&RoomId::parse(FIXTURE_ROOM).expect("id"))
+        .load(
+            &RoomId::parse(FIXTURE_ROOM).expect("id"),
+            &Limits::default(),
+        )
         .expect("loads")
         .expect("present");
     assert_eq!(
@@ -726,7 +732,12 @@ fn forced_import_drops_the_replaced_rooms_log() {
             );
             rx.recv().expect("answered").expect("appended");
         }
-        assert_eq!(db.load(&room).expect("load").map(|d| d.clock()), Some(9));
+        assert_eq!(
+            db.load(&room, &Limits::default())
+                .expect("load")
+                .map(|d| d.clock()),
+            Some(9)
+        );
     }
     snapshot_ok(
         cwd,

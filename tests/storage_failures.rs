@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 use weft::app::Application;
 use weft::config::Settings;
-use weft::engine::Document;
+use weft::engine::{Document, Limits};
 use weft::ids::RoomId;
 use weft::storage::{AppendDone, Durability, RocksStorage, Storage, StorageError, WriteAhead};
 
@@ -32,11 +32,11 @@ impl Storage for FlakyDisk {
     fn name(&self) -> &'static str {
         "flaky-rocksdb"
     }
-    fn load(&self, room: &RoomId) -> Result<Option<Document>, StorageError> {
+    fn load(&self, room: &RoomId, limits: &Limits) -> Result<Option<Document>, StorageError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(disk_full(room));
         }
-        self.inner.load(room)
+        self.inner.load(room, limits)
     }
     fn save(&self, room: &RoomId, snapshot: &[u8]) -> Result<(), StorageError> {
         if self.failing.load(Ordering::SeqCst) {
@@ -177,7 +177,7 @@ async fn no_write_is_acked_unless_stored() {
     );
     let stored = disk
         .inner
-        .load(&RoomId::parse("flaky").expect("id"))
+        .load(&RoomId::parse("flaky").expect("id"), &Limits::default())
         .expect("loads")
         .expect("stored");
     for (key, v) in &acked {

@@ -8,12 +8,15 @@
 //! - [`check_engine`]: bytes -> a [`Program`] of requests (see [`Program::decode`]) -> the engine,
 //!   with the diff invariant of `diff_since_brings_a_replica_up_to_date` (src/engine/document.rs).
 //! - [`check_snapshot`]: bytes -> `Document::decode_snapshot`, then an encode/decode round trip.
+//! - [`check_limits`]: bytes -> heavy requests (many fields, long buffer deltas, literal arrays)
+//!   -> check and apply under small limits: size within the limits, work linear in the input.
 //! - [`check_ws_frames`]: bytes -> a client's WebSocket byte stream, read by the server's
 //!   `FrameReader` in chunks.
 
 use std::collections::HashSet;
 
 use serde_json::{json, Map, Value};
+use weft::engine::work::steps;
 use weft::engine::{validate_patches, Document, Ephemeral, Limits};
 use weft::protocol::canvas::{self, ClientFrame, Patches, ServerFrame};
 use weft::transport::{AssemblyBudget, FrameReader, WsError, WsMessage};
@@ -21,10 +24,17 @@ use weft::transport::{AssemblyBudget, FrameReader, WsError, WsMessage};
 /// Limits for decoded frames: a small buffer cap keeps each run fast; the rules do not depend on it.
 pub const FRAME_LIMITS: Limits = Limits {
     max_buffer_len: 1024,
+    ..Limits::UNBOUNDED
 };
 
 /// Limits for engine programs: small, so generated lengths land on both sides of the cap.
-pub const ENGINE_LIMITS: Limits = Limits { max_buffer_len: 8 };
+pub const ENGINE_LIMITS: Limits = Limits {
+    max_buffer_len: 8,
+    ..Limits::UNBOUNDED
+};
+
+/// The session whose frames `check_frame` applies.
+const FUZZ_SESSION: u64 = 1;
 
 /// Component keys of engine programs: few, so writes collide.
 pub const KEYS: [&str; 4] = ["a/Shape", "b/Shape", "c/Shape", "SINGLETON/Camera"];
@@ -198,7 +208,7 @@ fn handle(frame: ClientFrame) {
                 server_frame(&ServerFrame::Resync { since }, "resync");
             }
             let diff = doc.diff_since(last_timestamp);
-            let others = eph.merged_except("fuzz-client");
+            let others = eph.merged_except(FUZZ_SESSION);
             for patch in [&diff, &others] {
                 validate_patches(&json!([patch]), &FRAME_LIMITS).expect("server patches validate");
             }
@@ -238,7 +248,7 @@ fn handle(frame: ClientFrame) {
     check_snapshot_round_trip(&doc);
     let mut fresh = Document::default();
     fresh.apply(&[doc.diff_since(0)], &FRAME_LIMITS);
-    if let Some(deletions) = eph.remove("fuzz-client") {
+    if let Some(deletions) = eph.remove(FUZZ_SESSION) {
         validate_patches(&json!([deletions]), &FRAME_LIMITS).expect("leave patch validates");
     }
 }
@@ -260,7 +270,7 @@ fn apply_and_relay(
     });
     if let Some(e) = &ephemeral {
         check_patches(e);
-        eph.apply("fuzz-client", &e.parsed, &FRAME_LIMITS);
+        eph.apply(FUZZ_SESSION, &e.parsed, &FRAME_LIMITS);
     }
     if document.is_none() && ephemeral.is_none() {
         return;
@@ -746,7 +756,7 @@ pub fn run_program(program: &Program) {
         let step = u64::from(!patches.is_empty());
         assert_eq!(clock, before + step, "clock moves once per request");
         assert_eq!(server.clock(), clock);
-        eph.apply(&format!("client-{client}"), patches, &limits);
+        eph.apply(client as u64, patches, &limits);
     };
     for (client, patches) in &valid[..cut] {
         apply(&mut server, &mut eph, *client, patches);
@@ -813,9 +823,9 @@ pub fn run_program(program: &Program) {
     check_snapshot_round_trip(&server);
 
     // Presence: what a newcomer sees and what leaving clients send are valid patches.
-    validate_patches(&json!([eph.merged_except("nobody")]), &limits).expect("presence validates");
+    validate_patches(&json!([eph.merged_except(u64::MAX)]), &limits).expect("presence validates");
     for client in 0..N_CLIENTS {
-        if let Some(bye) = eph.remove(&format!("client-{client}")) {
+        if let Some(bye) = eph.remove(client as u64) {
             validate_patches(&json!([bye]), &limits).expect("leave patch validates");
         }
     }
@@ -923,4 +933,128 @@ pub fn read_ws_stream(stream: &[u8], chunk: usize) -> (Vec<WsMessage>, Option<Ws
     drop(reader);
     assert_eq!(budget.used(), 0, "the budget is given back");
     (messages, error)
+}
+
+// --- engine_limits ---------------------------------------------------------------------------------
+
+/// Limits of `engine_limits` programs: small, so generated requests land on both sides of each.
+pub const HEAVY_LIMITS: Limits = Limits {
+    max_buffer_len: 1 << 20,
+    max_document_bytes: 200_000,
+    max_document_values: 50_000,
+    max_request_values: 4_096,
+    max_fields_per_component: 512,
+    max_presence_bytes: 8_192,
+};
+
+/// Engine steps allowed per byte received and per value a request may create (see
+/// [`check_limits`]); the old quadratic stamping took ~n/2 steps per field of an n-field write.
+pub const STEPS_PER_UNIT: u64 = 8;
+
+/// One request of an `engine_limits` program (see [`heavy_requests`]).
+fn heavy_request(c: &mut Choices<'_>) -> Value {
+    let key = format!("k{}/Shape", c.below(4));
+    let value = match c.below(5) {
+        // Up to 4080 fields (the cap is 512), half the time creating the component.
+        0 => {
+            let n = c.below(256) * 16;
+            let mut fields = Map::new();
+            if c.below(2) == 0 {
+                fields.insert("_exists".into(), Value::Bool(true));
+            }
+            for i in 0..n {
+                fields.insert(format!("f{i}"), json!(i));
+            }
+            Value::Object(fields)
+        }
+        // A buffer delta of up to ~1M values, with a run of up to 7 values.
+        1 => {
+            let len = (c.below(256) * 256 + c.below(256)) * 16;
+            let at = (c.below(256) * 256) as i64;
+            let values: Vec<i64> = (0..c.below(8) as i64).collect();
+            json!({"_exists": true, "pts": {"__buf": 1, "len": len, "runs": [[at, values]]}})
+        }
+        // A literal array of up to 2040 values and a string as long.
+        2 => {
+            let n = c.below(256) * 8;
+            json!({"_exists": true, "arr": vec![1.5; n], "label": "x".repeat(n)})
+        }
+        3 => json!({"_exists": false}),
+        // Two patches of one request on one field: shrink to nothing, then grow back.
+        _ => {
+            let len = c.below(256) * 64;
+            return json!([
+                { key.clone(): {"pts": {"__buf": 1, "len": 0, "runs": []}} },
+                { key: {"pts": {"__buf": 1, "len": len, "runs": []}} }
+            ]);
+        }
+    };
+    json!([{ key: value }])
+}
+
+/// The requests `data` stands for: one [`heavy_request`] per group of choices until the bytes
+/// run out.
+pub fn heavy_requests(data: &[u8]) -> Vec<Value> {
+    let mut c = Choices { data };
+    let mut requests = Vec::new();
+    while !c.is_empty() {
+        requests.push(heavy_request(&mut c));
+    }
+    requests
+}
+
+/// Amplification and complexity of apply, load and diff: each request of the program is
+/// checked against [`HEAVY_LIMITS`] and applied only when the check passes (as a room does).
+/// The document stays within the limits and a refused request changes nothing; the engine's
+/// counted work (`engine::work::steps`) over the program stays within [`STEPS_PER_UNIT`] times
+/// the bytes of the requests plus the values they may create; the kept size is the measured size
+/// of the document's JSON; and loading the snapshot and diffing from zero cost steps linear in
+/// the snapshot's length.
+pub fn check_limits(data: &[u8]) {
+    let mut doc = Document::default();
+    let mut units = 0u64;
+    let start = steps();
+    for request in heavy_requests(data) {
+        let bytes = serde_json::to_vec(&request).expect("json").len() as u64;
+        units += bytes + HEAVY_LIMITS.max_request_values as u64;
+        let patches = request.as_array().expect("an array of patches");
+        validate_patches(&request, &HEAVY_LIMITS).expect("heavy requests are well formed");
+        let (size, clock) = (doc.size(), doc.clock());
+        match doc.check(patches, &HEAVY_LIMITS) {
+            Ok(()) => {
+                doc.apply(patches, &HEAVY_LIMITS);
+                let size = doc.size();
+                assert!(
+                    size.bytes <= HEAVY_LIMITS.max_document_bytes
+                        && size.values <= HEAVY_LIMITS.max_document_values,
+                    "an accepted request took the document to {size:?}"
+                );
+            }
+            Err(_) => assert_eq!(
+                (doc.size(), doc.clock()),
+                (size, clock),
+                "refused, yet changed"
+            ),
+        }
+    }
+    let work = steps() - start;
+    assert!(
+        work <= STEPS_PER_UNIT * units,
+        "{work} engine steps for {units} units of input"
+    );
+    let bytes = doc.encode_snapshot();
+    let snapshot: Value = serde_json::from_slice(&bytes).expect("json");
+    let state = serde_json::to_vec(&snapshot["state"]).expect("json").len();
+    assert_eq!(doc.size().bytes, state, "kept size vs measured");
+    let start = steps();
+    let back = Document::decode_snapshot_within(&bytes, &HEAVY_LIMITS).expect("within the limits");
+    let diff = back.diff_since_raw(0);
+    let work = steps() - start;
+    assert!(
+        work <= 2 * bytes.len() as u64,
+        "load and diff: {work} steps for {} bytes",
+        bytes.len()
+    );
+    assert_eq!(back.size(), doc.size());
+    assert!(diff.get().len() <= state);
 }

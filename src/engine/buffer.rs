@@ -6,6 +6,8 @@
 
 use serde_json::{Map, Value};
 
+use super::size::{self, Change, Size};
+
 /// A parsed, validated buffer delta borrowing the runs from the patch value.
 #[derive(Debug)]
 pub struct BufferDelta<'a> {
@@ -81,23 +83,63 @@ impl<'a> BufferDelta<'a> {
     /// Applies the delta to `target` in place: the same result as
     /// `*target = self.materialize(Some(target))`, without copying the values it keeps (an
     /// append to a long stroke costs the values it carries, not the stroke's length).
-    pub fn materialize_into(&self, target: &mut Value) {
+    /// Returns how the size of `target` changed, measured the same way (only what is dropped,
+    /// overwritten or added is measured).
+    pub fn materialize_into(&self, target: &mut Value) -> Change {
+        let mut change = Change::default();
         if !target.is_array() {
+            change.removed = size::of_value(target);
+            change.added = Size::new(2, 1);
             *target = Value::Array(Vec::with_capacity(self.len));
         }
         let Value::Array(out) = target else {
             unreachable!("just made an array")
         };
+        let old_len = out.len();
+        for dropped in out.get(self.len..).unwrap_or_default() {
+            change.removed += size::of_value(dropped);
+        }
         out.truncate(self.len);
+        // Each zero is one byte and one value.
+        let zeros = self.len - out.len();
+        super::work::step(zeros);
+        change.added += Size::new(zeros, zeros);
         out.resize(self.len, Value::from(0));
+        let (old_commas, new_commas) = (size::separators(old_len), size::separators(self.len));
+        change.added.bytes += new_commas.saturating_sub(old_commas);
+        change.removed.bytes += old_commas.saturating_sub(new_commas);
         for &(offset, values) in &self.runs {
             for (j, v) in values.iter().enumerate() {
                 let idx = offset.saturating_add(j as i64);
                 if idx >= 0 && (idx as u64) < self.len as u64 {
-                    out[idx as usize] = v.clone();
+                    let slot = &mut out[idx as usize];
+                    change.removed += size::of_value(slot);
+                    change.added += size::of_value(v);
+                    *slot = v.clone();
                 }
             }
         }
+        change
+    }
+
+    /// Values this delta creates on top of a stored array of `stored_len` values: the elements
+    /// beyond it and every value its runs carry (an upper bound, known before materializing).
+    pub fn values_created(&self, stored_len: usize) -> usize {
+        let carried: usize = self.runs.iter().map(|(_, values)| values.len()).sum();
+        self.len.saturating_sub(stored_len).saturating_add(carried)
+    }
+
+    /// An upper bound of how much this delta can grow a stored array of `stored_len` values:
+    /// zeros (the smallest values) beyond it, plus each carried value and its comma.
+    pub fn growth_bound(&self, stored_len: usize) -> Size {
+        let zeros = self.len.saturating_sub(stored_len);
+        let mut bound = Size::new(2 + 2 * zeros, 1 + zeros);
+        for (_, values) in &self.runs {
+            for v in *values {
+                bound += size::of_value(v) + Size::new(1, 0);
+            }
+        }
+        bound
     }
 }
 
@@ -114,8 +156,14 @@ mod tests {
         let delta = BufferDelta::parse(map, 1 << 20).expect("valid delta");
         let new = delta.materialize(base.as_ref());
         let mut in_place = base.unwrap_or(Value::Null);
-        delta.materialize_into(&mut in_place);
+        let before = size::of_value(&in_place);
+        let change = delta.materialize_into(&mut in_place);
         assert_eq!(in_place, new, "materialize_into agrees with materialize");
+        assert_eq!(
+            change.applied_to(before),
+            size::of_value(&new),
+            "the change is the size difference"
+        );
         new
     }
 

@@ -4,37 +4,154 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use indexmap::IndexMap;
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::patch::{self, Action, Fields, Limits};
+use super::limits::{self, LimitError, Limits, Stored};
+use super::patch::{self, Action, Fields};
+use super::size::{self, Size};
+use super::work;
 
 /// One component: its fields and the clock value of each field's last write.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Component {
     fields: Fields,
-    /// Field -> clock of its last write. A small vector: components have a handful of fields.
-    stamps: Vec<(String, u64)>,
+    stamps: Stamps,
     /// The largest stamp, so `diff_since` can skip untouched components cheaply.
     latest: u64,
+    /// The sum of the fields' entry sizes (see [`size::entries`]).
+    entries: Size,
+}
+
+/// Field -> clock of its last write, in the order fields were first written. A vector while a
+/// component has few fields (searching a handful of names beats hashing one), an index map past
+/// that, so writing `n` fields costs `O(n)` however many there are.
+#[derive(Debug, Clone)]
+enum Stamps {
+    Few(Vec<(String, u64)>),
+    Many(IndexMap<String, u64>),
+}
+
+/// Most stamps kept in a vector.
+const FEW_STAMPS: usize = 16;
+
+impl Default for Stamps {
+    fn default() -> Self {
+        Stamps::Few(Vec::new())
+    }
+}
+
+impl PartialEq for Stamps {
+    /// The same names with the same clocks in the same order, however they are held.
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Stamps {
+    fn len(&self) -> usize {
+        match self {
+            Stamps::Few(few) => few.len(),
+            Stamps::Many(many) => many.len(),
+        }
+    }
+
+    /// Where `field` is in a vector of stamps (counting each name compared as a step).
+    fn position(few: &[(String, u64)], field: &str) -> Option<usize> {
+        let found = few.iter().position(|(f, _)| f == field);
+        work::step(found.map_or(few.len(), |i| i + 1));
+        found
+    }
+
+    fn contains(&self, field: &str) -> bool {
+        match self {
+            Stamps::Few(few) => Stamps::position(few, field).is_some(),
+            Stamps::Many(many) => {
+                work::step(1);
+                many.contains_key(field)
+            }
+        }
+    }
+
+    /// Stamps `field` with `clock`; a new name goes last.
+    fn set(&mut self, field: &str, clock: u64) {
+        match self {
+            Stamps::Few(few) => match Stamps::position(few, field) {
+                Some(i) => few[i].1 = clock,
+                None => self.push(field.to_owned(), clock),
+            },
+            Stamps::Many(many) => {
+                work::step(1);
+                match many.get_mut(field) {
+                    Some(ts) => *ts = clock,
+                    None => {
+                        many.insert(field.to_owned(), clock);
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Stamps::set`] with an owned name (as a snapshot is read).
+    fn set_owned(&mut self, field: String, clock: u64) {
+        match self {
+            Stamps::Few(few) => match Stamps::position(few, &field) {
+                Some(i) => few[i].1 = clock,
+                None => self.push(field, clock),
+            },
+            Stamps::Many(many) => {
+                work::step(1);
+                many.insert(field, clock);
+            }
+        }
+    }
+
+    /// Appends a name known to be new, moving to a map past [`FEW_STAMPS`].
+    fn push(&mut self, field: String, clock: u64) {
+        match self {
+            Stamps::Few(few) if few.len() < FEW_STAMPS => few.push((field, clock)),
+            Stamps::Few(few) => {
+                let mut many: IndexMap<String, u64> = std::mem::take(few).into_iter().collect();
+                many.insert(field, clock);
+                *self = Stamps::Many(many);
+            }
+            Stamps::Many(many) => {
+                many.insert(field, clock);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Stamps::default();
+    }
+
+    fn latest(&self) -> u64 {
+        self.iter().map(|(_, ts)| ts).max().unwrap_or(0)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, u64)> + '_ {
+        let (few, many) = match self {
+            Stamps::Few(few) => (Some(few.iter().map(|(f, ts)| (f, *ts))), None),
+            Stamps::Many(many) => (None, Some(many.iter().map(|(f, ts)| (f, *ts)))),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
 }
 
 impl Component {
-    fn stamp(&mut self, field: &str, clock: u64) {
-        match self.stamps.iter_mut().find(|(f, _)| f == field) {
-            Some((_, ts)) => *ts = clock,
-            None => self.stamps.push((field.to_owned(), clock)),
+    fn stamp_all(&mut self, value: &Fields, clock: u64) {
+        for field in value.keys() {
+            self.stamps.set(field, clock);
         }
         self.latest = self.latest.max(clock);
     }
 
-    fn stamp_all(&mut self, value: &Fields, clock: u64) {
-        for field in value.keys() {
-            self.stamp(field, clock);
-        }
+    /// This component's share of its document's size: its `"key":{..}` entry and a comma.
+    fn share(&self, key: &str) -> Size {
+        size::component(key, self.entries, self.fields.len()) + Size::new(1, 1)
     }
 
     /// The fields written after `since` that the component still has, in stamp order.
@@ -44,8 +161,9 @@ impl Component {
         // name costs more than comparing it). Either way the value is the one stored under `f`.
         let mut in_order = self.fields.iter();
         self.stamps.iter().filter_map(move |(f, ts)| {
+            work::step(1);
             let same_place = in_order.next().filter(|(k, _)| *k == f);
-            if *ts <= since {
+            if ts <= since {
                 return None;
             }
             match same_place {
@@ -64,6 +182,8 @@ pub struct Document {
     /// `(latest, position)` of every component (position in `components`, which never removes
     /// one), so a diff finds the components written after a clock without reading the others.
     by_latest: BTreeSet<(u64, usize)>,
+    /// The sum of the components' shares (see [`Component::share`]); [`Document::size`] from it.
+    shares: Size,
 }
 
 impl PartialEq for Document {
@@ -84,6 +204,8 @@ pub enum SnapshotError {
     Json(#[from] serde_json::Error),
     #[error("snapshot component {0:?} is not an object")]
     ComponentNotObject(String),
+    #[error("stored document is over a limit ({0}); raise the setting to load it")]
+    OverLimit(#[from] LimitError),
 }
 
 impl Document {
@@ -105,6 +227,57 @@ impl Document {
         self.components.len() - self.live_components()
     }
 
+    /// The document's size: its JSON as the `state` of a snapshot (tombstones included) and the
+    /// values in it (each component object counts one).
+    pub fn size(&self) -> Size {
+        let commas = usize::from(!self.components.is_empty());
+        Size::new(2 + self.shares.bytes - commas, self.shares.values)
+    }
+
+    /// Checks that applying `patches` (validated, one request) keeps the document within
+    /// `limits`, in time linear in the request and before anything is allocated for it.
+    pub fn check(&self, patches: &[Value], limits: &Limits) -> Result<(), LimitError> {
+        let projection = limits::project(self, patches, limits)?;
+        let after = projection.change.applied_to(self.size());
+        if after.bytes > limits.max_document_bytes {
+            return Err(LimitError::DocumentBytes {
+                max: limits.max_document_bytes,
+            });
+        }
+        if after.values > limits.max_document_values {
+            return Err(LimitError::DocumentValues {
+                max: limits.max_document_values,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the document is within the room bounds of `limits` (a stored document may not be:
+    /// written before a limit existed, or under a higher one).
+    pub fn within(&self, limits: &Limits) -> Result<(), LimitError> {
+        let size = self.size();
+        if size.bytes > limits.max_document_bytes {
+            return Err(LimitError::DocumentBytes {
+                max: limits.max_document_bytes,
+            });
+        }
+        if size.values > limits.max_document_values {
+            return Err(LimitError::DocumentValues {
+                max: limits.max_document_values,
+            });
+        }
+        if self
+            .components
+            .values()
+            .any(|c| c.stamps.len().max(c.fields.len()) > limits.max_fields_per_component)
+        {
+            return Err(LimitError::ComponentFields {
+                max: limits.max_fields_per_component,
+            });
+        }
+        Ok(())
+    }
+
     /// Current fields of a component, tombstones included.
     pub fn get(&self, key: &str) -> Option<&Fields> {
         self.components.get(key).map(|c| &c.fields)
@@ -112,7 +285,8 @@ impl Document {
 
     /// Applies one request's document patches: the clock advances once (if there is at least one
     /// patch) and every write of the request is stamped with the new value, which is returned.
-    /// Patches are expected to have passed [`patch::validate_patches`]; anything else is skipped.
+    /// Patches are expected to have passed [`patch::validate_patches`] (anything else is
+    /// skipped) and, when they come from a client or from storage, [`Document::check`].
     pub fn apply(&mut self, patches: &[Value], limits: &Limits) -> u64 {
         if patches.is_empty() {
             return self.clock;
@@ -130,9 +304,13 @@ impl Document {
     }
 
     fn apply_component(&mut self, key: &str, value: &Fields, clock: u64, limits: &Limits) {
-        let before = self.components.get(key).map(|c| c.latest);
+        let (before, share) = match self.components.get(key) {
+            Some(c) => (Some(c.latest), c.share(key)),
+            None => (None, Size::default()),
+        };
         self.write_component(key, value, clock, limits);
         if let Some((index, _, c)) = self.components.get_full(key) {
+            self.shares = (self.shares + c.share(key)).minus(share);
             if before != Some(c.latest) {
                 if let Some(old) = before {
                     self.by_latest.remove(&(old, index));
@@ -148,13 +326,15 @@ impl Document {
             Action::Skip => {}
             Action::Merge => {
                 if let Some(c) = current {
-                    patch::write_fields(&mut c.fields, value, limits);
+                    let change = patch::write_fields(&mut c.fields, value, limits);
+                    c.entries = change.applied_to(c.entries);
                     c.stamp_all(value, clock);
                 }
             }
             Action::Delete => {
                 let c = self.entry(key);
                 c.fields = patch::tombstone();
+                c.entries = size::entries(&c.fields);
                 // A delete resets the stamps to the fields named in the deleting patch.
                 c.stamps.clear();
                 c.stamp_all(value, clock);
@@ -162,7 +342,8 @@ impl Document {
             Action::Create => {
                 let c = self.entry(key);
                 c.fields = Fields::new();
-                patch::write_fields(&mut c.fields, value, limits);
+                let change = patch::write_fields(&mut c.fields, value, limits);
+                c.entries = change.applied_to(Size::default());
                 c.stamp_all(value, clock);
             }
         }
@@ -242,11 +423,32 @@ impl Document {
     /// Stamps without a component are dropped (no diff could ever return them), and a clock lower
     /// than a stamp is raised to it, so clock values are never reused.
     pub fn decode_snapshot(bytes: &[u8]) -> Result<Document, SnapshotError> {
+        Document::decode_snapshot_within(bytes, &Limits::UNBOUNDED)
+    }
+
+    /// [`Document::decode_snapshot`] of a room bounded by `limits`: a snapshot holding more values
+    /// than `max_document_values` is refused after a counting pass that builds nothing, and one
+    /// over another limit once read. Linear in the snapshot's length.
+    pub fn decode_snapshot_within(
+        bytes: &[u8],
+        limits: &Limits,
+    ) -> Result<Document, SnapshotError> {
+        if limits.max_document_values != usize::MAX {
+            let counted: StateValues = serde_json::from_slice(bytes)?;
+            // The count includes the `state` object itself.
+            if counted.state.0.saturating_sub(1) > limits.max_document_values {
+                return Err(LimitError::DocumentValues {
+                    max: limits.max_document_values,
+                }
+                .into());
+            }
+        }
         let raw: RawSnapshot = serde_json::from_slice(bytes)?;
         let mut doc = Document {
             clock: raw.timestamp,
             components: IndexMap::with_capacity(raw.state.len()),
             by_latest: BTreeSet::new(),
+            shares: Size::default(),
         };
         let mut timestamps = raw.timestamps;
         let mut by_latest = Vec::with_capacity(raw.state.len());
@@ -255,18 +457,43 @@ impl Document {
                 return Err(SnapshotError::ComponentNotObject(key));
             };
             let RawStamps(stamps) = timestamps.swap_remove(&key).unwrap_or_default();
-            let latest = stamps.iter().map(|&(_, ts)| ts).max().unwrap_or(0);
+            let latest = stamps.latest();
             let c = Component {
+                entries: size::entries(&fields),
                 fields,
                 stamps,
                 latest,
             };
             doc.clock = doc.clock.max(latest);
+            doc.shares += c.share(&key);
             let (position, _) = doc.components.insert_full(key, c);
             by_latest.push((latest, position));
         }
         doc.by_latest = BTreeSet::from_iter(by_latest);
+        doc.within(limits)?;
         Ok(doc)
+    }
+}
+
+impl Stored for Document {
+    fn fields(&self, key: &str) -> Option<&Fields> {
+        self.get(key)
+    }
+
+    fn component_size(&self, key: &str) -> Size {
+        self.components
+            .get(key)
+            .map_or(Size::default(), |c| c.share(key))
+    }
+
+    fn field_count(&self, key: &str) -> usize {
+        self.components.get(key).map_or(0, |c| c.stamps.len())
+    }
+
+    fn has_field(&self, key: &str, name: &str) -> bool {
+        self.components
+            .get(key)
+            .is_some_and(|c| c.stamps.contains(name))
     }
 }
 
@@ -335,11 +562,11 @@ struct RawSnapshot {
     timestamps: IndexMap<String, RawStamps>,
 }
 
-/// One component's stamps in a snapshot (`{"field": clock, ..}`), read straight into the vector a
-/// [`Component`] keeps: no map per component, and the names read are the names kept. A repeated
-/// name replaces the earlier value where it is, as reading into a map does.
+/// One component's stamps in a snapshot (`{"field": clock, ..}`), read straight into the
+/// [`Stamps`] a [`Component`] keeps. A repeated name replaces the earlier value where it is, as
+/// reading into a map does.
 #[derive(Default)]
-struct RawStamps(Vec<(String, u64)>);
+struct RawStamps(Stamps);
 
 impl<'de> Deserialize<'de> for RawStamps {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -352,17 +579,74 @@ impl<'de> Deserialize<'de> for RawStamps {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawStamps, A::Error> {
-                let mut stamps: Vec<(String, u64)> = Vec::new();
+                let mut stamps = Stamps::default();
                 while let Some((field, ts)) = map.next_entry::<String, u64>()? {
-                    match stamps.iter_mut().find(|(f, _)| *f == field) {
-                        Some((_, old)) => *old = ts,
-                        None => stamps.push((field, ts)),
-                    }
+                    stamps.set_owned(field, ts);
                 }
                 Ok(RawStamps(stamps))
             }
         }
         deserializer.deserialize_map(StampsVisitor)
+    }
+}
+
+/// The number of JSON values in a snapshot's `state`, counted without building them.
+#[derive(Deserialize)]
+struct StateValues {
+    #[serde(default)]
+    state: CountValues,
+}
+
+/// Counts the JSON values of whatever it reads (1 for a scalar, 1 + contents for the others).
+#[derive(Default)]
+struct CountValues(usize);
+
+impl<'de> Deserialize<'de> for CountValues {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CountVisitor;
+        impl<'de> Visitor<'de> for CountVisitor {
+            type Value = CountValues;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<CountValues, E> {
+                Ok(CountValues(1))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<CountValues, E> {
+                Ok(CountValues(1))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<CountValues, E> {
+                Ok(CountValues(1))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<CountValues, E> {
+                Ok(CountValues(1))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<CountValues, E> {
+                Ok(CountValues(1))
+            }
+            fn visit_unit<E>(self) -> Result<CountValues, E> {
+                Ok(CountValues(1))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CountValues, A::Error> {
+                let mut n = 1usize;
+                while let Some(CountValues(inner)) = seq.next_element()? {
+                    n = n.saturating_add(inner);
+                }
+                Ok(CountValues(n))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CountValues, A::Error> {
+                let mut n = 1usize;
+                while let Some((IgnoredAny, CountValues(inner))) = map.next_entry()? {
+                    n = n.saturating_add(inner);
+                }
+                Ok(CountValues(n))
+            }
+        }
+        deserializer.deserialize_any(CountVisitor)
     }
 }
 
@@ -374,16 +658,16 @@ impl Serialize for Document {
                 s.collect_map(self.0.iter().map(|(k, c)| (k, &c.fields)))
             }
         }
-        struct Stamps<'a>(&'a [(String, u64)]);
-        impl Serialize for Stamps<'_> {
+        struct StampsOf<'a>(&'a Stamps);
+        impl Serialize for StampsOf<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_map(self.0.iter().map(|(f, ts)| (f, ts)))
+                s.collect_map(self.0.iter())
             }
         }
         struct Timestamps<'a>(&'a IndexMap<String, Component>);
         impl Serialize for Timestamps<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_map(self.0.iter().map(|(k, c)| (k, Stamps(&c.stamps))))
+                s.collect_map(self.0.iter().map(|(k, c)| (k, StampsOf(&c.stamps))))
             }
         }
         let mut map = serializer.serialize_map(Some(3))?;
@@ -397,6 +681,7 @@ impl Serialize for Document {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::limits;
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -531,7 +816,7 @@ mod tests {
             let fields: Fields = c
                 .stamps
                 .iter()
-                .filter(|(_, ts)| *ts > since)
+                .filter(|&(_, ts)| ts > since)
                 .filter_map(|(f, _)| c.fields.get(f).map(|v| (f.clone(), v.clone())))
                 .collect();
             if !fields.is_empty() {
@@ -676,5 +961,287 @@ mod tests {
         assert!(Document::decode_snapshot(br#"{"timestamp":1,"state":{"a":1}}"#).is_err());
         assert!(Document::decode_snapshot(b"null").is_err());
         assert!(Document::decode_snapshot(br#"{"timestamp":-1,"state":{}}"#).is_err());
+    }
+
+    /// The JSON of a document's `state` and its number of values, measured from scratch.
+    fn measured(doc: &Document) -> Size {
+        let snap: Value = serde_json::from_slice(&doc.encode_snapshot()).expect("json");
+        let state = &snap["state"];
+        let full = size::of_value(state);
+        Size::new(full.bytes, full.values - 1)
+    }
+
+    /// Limits small enough for generated requests to land on both sides of each.
+    const SMALL: Limits = Limits {
+        max_buffer_len: usize::MAX,
+        max_document_bytes: 60_000,
+        max_document_values: 20_000,
+        max_request_values: 2_048,
+        max_fields_per_component: 400,
+        max_presence_bytes: 4_096,
+    };
+
+    /// Requests that stress amplification and complexity: components written with hundreds of
+    /// fields, buffer deltas that grow and shrink long arrays, literal arrays, deletes.
+    fn arb_heavy_request() -> impl Strategy<Value = Value> {
+        let key = (0..3usize).prop_map(|k| format!("k{k}/Shape"));
+        let many_fields = (key.clone(), 0..600usize, any::<bool>()).prop_map(|(k, n, create)| {
+            let mut fields = Map::new();
+            if create {
+                fields.insert("_exists".into(), Value::Bool(true));
+            }
+            for i in 0..n {
+                fields.insert(format!("f{i}"), json!(i));
+            }
+            json!({ k: fields })
+        });
+        let delta = (key.clone(), 0..5_000usize, 0..5_000i64, proptest::collection::vec(-9..9i64, 0..40))
+            .prop_map(|(k, len, at, v)| json!({ k: {"_exists": true, "pts": {"__buf": 1, "len": len, "runs": [[at, v]]}}}));
+        let literal = (key.clone(), 0..400usize)
+            .prop_map(|(k, n)| json!({ k: {"arr": vec![1.5; n], "label": "x".repeat(n)}}));
+        let delete = key.prop_map(|k| json!({ k: {"_exists": false} }));
+        prop_oneof![2 => many_fields, 3 => delta, 2 => literal, 1 => delete]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// For any requests: a request `check` accepts keeps the document within the limits and
+        /// below the bound the check computed, one it refuses is not applied; the kept size is
+        /// always the measured size of the document's JSON (also after a snapshot round trip);
+        /// and the engine's work (stamps compared, values measured or written, counted) stays
+        /// within a constant factor of the bytes received plus the values requests create.
+        #[test]
+        fn work_and_size_stay_linear_in_the_input(
+            requests in proptest::collection::vec(arb_heavy_request(), 1..24),
+        ) {
+            let mut doc = Document::default();
+            let (mut received, mut created) = (0usize, 0usize);
+            let start = work::steps();
+            for patch in &requests {
+                let patches = std::slice::from_ref(patch);
+                received += serde_json::to_vec(patch).expect("json").len();
+                let before = doc.size();
+                match doc.check(patches, &SMALL) {
+                    Ok(()) => {
+                        let projection = limits::project(&doc, patches, &SMALL).expect("accepted");
+                        let bound = projection.change.applied_to(before);
+                        prop_assert!(projection.created <= SMALL.max_request_values);
+                        created += projection.created;
+                        doc.apply(patches, &SMALL);
+                        let after = doc.size();
+                        prop_assert!(after.bytes <= bound.bytes && after.values <= bound.values,
+                            "{after:?} over the bound {bound:?}");
+                        prop_assert!(doc.within(&SMALL).is_ok());
+                        prop_assert!(after.values.saturating_sub(before.values) <= projection.created + 3);
+                    }
+                    Err(_) => prop_assert_eq!(doc.size(), before),
+                }
+            }
+            let steps = (work::steps() - start) as usize;
+            prop_assert!(steps <= 8 * (received + created), "{steps} steps for {received} bytes and {created} values");
+            prop_assert_eq!(doc.size(), measured(&doc));
+            let start = work::steps();
+            let bytes = doc.encode_snapshot();
+            let back = Document::decode_snapshot_within(&bytes, &SMALL).expect("within the limits");
+            let diff = doc.diff_since_raw(0);
+            let steps = (work::steps() - start) as usize;
+            prop_assert!(steps <= 2 * bytes.len(), "load and diff: {steps} steps for {} bytes", bytes.len());
+            prop_assert_eq!(back.size(), doc.size());
+            prop_assert!(diff.get().len() <= doc.size().bytes);
+        }
+    }
+
+    /// One request writing more fields than `max_fields_per_component` (here 90k, the ~1 MiB
+    /// frame of the report) is refused by the check, before anything is stamped.
+    #[test]
+    fn a_component_over_the_field_cap_is_refused() {
+        let limits = Limits::default();
+        let mut fields = Map::new();
+        fields.insert("_exists".into(), Value::Bool(true));
+        for i in 0..90_000 {
+            fields.insert(format!("f{i}"), json!(1));
+        }
+        let patch = [json!({ "a/S": fields })];
+        let doc = Document::default();
+        assert_eq!(
+            doc.check(&patch, &limits),
+            Err(LimitError::ComponentFields { max: 1024 })
+        );
+        // Stamped names count, not only stored fields: a delete naming many fields stamps them.
+        let mut doc = Document::default();
+        let small = Limits {
+            max_fields_per_component: 3,
+            ..limits
+        };
+        let ok = [json!({"a/S": {"_exists": true, "x": 1, "y": 2}})];
+        doc.check(&ok, &small).expect("within the cap");
+        doc.apply(&ok, &small);
+        assert_eq!(
+            doc.check(&[json!({"a/S": {"z": 1, "w": 2}})], &small),
+            Err(LimitError::ComponentFields { max: 3 })
+        );
+        assert_eq!(
+            doc.check(
+                &[json!({"a/S": {"_exists": false, "a": 1, "b": 2, "c": 3}})],
+                &small
+            ),
+            Err(LimitError::ComponentFields { max: 3 })
+        );
+        // Deleted then re-created in one request: the old names no longer count as known.
+        let both = [
+            json!({"a/S": {"_exists": false}}),
+            json!({"a/S": {"_exists": true, "x": 1, "y": 2, "q": 3}}),
+        ];
+        assert_eq!(
+            doc.check(&both, &small),
+            Err(LimitError::ComponentFields { max: 3 })
+        );
+    }
+
+    /// A component below the cap but past the vector of stamps (600 fields) applies with the
+    /// same diffs and snapshot bytes as the vector gives, and written again costs steps linear
+    /// in its fields (the vector alone would compare every name with every other).
+    #[test]
+    fn many_fields_apply_linearly_with_the_same_diffs() {
+        let limits = Limits::default();
+        let mut doc = Document::default();
+        let mut fields = Map::new();
+        fields.insert("_exists".into(), Value::Bool(true));
+        for i in 0..600 {
+            fields.insert(format!("f{i}"), json!(i));
+        }
+        let create = [json!({ "a/S": fields.clone() })];
+        doc.check(&create, &limits).expect("below the cap");
+        doc.apply(&create, &limits);
+        // Rewrite every other field, in reverse order.
+        let mut edit = Map::new();
+        for i in (0..600).rev().step_by(2) {
+            edit.insert(format!("f{i}"), json!(-1));
+        }
+        let start = work::steps();
+        doc.apply(&[json!({ "a/S": edit })], &limits);
+        let steps = work::steps() - start;
+        assert!(
+            steps < 600 * 4,
+            "{steps} steps to rewrite 300 of 600 fields"
+        );
+        assert_eq!(
+            serde_json::to_string(&doc.diff_since(1)).expect("json"),
+            doc.diff_since_raw(1).get()
+        );
+        // The diff lists fields in the order they were first written, like the vector did.
+        let diff = doc.diff_since(1);
+        let names: Vec<&String> = diff["a/S"].as_object().expect("object").keys().collect();
+        let want: Vec<String> = (0..600)
+            .filter(|i| i % 2 == 1)
+            .map(|i| format!("f{i}"))
+            .collect();
+        assert_eq!(names, want.iter().collect::<Vec<_>>());
+        assert_eq!(scan_diff(&doc, 0), doc.diff_since(0));
+        let back = Document::decode_snapshot(&doc.encode_snapshot()).expect("decodes");
+        assert_eq!(back, doc);
+        assert_eq!(back.encode_snapshot(), doc.encode_snapshot());
+    }
+
+    /// The report's 142-byte frame (a buffer delta of length 2^20 on a new component) is
+    /// refused before any array is made; a smaller one is accepted until the document is full,
+    /// then refused, and the refusals leave the document as it was.
+    #[test]
+    fn buffer_amplification_is_refused_before_allocating() {
+        let limits = Limits::default();
+        let attack = |k: usize, len: usize| {
+            [
+                json!({ format!("s{k}/Stroke"): {"_exists": true, "pts": {"__buf": 1, "len": len, "runs": []}}}),
+            ]
+        };
+        let mut doc = Document::default();
+        assert_eq!(
+            doc.check(&attack(0, 1 << 20), &limits),
+            Err(LimitError::RequestValues { max: 512 << 10 })
+        );
+        let mut accepted = 0;
+        for k in 0..64 {
+            match doc.check(&attack(k, 500_000), &limits) {
+                Ok(()) => {
+                    doc.apply(&attack(k, 500_000), &limits);
+                    accepted += 1;
+                }
+                Err(e) => {
+                    assert_eq!(e, LimitError::DocumentValues { max: 4 << 20 });
+                    break;
+                }
+            }
+        }
+        assert_eq!(accepted, 8, "4Mi values hold 8 arrays of 500k");
+        assert!(doc.size().values <= limits.max_document_values);
+        // Appending to a long array costs what is appended.
+        let start = work::steps();
+        let append = [
+            json!({"s0/Stroke": {"pts": {"__buf": 1, "len": 500_002, "runs": [[500_000, [1, 2]]]}}}),
+        ];
+        doc.check(
+            &append,
+            &Limits {
+                max_document_values: usize::MAX,
+                ..limits
+            },
+        )
+        .expect("fits");
+        doc.apply(&append, &limits);
+        assert!(work::steps() - start < 100);
+        assert_eq!(doc.size(), measured(&doc));
+    }
+
+    /// A document at its byte limit can still be edited in place and deleted from: a request
+    /// is measured by what it adds minus what it certainly replaces.
+    #[test]
+    fn a_full_document_still_takes_edits_that_do_not_grow_it() {
+        let mut doc = Document::default();
+        let create = [json!({"a/S": {"_exists": true, "x": 1, "text": "y".repeat(100)}})];
+        doc.apply(&create, &Limits::default());
+        let full = Limits {
+            max_document_bytes: doc.size().bytes,
+            ..Limits::default()
+        };
+        doc.check(&[json!({"a/S": {"x": 2}})], &full)
+            .expect("same size");
+        doc.check(&[json!({"a/S": {"text": "z"}})], &full)
+            .expect("smaller");
+        doc.check(&[json!({"a/S": {"_exists": false}})], &full)
+            .expect("a delete frees");
+        assert_eq!(
+            doc.check(&[json!({"a/S": {"x": 22}})], &full),
+            Err(LimitError::DocumentBytes {
+                max: full.max_document_bytes
+            })
+        );
+    }
+
+    /// A stored snapshot over the limits is refused by a counting pass (no values built), with
+    /// an error naming the setting; under the limits it loads.
+    #[test]
+    fn snapshots_over_the_limits_are_refused() {
+        let mut doc = Document::default();
+        doc.apply(
+            &[json!({"a/S": {"_exists": true, "pts": [1, 2, 3, 4, 5]}})],
+            &Limits::default(),
+        );
+        let bytes = doc.encode_snapshot();
+        let tight = |values, fields| Limits {
+            max_document_values: values,
+            max_fields_per_component: fields,
+            ..Limits::default()
+        };
+        let err = Document::decode_snapshot_within(&bytes, &tight(5, 10)).unwrap_err();
+        assert!(err.to_string().contains("max_document_values (5)"), "{err}");
+        let err = Document::decode_snapshot_within(&bytes, &tight(100, 1)).unwrap_err();
+        assert!(
+            err.to_string().contains("max_fields_per_component (1)"),
+            "{err}"
+        );
+        let back = Document::decode_snapshot_within(&bytes, &tight(8, 2)).expect("fits");
+        assert_eq!(back.size(), measured(&doc));
+        assert_eq!(back.size().values, 8);
     }
 }

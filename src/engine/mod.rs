@@ -11,6 +11,9 @@
 //!   a partial write to it is dropped, as in the reference server.
 //! - A field may hold a buffer delta (`{"__buf":1,"len":L,"runs":[[offset,[v,..]],..]}`); it is
 //!   materialized against the stored array before it is stored (see [`buffer`]).
+//! - A request from a client is checked with [`Document::check`] (and [`Ephemeral::check`])
+//!   before it is applied: what it would create, and the document's size after it, must stay
+//!   within [`Limits`]. The check costs the request's length, never the document's.
 //!
 //! Two replicas converge by applying the same diff:
 //! ```
@@ -32,12 +35,17 @@
 pub mod buffer;
 mod document;
 mod ephemeral;
+mod limits;
 mod patch;
+pub mod size;
 pub mod tree;
+pub mod work;
 
 pub use document::{DiffView, Document, SnapshotError};
 pub use ephemeral::Ephemeral;
-pub use patch::{validate_patches, Fields, Limits, PatchError};
+pub use limits::{LimitError, Limits};
+pub use patch::{validate_patches, Fields, PatchError};
+pub use size::Size;
 
 /// Largest integer a JavaScript client can hold exactly (2^53 - 1).
 pub const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;

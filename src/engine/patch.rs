@@ -3,25 +3,11 @@
 use serde_json::{Map, Value};
 
 use super::buffer::{self, BufferDelta, BufferDeltaError};
+use super::limits::Limits;
+use super::size::{self, Change};
 
 /// The fields of one component.
 pub type Fields = Map<String, Value>;
-
-/// Bounds the engine enforces on what a patch may ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Longest array a buffer delta may create, and the most values all buffer deltas of one
-    /// request may create together (so a small frame cannot ask for many huge arrays).
-    pub max_buffer_len: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_buffer_len: 1 << 20,
-        }
-    }
-}
 
 /// Why a list of patches was refused. The message names the offending place.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,28 +109,40 @@ pub(crate) fn tombstone() -> Fields {
 /// A malformed delta (which validation keeps out) is skipped rather than stored.
 /// A field already present is overwritten where it is (its place in the object is kept, as
 /// `insert` keeps it), and a buffer delta is applied to the stored array in place.
-pub(crate) fn write_fields(target: &mut Fields, value: &Fields, limits: &Limits) {
+/// Returns how the sum of `target`'s entry sizes changed (see [`size::entries`]).
+pub(crate) fn write_fields(target: &mut Fields, value: &Fields, limits: &Limits) -> Change {
+    let mut change = Change::default();
     for (field, v) in value {
+        super::work::step(1);
         match v {
             Value::Object(map) if buffer::is_marked(v) => {
                 let Ok(delta) = BufferDelta::parse(map, limits.max_buffer_len) else {
                     continue;
                 };
                 match target.get_mut(field) {
-                    Some(stored) => delta.materialize_into(stored),
+                    Some(stored) => change += delta.materialize_into(stored),
                     None => {
-                        target.insert(field.clone(), delta.materialize(None));
+                        let array = delta.materialize(None);
+                        change.added += size::entry(field, &array);
+                        target.insert(field.clone(), array);
                     }
                 }
             }
-            other => match target.get_mut(field) {
-                Some(stored) => *stored = other.clone(),
-                None => {
-                    target.insert(field.clone(), other.clone());
+            other => {
+                change.added += size::entry(field, other);
+                match target.get_mut(field) {
+                    Some(stored) => {
+                        change.removed += size::entry(field, stored);
+                        *stored = other.clone();
+                    }
+                    None => {
+                        target.insert(field.clone(), other.clone());
+                    }
                 }
-            },
+            }
         }
     }
+    change
 }
 
 #[cfg(test)]
@@ -173,7 +171,10 @@ mod tests {
             let err = validate_patches(&patches, &limits).unwrap_err().to_string();
             assert!(err.contains(want), "{patches}: {err}");
         }
-        let small = Limits { max_buffer_len: 4 };
+        let small = Limits {
+            max_buffer_len: 4,
+            ..Limits::default()
+        };
         let delta = |len: usize| json!({"__buf": 1, "len": len, "runs": []});
         let three_and_two = json!([{"k": {"a": delta(3)}}, {"j": {"b": delta(2)}}]);
         assert_eq!(

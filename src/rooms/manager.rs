@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::room::{Room, RoomHandle};
 use super::session::{CloseReason, NewSession};
-use crate::engine::Limits;
+use crate::engine::{LimitError, Limits};
 use crate::ids::{RoomId, SessionId};
 use crate::metrics::Metrics;
 use crate::storage::{Storage, StorageError};
@@ -53,6 +53,10 @@ pub enum JoinError {
     /// The room's stored state could not be loaded; the room is not served until it can be.
     #[error("room storage unavailable")]
     StorageUnavailable,
+    /// The room's stored state is over the configured limits; it is not served until an
+    /// operator raises them (other rooms are not affected).
+    #[error("room is over its limits: {0}")]
+    OverLimit(LimitError),
 }
 
 enum Slot {

@@ -15,7 +15,7 @@ use tracing::{debug, error, info, warn};
 use super::manager::{Inner, JoinError, RoomConfig};
 use super::session::{CloseReason, Delivery, NewSession, Outbox, SessionInfo};
 use crate::auth::{Grant, Permission};
-use crate::engine::{Document, Ephemeral};
+use crate::engine::{Document, Ephemeral, LimitError};
 use crate::ids::{ClientId, RoomId, SessionId};
 use crate::metrics::Metrics;
 use crate::protocol::canvas::{self, ClientFrame, Patches, ServerFrame};
@@ -242,6 +242,8 @@ pub(crate) struct Room {
     idle_at: Option<Instant>,
     /// Loading failed: joins are refused rather than served an empty document.
     load_failed: bool,
+    /// Loading found the stored room over the limits: joins are refused with this.
+    over_limit: Option<LimitError>,
     /// Clock up to which every write is durable; frames made later wait (see [`Outbox`]).
     durable: u64,
     /// Write-ahead appends queued and not yet confirmed, and where confirmations arrive.
@@ -286,6 +288,7 @@ impl Room {
             save: SaveState::default(),
             idle_at: None,
             load_failed: false,
+            over_limit: None,
             durable: 0,
             appending: 0,
             durable_tx,
@@ -313,6 +316,12 @@ impl Room {
                 self.idle_at = Some(Instant::now() + self.config.idle_timeout);
                 self.serve(&mut rx, &mut durable_rx).await
             }
+            Err(StorageError::OverLimit { source, .. }) => {
+                error!(error = %source, "stored room is over the limits; refusing it until they are raised");
+                self.load_failed = true;
+                self.over_limit = Some(source);
+                (CloseReason::storage_unavailable(), None)
+            }
             Err(e) => {
                 error!(error = %e, "cannot load room");
                 Metrics::inc(&self.metrics.storage_errors);
@@ -330,7 +339,8 @@ impl Room {
     async fn load(&mut self) -> Result<(), StorageError> {
         let storage = self.storage.clone();
         let id = self.id.clone();
-        let loaded = tokio::task::spawn_blocking(move || storage.load(&id))
+        let limits = self.config.limits;
+        let loaded = tokio::task::spawn_blocking(move || storage.load(&id, &limits))
             .await
             .unwrap_or_else(|e| Err(panicked(&self.id, e)))?;
         if let Some(doc) = loaded {
@@ -471,7 +481,7 @@ impl Room {
 
     fn join(&mut self, id: SessionId, new: NewSession) {
         debug!(session = %id, client = %new.client, permission = ?new.permission, "join");
-        let others = self.ephemeral.merged_except(new.client.as_str());
+        let others = self.ephemeral.merged_except(id.0);
         self.sessions.insert(
             id,
             Session {
@@ -512,7 +522,7 @@ impl Room {
             None if session.outbox.has_held() => self.leaving.push(session.outbox),
             None => {}
         }
-        if let Some(deletions) = self.ephemeral.remove(session.client.as_str()) {
+        if let Some(deletions) = self.ephemeral.remove(id.0) {
             let raw = canvas::single_patch(&deletions);
             let frame = ServerFrame::Patch {
                 document_patches: None,
@@ -630,8 +640,10 @@ impl Room {
             return;
         };
         session.live = true;
-        if session.permission == Permission::Readwrite {
-            self.apply_and_broadcast(id, document, ephemeral);
+        if session.permission == Permission::Readwrite
+            && self.apply_and_broadcast(id, document, ephemeral).is_err()
+        {
+            return;
         }
         let ack = ServerFrame::Ack {
             message_id,
@@ -651,17 +663,16 @@ impl Room {
             return;
         };
         let readwrite = session.permission == Permission::Readwrite;
-        let client = session.client.clone();
         // The server lost writes this client saw (it restarted from an older snapshot): ask the
         // client to send back what it knows after our clock.
         let since = self.doc.clock();
         let needs_resync = readwrite && last_timestamp > since;
         if readwrite {
-            self.apply_and_broadcast(
-                id,
-                document.filter(|p| !p.is_empty()),
-                ephemeral.filter(|p| !p.is_empty()),
-            );
+            let document = document.filter(|p| !p.is_empty());
+            let ephemeral = ephemeral.filter(|p| !p.is_empty());
+            if self.apply_and_broadcast(id, document, ephemeral).is_err() {
+                return;
+            }
         }
         if needs_resync {
             self.send(id, &ServerFrame::Resync { since }.encode());
@@ -673,7 +684,7 @@ impl Room {
             .is_some_and(|from| from <= last_timestamp);
         if !diff_sent {
             // The diff is serialized straight from the document into the frame (no copy of it).
-            let others = self.ephemeral.merged_except(client.as_str());
+            let others = self.ephemeral.merged_except(id.0);
             if let Some(frame) = canvas::encode_reconnect_patch(&self.doc, last_timestamp, &others)
             {
                 self.send(id, &frame);
@@ -692,18 +703,36 @@ impl Room {
     }
 
     /// Applies a request's patches and relays them, as received, to every other synced session.
+    /// A request that would take the document or the session's presence past a limit is
+    /// refused whole before anything is applied, stored or relayed, and the session is closed
+    /// with 1009 and the limit's name (the error says which).
     fn apply_and_broadcast(
         &mut self,
         id: SessionId,
         document: Option<Patches>,
         ephemeral: Option<Patches>,
-    ) {
+    ) -> Result<(), LimitError> {
         if document.is_none() && ephemeral.is_none() {
-            return;
+            return Ok(());
         }
         let Some(client) = self.sessions.get(&id).map(|s| s.client.clone()) else {
-            return;
+            return Ok(());
         };
+        let limits = &self.config.limits;
+        let checked = document
+            .as_ref()
+            .map_or(Ok(()), |d| self.doc.check(&d.parsed, limits))
+            .and_then(|()| {
+                ephemeral
+                    .as_ref()
+                    .map_or(Ok(()), |e| self.ephemeral.check(id.0, &e.parsed, limits))
+            });
+        if let Err(e) = checked {
+            info!(session = %id, error = %e, "request refused: over a limit");
+            Metrics::inc(&self.metrics.requests_over_limit);
+            self.remove(id, Some(CloseReason::new(1009, e.to_string())));
+            return Err(e);
+        }
         let timestamp = document.as_ref().map(|d| {
             Metrics::inc(&self.metrics.patches_applied);
             let clock = self.doc.apply(&d.parsed, &self.config.limits);
@@ -711,8 +740,7 @@ impl Room {
             clock
         });
         if let Some(eph) = &ephemeral {
-            self.ephemeral
-                .apply(client.as_str(), &eph.parsed, &self.config.limits);
+            self.ephemeral.apply(id.0, &eph.parsed, &self.config.limits);
         }
         let frame = ServerFrame::Patch {
             document_patches: document.as_ref().map(|d| d.raw.as_ref()),
@@ -724,6 +752,7 @@ impl Room {
         if document.is_some() {
             self.mark_dirty();
         }
+        Ok(())
     }
 
     // --- Persistence ----------------------------------------------------------------------------
@@ -835,10 +864,10 @@ impl Room {
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 RoomCommand::Join { session, reply, .. } => {
-                    let error = if self.load_failed {
-                        JoinError::StorageUnavailable
-                    } else {
-                        JoinError::RoomClosed
+                    let error = match (self.over_limit, self.load_failed) {
+                        (Some(limit), _) => JoinError::OverLimit(limit),
+                        (None, true) => JoinError::StorageUnavailable,
+                        (None, false) => JoinError::RoomClosed,
                     };
                     let _ = reply.send(Err((error, session)));
                 }

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::auth::Permission;
-use crate::engine::Document;
+use crate::engine::{Document, Limits};
 use crate::ids::{ClientId, RoomId, SessionId};
 use crate::metrics::Metrics;
 use crate::protocol::canvas::{decode, ClientFrame};
@@ -27,9 +27,9 @@ impl Storage for ProbeStorage {
     fn name(&self) -> &'static str {
         "probe"
     }
-    fn load(&self, room: &RoomId) -> Result<Option<Document>, StorageError> {
+    fn load(&self, room: &RoomId, limits: &Limits) -> Result<Option<Document>, StorageError> {
         self.loads.fetch_add(1, Ordering::SeqCst);
-        self.inner.load(room)
+        self.inner.load(room, limits)
     }
     fn save(&self, room: &RoomId, snapshot: &[u8]) -> Result<(), StorageError> {
         std::thread::sleep(self.save_delay);
@@ -268,7 +268,7 @@ async fn close_all_closes_sessions_then_saves_every_room() {
     for name in ["r1", "r2", "r3"] {
         let doc = storage
             .inner
-            .load(&room(name))
+            .load(&room(name), &Limits::default())
             .expect("load")
             .expect("saved");
         assert_eq!(doc.clock(), 1);
@@ -309,7 +309,10 @@ async fn unreadable_rooms_refuse_joins_and_keep_their_data() {
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
-        storage.inner.load(&room("bad")).is_err(),
+        storage
+            .inner
+            .load(&room("bad"), &Limits::default())
+            .is_err(),
         "the stored bytes are untouched"
     );
 }
@@ -386,8 +389,8 @@ impl Storage for GatedLogStorage {
     fn name(&self) -> &'static str {
         "gated-log"
     }
-    fn load(&self, room: &RoomId) -> Result<Option<Document>, StorageError> {
-        self.inner.load(room)
+    fn load(&self, room: &RoomId, limits: &Limits) -> Result<Option<Document>, StorageError> {
+        self.inner.load(room, limits)
     }
     fn save(&self, room: &RoomId, snapshot: &[u8]) -> Result<(), StorageError> {
         self.inner.save(room, snapshot)

@@ -5,8 +5,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{decode, Storage, StorageError};
-use crate::engine::Document;
+use super::{decode_within, Storage, StorageError};
+use crate::engine::{Document, Limits};
 use crate::ids::{RecordKey, RoomId};
 
 /// Game room records live in this subdirectory, apart from canvas snapshots.
@@ -78,9 +78,9 @@ impl Storage for FileStorage {
         "file"
     }
 
-    fn load(&self, room: &RoomId) -> Result<Option<Document>, StorageError> {
+    fn load(&self, room: &RoomId, limits: &Limits) -> Result<Option<Document>, StorageError> {
         match fs::read(self.path(room)) {
-            Ok(bytes) => decode(room, &bytes).map(Some),
+            Ok(bytes) => decode_within(room, &bytes, limits).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(StorageError::Io {
                 room: room.to_string(),
@@ -205,7 +205,10 @@ mod tests {
             r#"{"timestamp":2,"state":{"e1/Shape":{"_exists":true,"x":3},"e2/Shape":{"_exists":false}},"timestamps":{"e1/Shape":{"_exists":1,"x":2},"e2/Shape":{"_exists":2}}}"#,
         )
         .expect("write");
-        let doc = storage.load(&room).expect("load").expect("present");
+        let doc = storage
+            .load(&room, &Limits::default())
+            .expect("load")
+            .expect("present");
         assert_eq!(
             (doc.clock(), doc.live_components(), doc.tombstones()),
             (2, 1, 1)
@@ -213,7 +216,7 @@ mod tests {
 
         fs::write(storage.path(&room), "{\"timestamp\":").expect("write");
         assert!(matches!(
-            storage.load(&room),
+            storage.load(&room, &Limits::default()),
             Err(StorageError::Corrupt { .. })
         ));
     }

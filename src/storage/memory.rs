@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::{decode, Storage, StorageError};
-use crate::engine::Document;
+use super::{decode_within, Storage, StorageError};
+use crate::engine::{Document, Limits};
 use crate::ids::{RecordKey, RoomId};
 
 #[derive(Default)]
@@ -31,9 +31,9 @@ impl Storage for MemoryStorage {
         "memory"
     }
 
-    fn load(&self, room: &RoomId) -> Result<Option<Document>, StorageError> {
+    fn load(&self, room: &RoomId, limits: &Limits) -> Result<Option<Document>, StorageError> {
         let bytes = self.rooms().get(room).cloned();
-        bytes.map(|b| decode(room, &b)).transpose()
+        bytes.map(|b| decode_within(room, &b, limits)).transpose()
     }
 
     fn save(&self, room: &RoomId, snapshot: &[u8]) -> Result<(), StorageError> {

@@ -18,7 +18,7 @@ pub use file::FileStorage;
 pub use memory::MemoryStorage;
 pub use rocks::{Durability, RocksStorage};
 
-use crate::engine::{Document, SnapshotError};
+use crate::engine::{Document, LimitError, Limits, SnapshotError};
 use crate::ids::{RecordKey, RoomId};
 
 /// A failure of the storage layer. Never swallowed: the caller logs it, counts it, and retries.
@@ -39,6 +39,14 @@ pub enum StorageError {
     /// Refused before anything was written: the data would not load again.
     #[error("refused to save room {room}: {reason}")]
     Unloadable { room: String, reason: String },
+    /// The stored room is bigger than the configured limits allow (written before they existed,
+    /// or under higher ones): it is refused, alone, until an operator raises the named setting.
+    #[error("stored room {room} is over its limits: {source}; raise the setting to load it")]
+    OverLimit {
+        room: String,
+        #[source]
+        source: LimitError,
+    },
 }
 
 /// A storage backend. Implementations must be safe to call from several threads at once for
@@ -47,8 +55,11 @@ pub trait Storage: Send + Sync + 'static {
     /// A short name for logs and metrics.
     fn name(&self) -> &'static str;
 
-    /// The room's last saved document, or `None` if the room was never saved.
-    fn load(&self, room: &RoomId) -> Result<Option<Document>, StorageError>;
+    /// The room's last saved document, or `None` if the room was never saved. A stored room over
+    /// the room bounds of `limits` is refused with [`StorageError::OverLimit`] before it is
+    /// built past them (snapshots are counted before they are read, log entries checked before
+    /// they are replayed).
+    fn load(&self, room: &RoomId, limits: &Limits) -> Result<Option<Document>, StorageError>;
 
     /// Replaces the room's saved snapshot (bytes from [`Document::encode_snapshot`]) atomically:
     /// after a crash, a load sees either the previous snapshot or this one, never a mix.
@@ -146,9 +157,20 @@ fn no_records(key: &RecordKey) -> StorageError {
 }
 
 fn decode(room: &RoomId, bytes: &[u8]) -> Result<Document, StorageError> {
-    Document::decode_snapshot(bytes).map_err(|source| StorageError::Corrupt {
-        room: room.to_string(),
-        source,
+    decode_within(room, bytes, &Limits::UNBOUNDED)
+}
+
+/// Reads a stored snapshot of a room bounded by `limits`.
+fn decode_within(room: &RoomId, bytes: &[u8], limits: &Limits) -> Result<Document, StorageError> {
+    Document::decode_snapshot_within(bytes, limits).map_err(|source| match source {
+        SnapshotError::OverLimit(source) => StorageError::OverLimit {
+            room: room.to_string(),
+            source,
+        },
+        source => StorageError::Corrupt {
+            room: room.to_string(),
+            source,
+        },
     })
 }
 
@@ -156,14 +178,16 @@ fn decode(room: &RoomId, bytes: &[u8]) -> Result<Document, StorageError> {
 pub(crate) mod contract {
     //! The contract every backend passes.
     use super::*;
-    use crate::engine::Limits;
     use serde_json::json;
 
     pub fn check(storage: &dyn Storage) {
         let room = RoomId::parse("contract-room").expect("valid id");
         let other = RoomId::parse("other-room").expect("valid id");
         assert!(
-            storage.load(&room).expect("load").is_none(),
+            storage
+                .load(&room, &Limits::default())
+                .expect("load")
+                .is_none(),
             "a new room has no snapshot"
         );
 
@@ -174,7 +198,7 @@ pub(crate) mod contract {
         doc.apply(&[json!({"b/S": {"_exists": false}})], &limits);
         storage.save(&room, &doc.encode_snapshot()).expect("save");
         assert_eq!(
-            storage.load(&room).expect("load"),
+            storage.load(&room, &Limits::default()).expect("load"),
             Some(doc.clone()),
             "round trip, tombstones kept"
         );
@@ -184,7 +208,7 @@ pub(crate) mod contract {
             .save(&room, &doc.encode_snapshot())
             .expect("save again");
         assert_eq!(
-            storage.load(&room).expect("load"),
+            storage.load(&room, &Limits::default()).expect("load"),
             Some(doc.clone()),
             "last save wins"
         );
@@ -197,7 +221,13 @@ pub(crate) mod contract {
         assert_eq!(ids, vec![room.clone(), other.clone()]);
 
         storage.delete(&room).expect("delete");
-        assert!(storage.load(&room).expect("load").is_none(), "deleted");
+        assert!(
+            storage
+                .load(&room, &Limits::default())
+                .expect("load")
+                .is_none(),
+            "deleted"
+        );
         assert_eq!(storage.room_ids().expect("ids"), vec![other.clone()]);
         storage.delete(&room).expect("deleting twice is fine");
 

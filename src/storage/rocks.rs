@@ -255,7 +255,7 @@ impl Storage for RocksStorage {
         "rocksdb"
     }
 
-    fn load(&self, room: &RoomId) -> Result<Option<Document>, StorageError> {
+    fn load(&self, room: &RoomId, limits: &Limits) -> Result<Option<Document>, StorageError> {
         self.call(room, |done| Job::Reopen {
             room: room.clone(),
             done,
@@ -265,7 +265,7 @@ impl Storage for RocksStorage {
             .get_cf(cf(&db, SNAPSHOTS)?, room.as_str())
             .map_err(|e| io_error(room, e))?;
         let mut doc = match &snapshot {
-            Some(bytes) => Some(super::decode(room, bytes)?),
+            Some(bytes) => Some(super::decode_within(room, bytes, limits)?),
             None => None,
         };
         // Replay the log after the snapshot, in clock order. An entry that does not continue the
@@ -274,9 +274,9 @@ impl Storage for RocksStorage {
         let log = cf(&db, LOG)?;
         let start = log_key(room, doc.as_ref().map_or(0, Document::clock) + 1);
         let end = log_end(room);
-        let unbounded = Limits {
-            max_buffer_len: usize::MAX,
-        };
+        // Each entry is checked before it is replayed, so a room over the limits is refused
+        // without being built past them.
+        let replay = limits.for_replay();
         let mut stale_from = None;
         for item in db.iterator_cf(log, IteratorMode::From(&start, Direction::Forward)) {
             let (key, value) = item.map_err(|e| io_error(room, e))?;
@@ -299,7 +299,13 @@ impl Storage for RocksStorage {
                     room: room.to_string(),
                     source: e.into(),
                 })?;
-            current.apply(&patches, &unbounded);
+            current
+                .check(&patches, &replay)
+                .map_err(|source| StorageError::OverLimit {
+                    room: room.to_string(),
+                    source,
+                })?;
+            current.apply(&patches, &replay);
         }
         if let Some(from) = stale_from {
             db.delete_range_cf(log, from, end)
@@ -552,10 +558,16 @@ mod tests {
                         .expect("fold");
                 }
             }
-            assert_eq!(storage.load(&room).expect("load"), Some(expected.clone()));
+            assert_eq!(
+                storage.load(&room, &Limits::default()).expect("load"),
+                Some(expected.clone())
+            );
         }
         let storage = RocksStorage::open(dir.path(), Durability::ProcessCrash).expect("reopen");
-        assert_eq!(storage.load(&room).expect("load"), Some(expected.clone()));
+        assert_eq!(
+            storage.load(&room, &Limits::default()).expect("load"),
+            Some(expected.clone())
+        );
         assert_eq!(storage.room_ids().expect("ids"), vec![room.clone()]);
     }
 
@@ -573,10 +585,16 @@ mod tests {
             json!([{"a/S": {"_exists": true, "x": 1}}]),
         );
         append_sync(&storage, &room, 3, json!([{"a/S": {"x": 3}}]));
-        let doc = storage.load(&room).expect("load").expect("present");
+        let doc = storage
+            .load(&room, &Limits::default())
+            .expect("load")
+            .expect("present");
         assert_eq!(doc.clock(), 1);
         append_sync(&storage, &room, 2, json!([{"a/S": {"x": 2}}]));
-        let doc = storage.load(&room).expect("load").expect("present");
+        let doc = storage
+            .load(&room, &Limits::default())
+            .expect("load")
+            .expect("present");
         assert_eq!(
             (doc.clock(), doc.get("a/S").map(|f| f["x"].clone())),
             (2, Some(json!(2)))
@@ -624,7 +642,65 @@ mod tests {
         let mut ids = storage.room_ids().expect("ids");
         ids.sort();
         assert_eq!(ids, vec![a.clone(), b.clone()]);
-        assert_eq!(storage.load(&a).expect("load").map(|d| d.clock()), Some(1));
-        assert_eq!(storage.load(&b).expect("load").map(|d| d.clock()), Some(2));
+        assert_eq!(
+            storage
+                .load(&a, &Limits::default())
+                .expect("load")
+                .map(|d| d.clock()),
+            Some(1)
+        );
+        assert_eq!(
+            storage
+                .load(&b, &Limits::default())
+                .expect("load")
+                .map(|d| d.clock()),
+            Some(2)
+        );
+    }
+
+    /// A log written before the limits existed that holds the report's attack (the 142-byte
+    /// buffer frame, three times) is refused by the replay before it builds the arrays, with an
+    /// error naming the setting; another room of the same database loads, and the attacked room
+    /// loads once the limit is raised.
+    #[test]
+    fn a_logged_room_over_the_limits_is_refused_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = RocksStorage::open(dir.path(), Durability::ProcessCrash).expect("open");
+        let (attacked, fine) = (
+            RoomId::parse("attacked").expect("id"),
+            RoomId::parse("fine").expect("id"),
+        );
+        for clock in 1..=3 {
+            let frame = json!([{ format!("s{clock}/Stroke"): {"_exists": true, "pts": {"__buf": 1, "len": 1 << 20, "runs": []}}}]);
+            append_sync(&storage, &attacked, clock, frame);
+        }
+        append_sync(&storage, &fine, 1, json!([{"k/S": {"_exists": true}}]));
+        let limits = Limits {
+            max_document_values: 1 << 20,
+            ..Limits::default()
+        };
+        match storage.load(&attacked, &limits) {
+            Err(e @ StorageError::OverLimit { .. }) => {
+                assert!(
+                    e.to_string().contains("max_document_values (1048576)"),
+                    "{e}"
+                );
+            }
+            other => panic!("expected OverLimit, got {other:?}"),
+        }
+        let doc = storage
+            .load(&fine, &limits)
+            .expect("load")
+            .expect("present");
+        assert_eq!(doc.clock(), 1);
+        let raised = Limits {
+            max_document_values: 4 << 20,
+            ..limits
+        };
+        let doc = storage
+            .load(&attacked, &raised)
+            .expect("load")
+            .expect("present");
+        assert_eq!(doc.clock(), 3);
     }
 }

@@ -170,6 +170,7 @@ impl Connection {
                     JoinError::StorageUnavailable | JoinError::RoomClosed => {
                         CloseReason::storage_unavailable()
                     }
+                    JoinError::OverLimit(_) => CloseReason::new(1009, e.to_string()),
                 };
                 socket.close(&reason).await;
                 return None;

@@ -7,6 +7,7 @@
 //! - `bad_input`: what is ignored, what closes the socket (and with which code), and that nothing
 //!   else is disturbed.
 //! - `limits`: rate, connection caps, frame size, slow readers, heartbeat.
+//! - `state_limits`: document, request and presence limits; presence that belongs to a session.
 //! - `rooms`: idle eviction, the snapshot files, reloading, the manager's room API.
 //! - `shutdown`: graceful shutdown in process and of the real binary on SIGTERM.
 //! - `edge`: plain HTTP on the endpoint, health, metrics, the closing handshake.
@@ -23,4 +24,5 @@ mod rooms;
 mod sessions;
 mod shutdown;
 mod smoke;
+mod state_limits;
 mod websocket;
