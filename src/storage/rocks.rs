@@ -616,11 +616,14 @@ mod tests {
         let reopened = RocksStorage::open(dir.path(), Durability::ProcessCrash)
             .expect("the closed database's directory opens again");
         assert_eq!(
-            reopened.load(&room).expect("load").map(|d| d.clock()),
+            reopened
+                .load(&room, &Limits::default())
+                .expect("load")
+                .map(|d| d.clock()),
             Some(1)
         );
         assert!(
-            late_holder.load(&room).is_err(),
+            late_holder.load(&room, &Limits::default()).is_err(),
             "a closed storage refuses reads"
         );
         assert!(late_holder.room_ids().is_err());

@@ -327,10 +327,12 @@ impl Client {
     }
 
     /// Waits for the connection to end: the close frame's code and reason, `CloseCode::Status`
-    /// with no reason if it ended without one, or the websocket error.
+    /// with no reason if it ended without one, or the websocket error. Panics if it has not
+    /// ended within [`WAIT`] (pings and other frames do not extend the wait).
     pub async fn close_or_error(&mut self) -> Result<(CloseCode, String), String> {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("close within the wait");
             match msg {

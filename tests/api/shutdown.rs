@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use weft::engine::Limits;
 use weft::ids::RoomId;
 use weft::storage::{Durability, RocksStorage, Storage, StorageKind};
 
@@ -71,7 +72,10 @@ async fn shutdown_closes_rocksdb_before_returning() {
     let reopened = RocksStorage::open(&dir.path().join("rocksdb"), Durability::ProcessCrash)
         .expect("the database is closed once shutdown returns");
     let room = RoomId::parse("d-rocks").expect("room id");
-    let clock = reopened.load(&room).expect("load").map(|d| d.clock());
+    let clock = reopened
+        .load(&room, &Limits::default())
+        .expect("load")
+        .map(|d| d.clock());
     assert_eq!(clock, Some(1));
     drop(still_held);
 }
