@@ -25,9 +25,14 @@ has_openssl_dev() {
       "$root"/usr/share/pkgconfig/openssl.pc 2>/dev/null | grep -q .
 }
 
+# True when the C and C++ compilers the RocksDB build (cc crate) calls are on PATH.
+has_build_toolchain() {
+  command -v cc >/dev/null 2>&1 && command -v c++ >/dev/null 2>&1
+}
+
 ensure_build_deps() {
   local missing=()
-  command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+  has_build_toolchain || missing+=(build-essential)
   find_libclang / >/dev/null || missing+=(libclang-dev)
   # The EdgeBase Rust SDK (a dev-dependency of the game interop tests) links OpenSSL via native-tls;
   # openssl-sys finds it through pkg-config's openssl.pc (from libssl-dev).

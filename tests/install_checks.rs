@@ -5,10 +5,16 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Runs `source scripts/lib.sh; CHECK ARGS` in bash with `path` first on PATH; true when it passed.
+/// Runs `source scripts/lib.sh; CHECK ARGS` in bash (with `path` as the whole PATH, if given);
+/// true when it passed.
 fn check(check: &str, args: &[&str], path: Option<&Path>) -> bool {
     let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lib.sh");
-    let mut command = Command::new("bash");
+    // Found on the test's PATH: the check itself may run with another.
+    let bash = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("bash"))
+        .find(|bash| bash.is_file())
+        .expect("bash on PATH");
+    let mut command = Command::new(bash);
     command
         .arg("-c")
         .arg(format!("source '{}' && {check} \"$@\"", lib.display()))
@@ -16,8 +22,7 @@ fn check(check: &str, args: &[&str], path: Option<&Path>) -> bool {
         .args(args)
         .env_remove("LIBCLANG_PATH");
     if let Some(dir) = path {
-        let system = std::env::var("PATH").unwrap_or_default();
-        command.env("PATH", format!("{}:{system}", dir.display()));
+        command.env("PATH", dir);
     }
     command.status().expect("bash runs").success()
 }
@@ -77,16 +82,12 @@ fn openssl_needs_headers_and_pkg_config_file() {
     assert!(check("has_openssl_dev", &[&root_arg(&dev)], None));
 }
 
-/// A bin folder with a fake `node` reporting `version` and a working `npm`.
-fn fake_node(version: &str) -> (tempfile::TempDir, PathBuf) {
+/// A bin folder holding the given shell scripts (name, body).
+fn fake_bin(scripts: &[(&str, String)]) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
     let bin = dir.path().join("bin");
     fs::create_dir_all(&bin).expect("mkdir");
-    let major = version.split('.').next().unwrap_or_default();
-    for (name, body) in [
-        ("node", format!("#!/bin/sh\necho {major}\n")),
-        ("npm", "#!/bin/sh\necho 10.0.0\n".to_owned()),
-    ] {
+    for (name, body) in scripts {
         let path = bin.join(name);
         fs::write(&path, body).expect("write");
         Command::new("chmod")
@@ -96,6 +97,25 @@ fn fake_node(version: &str) -> (tempfile::TempDir, PathBuf) {
             .expect("chmod");
     }
     (dir, bin)
+}
+
+/// A bin folder with a fake `node` reporting `version` and a working `npm`.
+fn fake_node(version: &str) -> (tempfile::TempDir, PathBuf) {
+    let major = version.split('.').next().unwrap_or_default();
+    fake_bin(&[
+        ("node", format!("#!/bin/sh\necho {major}\n")),
+        ("npm", "#!/bin/sh\necho 10.0.0\n".to_owned()),
+    ])
+}
+
+/// RocksDB is C++: a C compiler alone (`cc`) does not build it; `c++` must be there too.
+#[test]
+fn a_c_compiler_alone_is_not_the_toolchain() {
+    let compiler = || "#!/bin/sh\nexit 0\n".to_owned();
+    let (_dir, bin) = fake_bin(&[("cc", compiler())]);
+    assert!(!check("has_build_toolchain", &[], Some(&bin)));
+    let (_dir, bin) = fake_bin(&[("cc", compiler()), ("c++", compiler())]);
+    assert!(check("has_build_toolchain", &[], Some(&bin)));
 }
 
 /// Debian 12's Node.js 18 is not enough for the interop tests (package.json asks for >= 20).
