@@ -240,10 +240,8 @@ pub(crate) struct Room {
     leaving: Vec<Outbox>,
     save: SaveState,
     idle_at: Option<Instant>,
-    /// Loading failed: joins are refused rather than served an empty document.
-    load_failed: bool,
-    /// Loading found the stored room over the limits: joins are refused with this.
-    over_limit: Option<LimitError>,
+    /// Loading failed: joins are refused with this rather than served an empty document.
+    load_failure: Option<JoinError>,
     /// Clock up to which every write is durable; frames made later wait (see [`Outbox`]).
     durable: u64,
     /// Write-ahead appends queued and not yet confirmed, and where confirmations arrive.
@@ -287,8 +285,7 @@ impl Room {
             leaving: Vec::new(),
             save: SaveState::default(),
             idle_at: None,
-            load_failed: false,
-            over_limit: None,
+            load_failure: None,
             durable: 0,
             appending: 0,
             durable_tx,
@@ -318,14 +315,13 @@ impl Room {
             }
             Err(StorageError::OverLimit { source, .. }) => {
                 error!(error = %source, "stored room is over the limits; refusing it until they are raised");
-                self.load_failed = true;
-                self.over_limit = Some(source);
+                self.load_failure = Some(JoinError::OverLimit(source));
                 (CloseReason::storage_unavailable(), None)
             }
             Err(e) => {
                 error!(error = %e, "cannot load room");
                 Metrics::inc(&self.metrics.storage_errors);
-                self.load_failed = true;
+                self.load_failure = Some(JoinError::StorageUnavailable);
                 (CloseReason::storage_unavailable(), None)
             }
         };
@@ -856,7 +852,8 @@ impl Room {
                 Metrics::inc(&self.metrics.snapshots_saved);
             }
         }
-        if !self.load_failed && !self.write_failed && (self.save.dirty || result.is_err()) {
+        if self.load_failure.is_none() && !self.write_failed && (self.save.dirty || result.is_err())
+        {
             result = self.final_save().await;
         }
         // Whoever still holds the old handle learns the room is gone and asks the manager again.
@@ -864,11 +861,7 @@ impl Room {
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 RoomCommand::Join { session, reply, .. } => {
-                    let error = match (self.over_limit, self.load_failed) {
-                        (Some(limit), _) => JoinError::OverLimit(limit),
-                        (None, true) => JoinError::StorageUnavailable,
-                        (None, false) => JoinError::RoomClosed,
-                    };
+                    let error = self.load_failure.clone().unwrap_or(JoinError::RoomClosed);
                     let _ = reply.send(Err((error, session)));
                 }
                 RoomCommand::Close { reply, .. } => {
