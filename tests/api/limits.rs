@@ -184,15 +184,30 @@ async fn plain_http_connections_count_toward_the_caps() {
     let mut settings = test_settings();
     settings.limits.max_connections_per_ip = 1;
     let app = spawn_app_with(settings).await;
-    let mut idle = tokio::net::TcpStream::connect(app.addr)
-        .await
-        .expect("tcp connects");
-    idle.write_all(b"GET /healthz HTTP/1.1\r\n")
-        .await
-        .expect("half a request");
     let app = &app;
-    // The server takes the idle connection's place when it accepts it.
+    let idle = std::cell::RefCell::new(None::<tokio::net::TcpStream>);
+    let idle = &idle;
+    // The server takes the idle connection's place when it accepts it. Two workers accept
+    // concurrently, so a probe can take the place first and the idle connection is refused:
+    // then it is opened again.
     eventually("a plain request is refused with 429", || async move {
+        let refused = match idle.borrow_mut().as_mut() {
+            None => true,
+            Some(stream) => {
+                let mut byte = [0u8; 1];
+                matches!(stream.try_read(&mut byte), Ok(_))
+            }
+        };
+        if refused {
+            let mut stream = tokio::net::TcpStream::connect(app.addr)
+                .await
+                .expect("tcp connects");
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\n")
+                .await
+                .expect("half a request");
+            *idle.borrow_mut() = Some(stream);
+        }
         app.http_get("/healthz").await.0 == 429
     })
     .await;
@@ -205,12 +220,19 @@ async fn plain_http_connections_count_toward_the_caps() {
             json!({"error": full, "code": "TOO_MANY_CONNECTIONS", "message": full})
         )
     );
-    drop(idle);
+    drop(idle.borrow_mut().take());
     eventually("the place is free again", || async move {
         app.http_get("/healthz").await.0 == 200
     })
     .await;
-    let (_a, _) = app.join("l-http-cap", "a").await;
+    // The last probe's place is given back just after its answer: retry until it is.
+    let socket = std::cell::RefCell::new(None);
+    let socket = &socket;
+    eventually("a websocket connects", || async move {
+        *socket.borrow_mut() = app.try_connect("roomId=l-http-cap&clientId=a").await.ok();
+        socket.borrow().is_some()
+    })
+    .await;
     assert_eq!(app.http_get("/healthz").await.0, 429);
 }
 

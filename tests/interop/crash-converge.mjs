@@ -36,7 +36,12 @@
 // its older value for good. The buffer is only emptied by the next flush, and the tick pulls
 // before it pushes, so a broadcast arriving between `synced` and that tick is lost. Once `synced`
 // has arrived, the server holds the buffer (weft sends `synced` only when the writes it carried
-// are durable), so the driver empties it before pulling; the converged line counts these too.
+// are durable), so the driver empties it as `synced` arrives; the converged line counts these
+// too. Emptying it must keep the one strip that is right: everything pending when `synced`
+// arrives (the reconnect's diff, broadcasts queued before the reconnect) was ordered by the
+// server BEFORE the buffer, so the buffer's fields are stripped from those patches first, as
+// pull() would (without this, a client's own offline edit is overwritten in its view by an older
+// value from the diff, while the server and the others keep the edit).
 //
 // A `resync` from the server fails the run: a client only learns clocks from acks and
 // broadcasts, which weft sends once the write is durable, so after a restart its clock can never
@@ -87,6 +92,23 @@ setInterval(() => {
   for (const c of ticker) c.tick();
 }, TICK_MS).unref();
 
+// The fields of `patch` that `mask` does not hold, as the adapter's own (unexported) strip():
+// a deletion in `patch` is kept, a key that `mask` deletes is dropped whole.
+function stripFields(patch, mask) {
+  const result = {};
+  for (const [key, value] of Object.entries(patch)) {
+    const masked = mask[key];
+    if (masked === undefined || value._exists === false) {
+      result[key] = value;
+      continue;
+    }
+    if (masked._exists === false) continue;
+    const kept = Object.fromEntries(Object.entries(value).filter(([field]) => !(field in masked)));
+    if (Object.keys(kept).length > 0) result[key] = kept;
+  }
+  return result;
+}
+
 class Client {
   constructor(room, name) {
     this.name = name;
@@ -129,6 +151,7 @@ class Client {
       if (type === 'synced') {
         this.syncedHere = true;
         this.syncs++;
+        this.deliverOfflineBuffer();
       } else if (type === 'resync') {
         this.resyncs++;
         say(`# ${this.name}: resync ${short(String(data), 200)}`);
@@ -146,17 +169,24 @@ class Client {
     return this.adapter.isOnline && this.syncedHere;
   }
 
+  // The reconnect that `synced` answered delivered the offline buffer (the header's second
+  // workaround): strip its fields from what is pending (ordered before it), then empty it.
+  deliverOfflineBuffer() {
+    const a = this.adapter;
+    if (Object.keys(a.offlineBuffer).length === 0) return;
+    a.pendingDocumentPatches = a.pendingDocumentPatches
+      .map((patch) => stripFields(patch, a.offlineBuffer))
+      .filter((patch) => Object.keys(patch).length > 0);
+    a.clearPersistedOfflineBuffer();
+    this.deliveredBuffers++;
+  }
+
   tick() {
     // Work around a CLIENT bug (see the header): while the offline buffer has not reached the
     // server (offline, or the reconnect carrying it not answered yet), pull() would clear it.
     const a = this.adapter;
     const unsent = Object.keys(a.offlineBuffer).length > 0 && !this.syncedHere;
     if (unsent && a.pendingDocumentPatches.length > 0) this.deferredPulls++;
-    if (this.syncedHere && Object.keys(a.offlineBuffer).length > 0) {
-      // Delivered by the reconnect that `synced` answered (the header's second workaround).
-      a.clearPersistedOfflineBuffer();
-      this.deliveredBuffers++;
-    }
     const pulled = unsent ? [] : a.pull();
     for (const m of pulled) {
       if (m.syncBehavior === 'document') applyPatchToView(this.doc, m.patch);
