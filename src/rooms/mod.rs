@@ -8,7 +8,7 @@ mod manager;
 mod room;
 mod session;
 
-pub use manager::{JoinError, RoomConfig, RoomManager};
+pub use manager::{JoinError, RoomConfig, RoomManager, DEFAULT_STORAGE_QUEUE_BYTES};
 pub(crate) use room::send_command;
 pub use room::RoomHandle;
 pub(crate) use session::Delivery;
