@@ -383,7 +383,7 @@ fn restore_a_reference_data_directory() {
         &Limits::default(),
     )
     .expect("loads")
-        .expect("present");
+    .expect("present");
     assert_eq!(
         (reference.live_components(), reference.tombstones()),
         (3, 1)

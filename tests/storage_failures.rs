@@ -177,7 +177,7 @@ async fn no_write_is_acked_unless_stored() {
         &Limits::default(),
     )
     .expect("loads")
-        .expect("stored");
+    .expect("stored");
     for (key, v) in &acked {
         let fields = stored
             .get(key)

@@ -144,9 +144,7 @@ mod tests {
     /// Neither snapshot nor log: no document. An unreadable entry is an error, not skipped.
     #[test]
     fn nothing_stored_is_none_and_garbage_is_an_error() {
-        assert!(replay(None, [], &Limits::default())
-            .expect("ok")
-            .is_none());
+        assert!(replay(None, [], &Limits::default()).expect("ok").is_none());
         assert!(matches!(
             replay(None, [(1, &b"{nope"[..])], &Limits::default()),
             Err(ReplayError::Entry { seq: 1, .. })

@@ -352,8 +352,8 @@ impl Room {
         let limits = self.config.limits;
         let loaded =
             tokio::task::spawn_blocking(move || storage::load_document(&*storage, &id, &limits))
-            .await
-            .unwrap_or_else(|e| Err(panicked(&self.id, e)))?;
+                .await
+                .unwrap_or_else(|e| Err(panicked(&self.id, e)))?;
         if let Some(doc) = loaded {
             info!(
                 clock = doc.clock(),

@@ -596,7 +596,9 @@ async fn repeated_reconnects_queue_the_diff_once() {
 #[tokio::test]
 async fn appends_wait_for_the_write_budget_and_keep_their_order() {
     let storage = Arc::new(GatedLogStorage::default());
-    let batch = json!([{"e/S": {"_exists": true, "x": 1}}]).to_string().len();
+    let batch = json!([{"e/S": {"_exists": true, "x": 1}}])
+        .to_string()
+        .len();
     let config = RoomConfig {
         write_budget: WriteBudget::new(2 * batch),
         ..RoomConfig::default()
@@ -620,7 +622,11 @@ async fn appends_wait_for_the_write_budget_and_keep_their_order() {
         for _ in 0..100 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(storage.appends_pending(), fit, "the budget holds two batches");
+        assert_eq!(
+            storage.appends_pending(),
+            fit,
+            "the budget holds two batches"
+        );
         storage.confirm_appends();
         for _ in 0..fit {
             acked.push(s.recv_until("ack").await.pop().expect("an ack"));

@@ -89,7 +89,10 @@ mod tests {
         drop(first);
         let (name, third) = rx.recv().await.expect("third");
         assert_eq!(name, "third");
-        assert!(rx.try_recv().is_err(), "the huge batch waits for everything");
+        assert!(
+            rx.try_recv().is_err(),
+            "the huge batch waits for everything"
+        );
         drop((second, third));
         let (name, huge) = rx.recv().await.expect("huge");
         assert_eq!(name, "huge");

@@ -623,7 +623,9 @@ mod tests {
     fn passes_the_contract() {
         for durability in [Durability::ProcessCrash, Durability::PowerLoss] {
             let dir = tempfile::tempdir().expect("tempdir");
-            super::super::contract::check(&FileStorage::open(dir.path(), durability).expect("open"));
+            super::super::contract::check(
+                &FileStorage::open(dir.path(), durability).expect("open"),
+            );
         }
     }
 
@@ -697,7 +699,15 @@ mod tests {
         let mut zeroed = whole.clone();
         zeroed[2 * entry + 4..].fill(0);
         fs::write(&path, &zeroed).expect("zero");
-        assert_eq!(storage.load(&key).expect("load").expect("present").log.len(), 2);
+        assert_eq!(
+            storage
+                .load(&key)
+                .expect("load")
+                .expect("present")
+                .log
+                .len(),
+            2
+        );
         append_sync(&storage, &key, 3, b"[3]").expect("append after the cut");
         assert_eq!(fs::read(&path).expect("log"), whole);
 
@@ -719,7 +729,10 @@ mod tests {
         let key = RoomKey::Canvas(room.clone());
         let limits = Limits::default();
         let mut doc = Document::default();
-        doc.apply(&[serde_json::json!({"a/S": {"_exists": true, "x": 1}})], &limits);
+        doc.apply(
+            &[serde_json::json!({"a/S": {"_exists": true, "x": 1}})],
+            &limits,
+        );
         fs::write(dir.path().join("r.json"), doc.encode_snapshot()).expect("old snapshot");
         {
             let storage = open(dir.path());
@@ -728,7 +741,10 @@ mod tests {
             append_sync(&storage, &key, clock, write.to_string().as_bytes()).expect("append");
         }
         let storage = open(dir.path());
-        assert_eq!(load_document(&storage, &room, &limits).expect("load"), Some(doc));
+        assert_eq!(
+            load_document(&storage, &room, &limits).expect("load"),
+            Some(doc)
+        );
     }
 
     /// An append that cannot be written (here the log's name is taken by a directory) fails,
@@ -764,7 +780,10 @@ mod tests {
             }
         }
         for key in &keys {
-            assert_eq!(storage.load(key).expect("load").expect("present").log.len(), 2);
+            assert_eq!(
+                storage.load(key).expect("load").expect("present").log.len(),
+                2
+            );
         }
     }
 }

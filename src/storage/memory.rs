@@ -39,7 +39,7 @@ impl Storage for MemoryStorage {
         let keep = gapless_len(room.log.keys().copied());
         if let Some(stale) = room.log.keys().nth(keep).copied() {
             tracing::warn!(room = %key, seq = stale, "log has a gap; dropping the unacknowledged tail");
-            room.log.split_off(&stale);
+            let _dropped = room.log.split_off(&stale);
         }
         Ok(Some(Stored {
             snapshot: room.snapshot.clone(),

@@ -25,7 +25,7 @@ use rocksdb::{
 use tracing::{error, warn};
 
 use super::{gapless_len, AppendDone, Durability, Storage, StorageError, Stored};
-use crate::ids::RoomKey;
+use crate::ids::{RecordKey, RoomId, RoomKey};
 
 const SNAPSHOTS: &str = "snapshots";
 const LOG: &str = "log";
@@ -304,19 +304,16 @@ impl Storage for RocksStorage {
         let mut keys: Vec<RoomKey> = Vec::new();
         let whole = |e| db_error("", e);
         let db = self.db("")?;
-        for (family, make) in [
-            (SNAPSHOTS, RoomKey::parse as fn(&str) -> Option<RoomKey>),
-            (RECORDS, |k: &str| {
-                crate::ids::RecordKey::parse(k).map(RoomKey::Game)
-            }),
+        let canvas = |k: &str| RoomId::parse(k).ok().map(RoomKey::Canvas);
+        let game = |k: &str| RecordKey::parse(k).map(RoomKey::Game);
+        for (family, parse) in [
+            (SNAPSHOTS, &canvas as &dyn Fn(&str) -> Option<RoomKey>),
+            (RECORDS, &game),
         ] {
             for item in db.iterator_cf(cf(&db, family)?, IteratorMode::Start) {
                 let (key, _) = item.map_err(whole)?;
-                if let Some(key) = std::str::from_utf8(&key).ok().and_then(make) {
-                    // A canvas snapshot is never a game key: `/` is not in room ids.
-                    if family == RECORDS || key.canvas().is_some() {
-                        keys.push(key);
-                    }
+                if let Some(key) = std::str::from_utf8(&key).ok().and_then(parse) {
+                    keys.push(key);
                 }
             }
         }
@@ -386,7 +383,11 @@ fn write_loop(db: &DB, jobs: &std_mpsc::Receiver<Job>, durability: Durability) {
                     key, seq, snapshot, ..
                 } => {
                     batch.put_cf(snapshot_cf(key), snapshot_place(key).1, snapshot);
-                    batch.delete_range_cf(log, log_prefix(key), log_key(key, seq.saturating_add(1)));
+                    batch.delete_range_cf(
+                        log,
+                        log_prefix(key),
+                        log_key(key, seq.saturating_add(1)),
+                    );
                 }
                 Job::Delete { key, .. } => {
                     batch.delete_cf(snapshot_cf(key), snapshot_place(key).1);
@@ -425,7 +426,6 @@ fn write_loop(db: &DB, jobs: &std_mpsc::Receiver<Job>, durability: Durability) {
 mod tests {
     use super::*;
     use crate::engine::{Document, Limits};
-    use crate::ids::{RecordKey, RoomId};
     use crate::storage::contract::append_sync as append_bytes;
     use crate::storage::load_document;
     use serde_json::{json, Value};
@@ -442,7 +442,11 @@ mod tests {
 
     fn fold(storage: &dyn Storage, room: &RoomId, doc: &Document) {
         storage
-            .fold(&RoomKey::Canvas(room.clone()), doc.clock(), &doc.encode_snapshot())
+            .fold(
+                &RoomKey::Canvas(room.clone()),
+                doc.clock(),
+                &doc.encode_snapshot(),
+            )
             .expect("fold");
     }
 
@@ -475,12 +479,17 @@ mod tests {
             db.put_cf(cf(SNAPSHOTS), "old", &snapshot).expect("put");
             let mut log_key = b"old\0".to_vec();
             log_key.extend_from_slice(&2u64.to_be_bytes());
-            db.put_cf(cf(LOG), log_key, second.to_string()).expect("put");
-            db.put_cf(cf(RECORDS), "battle/r1", b"{\"v\":1}").expect("put");
+            db.put_cf(cf(LOG), log_key, second.to_string())
+                .expect("put");
+            db.put_cf(cf(RECORDS), "battle/r1", b"{\"v\":1}")
+                .expect("put");
         }
         let storage = RocksStorage::open(dir.path(), Durability::ProcessCrash).expect("open");
         let room = RoomId::parse("old").expect("id");
-        assert_eq!(load_document(&storage, &room, &limits).expect("load"), Some(doc));
+        assert_eq!(
+            load_document(&storage, &room, &limits).expect("load"),
+            Some(doc)
+        );
         let game = RecordKey::parse("battle/r1").expect("key");
         let storage: &dyn Storage = &storage;
         assert_eq!(
