@@ -1,6 +1,7 @@
 //! HTTP and WebSocket edge: actix-web routes for plain HTTP; WebSocket upgrades leave actix-http
-//! (`upgrade`) for weft's own socket (`websocket`) and one session loop per connection
-//! (`canvas_ws`, `game_ws`).
+//! (`upgrade`) for weft's own socket (`websocket`) and ONE session loop (`session`: limits,
+//! heartbeat, rate, delivery) shared by both endpoints, which only decode and act on their
+//! protocol's frames (`canvas_ws`, `game_ws`).
 
 mod accept;
 mod canvas_ws;
@@ -8,6 +9,7 @@ mod game_http;
 mod game_ws;
 mod limits;
 mod liveness;
+mod session;
 mod upgrade;
 mod websocket;
 
