@@ -14,7 +14,7 @@ use serde_json::json;
 use tracing::{debug, info, Instrument};
 
 use super::limits::ConnectionPermit;
-use super::session::{End, Heartbeat, Io, OverRate, Protocol, Session};
+use super::session::{close, End, Heartbeat, Io, OverRate, Protocol, Session};
 use super::upgrade::UpgradeRequest;
 use super::websocket::WebSocket;
 use super::{AppState, LiveConnection, TransportConfig};
@@ -116,7 +116,7 @@ async fn open(
         Err(reason) => {
             Metrics::inc(&state.metrics.connects_denied);
             info!(%reason, "connect refused");
-            socket.close(&CloseReason::new(1008, reason)).await;
+            close(socket, &CloseReason::new(1008, reason), &state).await;
             return None;
         }
     };
@@ -131,9 +131,8 @@ async fn open(
         Err(Denied(reason)) => {
             Metrics::inc(&state.metrics.connects_denied);
             info!(%reason, "connect denied");
-            socket
-                .close(&CloseReason::new(1008, format!("unauthorized: {reason}")))
-                .await;
+            let reason = CloseReason::new(1008, format!("unauthorized: {reason}"));
+            close(socket, &reason, &state).await;
             return None;
         }
     };
@@ -154,7 +153,7 @@ async fn open(
                 }
                 JoinError::OverLimit(_) => CloseReason::new(1009, e.to_string()),
             };
-            socket.close(&reason).await;
+            close(socket, &reason, &state).await;
             return None;
         }
     };

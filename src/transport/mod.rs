@@ -32,7 +32,7 @@ use crate::auth::{Authorizer, GameAuth};
 use crate::engine::Limits;
 use crate::game::GameRooms;
 use crate::metrics::Metrics;
-use crate::rooms::RoomManager;
+use crate::rooms::{RoomManager, Tasks};
 
 /// Settings of the WebSocket edge.
 #[derive(Debug, Clone)]
@@ -126,9 +126,9 @@ pub struct AppState {
     pub liveness: Arc<Liveness>,
     /// Flips to `true` when shutdown begins (see [`AppState::shutting_down`]).
     pub closing: tokio::sync::watch::Sender<bool>,
-    /// The server's main runtime, where rooms and WebSocket connections run (HTTP requests are
-    /// served on actix's worker threads).
-    pub runtime: tokio::runtime::Handle,
+    /// Every task the server spawns, on its main runtime, where rooms and WebSocket connections
+    /// run (HTTP requests are served on actix's worker threads).
+    pub tasks: Tasks,
 }
 
 impl AppState {

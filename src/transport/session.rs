@@ -288,7 +288,7 @@ impl<P: Protocol> Session<P> {
         self.protocol.leave(&end).await;
         match end {
             End::Gone(None) => {}
-            End::Gone(Some(reason)) => self.io.socket.close(&reason).await,
+            End::Gone(Some(reason)) => close(self.io.socket, &reason, &self.io.state).await,
             End::Close(last, reason) => {
                 // Deliver what the room queued before the session left (acks of applied writes,
                 // final deltas, `kicked`); a client closed for being too slow has nothing left.
@@ -301,9 +301,19 @@ impl<P: Protocol> Session<P> {
                     }
                 }
                 debug!(code = reason.code, reason = %reason.reason, "closing");
-                self.io.socket.close(&reason).await;
+                close(self.io.socket, &reason, &self.io.state).await;
             }
         }
+    }
+}
+
+/// Closes the socket with `reason`. Its wait for the peer's close (so that the peer reads the
+/// close frame before the socket goes) ends when shutdown has closed every room and cancels the
+/// server's tasks: the process is about to exit.
+pub(super) async fn close(socket: WebSocket, reason: &CloseReason, state: &AppState) {
+    tokio::select! {
+        () = socket.close(reason) => {}
+        () = state.tasks.cancelled() => {}
     }
 }
 
