@@ -609,7 +609,12 @@ async fn appends_wait_for_the_write_budget_and_keep_their_order() {
         write_budget: WriteBudget::new(2 * batch),
         ..RoomConfig::default()
     };
-    let manager = RoomManager::new(storage.clone(), config, Arc::new(Metrics::default()));
+    let manager = RoomManager::new(
+        storage.clone(),
+        config,
+        Arc::new(Metrics::default()),
+        Tasks::current(),
+    );
     let mut s = TestSession::join(&manager, "budget", "a", ROOMY).await;
     assert_eq!(s.recv().await, json!({"type": "clientCount", "count": 1}));
     for i in 1..=5 {

@@ -357,7 +357,7 @@ mod tests {
         );
 
         let huge =
-            json!([{"b/S": {"_exists": true, "pts": {"__buf": 1, "len": 1 << 20, "runs": []}}}]);
+            json!([{"b/S": {"_exists": true, "pts": {"__buf": 1, "len": 1 << 12, "runs": []}}}]);
         contract::append_sync(&storage, &key, 3, huge.to_string().as_bytes()).expect("append");
         let small = Limits {
             max_document_values: 1000,

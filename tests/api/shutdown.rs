@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use weft::engine::Limits;
 use weft::ids::RoomId;
-use weft::storage::{Durability, RocksStorage, Storage, StorageKind};
+use weft::storage::{load_document, Durability, RocksStorage, StorageKind};
 
 use crate::helpers::{
     ack, connect_url, count, doc_patch, file_settings, read_json, reconnect, spawn_app,
@@ -72,7 +72,7 @@ async fn shutdown_closes_rocksdb_before_returning() {
     let reopened = RocksStorage::open(&dir.path().join("rocksdb"), Durability::ProcessCrash)
         .expect("the database is closed once shutdown returns");
     let room = RoomId::parse("d-rocks").expect("room id");
-    let clock = weft::storage::load_document(&reopened, &room, &Limits::default())
+    let clock = load_document(&reopened, &room, &Limits::default())
         .expect("load")
         .map(|d| d.clock());
     assert_eq!(clock, Some(1));
