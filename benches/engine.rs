@@ -214,7 +214,9 @@ const ROOM_OF: usize = 10;
 /// A `battle` room of [`ROOM_OF`] players, as the game benches hold it: the shared state and
 /// each player's `{"hp", "position"}`.
 fn battle_states() -> (Value, Vec<Value>) {
-    let ids: Vec<Value> = (0..ROOM_OF).map(|i| json!({"id": format!("p{i}")})).collect();
+    let ids: Vec<Value> = (0..ROOM_OF)
+        .map(|i| json!({"id": format!("p{i}")}))
+        .collect();
     let shared = json!({"round": 3, "phase": "playing", "players": ids});
     let players = (0..ROOM_OF)
         .map(|i| json!({"hp": 100, "position": {"x": i, "y": i}}))
@@ -268,8 +270,7 @@ fn bench_action(c: &mut Criterion) {
         })
         .collect();
     let (shared, players) = battle_states();
-    let others = tree::json_size(&shared)
-        + players[1..].iter().map(tree::json_size).sum::<usize>();
+    let others = tree::json_size(&shared) + players[1..].iter().map(tree::json_size).sum::<usize>();
     let mut group = c.benchmark_group("game_action");
 
     let mut doc = StateDoc::new(players[0].clone(), 1);
@@ -278,6 +279,8 @@ fn bench_action(c: &mut Criterion) {
         b.iter(|| {
             n += 1;
             let (next, request_id) = move_action(&frames[n % 2], doc.value(), others);
+            // `set_player` keeps a changed value for the flush, which applies it.
+            assert!(next != *doc.value());
             let batch = doc.apply(next).expect("a change");
             let Writes::Paths(delta) = &batch.writes else {
                 panic!("a delta")

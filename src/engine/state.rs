@@ -109,10 +109,16 @@ pub enum ReplayError {
 /// Saved stamps that do not fit their document.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StampError {
-    #[error("stamped path {path:?} is not a dot-path of at most {MAX_PATH_DEPTH} non-empty segments")]
+    #[error(
+        "stamped path {path:?} is not a dot-path of at most {MAX_PATH_DEPTH} non-empty segments"
+    )]
     BadPath { path: String },
     #[error("path {path:?} is stamped {stamp}, after the document's clock {clock}")]
-    AfterClock { path: String, stamp: u64, clock: u64 },
+    AfterClock {
+        path: String,
+        stamp: u64,
+        clock: u64,
+    },
     #[error("path {path:?} is stamped {stamp}, not after the write of its parent")]
     NotAfterParent { path: String, stamp: u64 },
     #[error("path {path:?} has neither a stamp nor stamped members")]
@@ -137,7 +143,11 @@ impl StateDoc {
     }
 
     /// A saved document back: its value, clock and stamps, checked against each other.
-    pub fn from_parts(value: Value, clock: u64, stamps: PathStamps) -> Result<StateDoc, StampError> {
+    pub fn from_parts(
+        value: Value,
+        clock: u64,
+        stamps: PathStamps,
+    ) -> Result<StateDoc, StampError> {
         stamps.check(clock)?;
         let mut value = value;
         tree::strip_nulls(&mut value);
@@ -284,7 +294,8 @@ impl Node {
         let mut node = self;
         for segment in path.split('.') {
             node.latest = clock;
-            if !node.children.contains_key(segment) {
+            // Looked up before inserting: the entry API would allocate the key on every write.
+            if node.children.get(segment).is_none() {
                 node.children.insert(segment.to_owned(), Node::default());
             }
             // Just ensured.
@@ -320,7 +331,13 @@ impl Node {
 
     /// Checks the loaded subtree at `path` (`depth` segments below the root; `after` = the
     /// largest stamp of its ancestors) against the document's `clock`.
-    fn check(&self, path: &mut String, depth: usize, after: u64, clock: u64) -> Result<(), StampError> {
+    fn check(
+        &self,
+        path: &mut String,
+        depth: usize,
+        after: u64,
+        clock: u64,
+    ) -> Result<(), StampError> {
         if self.stamp > clock {
             return Err(StampError::AfterClock {
                 path: path.clone(),
@@ -391,8 +408,10 @@ impl From<SavedNode> for Node {
                 children: BTreeMap::new(),
             },
             SavedNode::Inner(stamp, children) => {
-                let children: BTreeMap<String, Node> =
-                    children.into_iter().map(|(k, n)| (k, Node::from(n))).collect();
+                let children: BTreeMap<String, Node> = children
+                    .into_iter()
+                    .map(|(k, n)| (k, Node::from(n)))
+                    .collect();
                 let latest = children.values().map(|c| c.latest).fold(stamp, u64::max);
                 Node {
                     stamp,
@@ -460,10 +479,16 @@ mod tests {
     fn diff_since_sends_tombstones_and_the_highest_written_paths() {
         let mut doc = StateDoc::new(json!({"a": {"b": 1, "c": 2}, "d": 1}), 0);
         doc.apply(json!({"a": {"b": 1}, "d": 2})).expect("change");
-        assert_eq!(doc.diff_since(0), Change::Delta(delta(json!({"a.c": null, "d": 2}))));
+        assert_eq!(
+            doc.diff_since(0),
+            Change::Delta(delta(json!({"a.c": null, "d": 2})))
+        );
         doc.apply(json!({"a": [1], "d": 2})).expect("change");
         assert_eq!(doc.clock(), 2);
-        assert_eq!(doc.diff_since(0), Change::Delta(delta(json!({"a": [1], "d": 2}))));
+        assert_eq!(
+            doc.diff_since(0),
+            Change::Delta(delta(json!({"a": [1], "d": 2})))
+        );
         assert_eq!(doc.diff_since(1), Change::Delta(delta(json!({"a": [1]}))));
         assert_eq!(doc.diff_since(2), Change::None);
         // A no-op is not a batch and does not step the clock.
@@ -493,16 +518,30 @@ mod tests {
         let before = doc.clone();
         let at = |clock, writes| StateBatch { clock, writes };
         let gap = at(5, Writes::Paths(delta(json!({"a": 2}))));
-        assert_eq!(doc.replay(&gap), Err(ReplayError::Gap { clock: 3, batch: 5 }));
+        assert_eq!(
+            doc.replay(&gap),
+            Err(ReplayError::Gap { clock: 3, batch: 5 })
+        );
         let old = at(3, Writes::Paths(delta(json!({"a": 2}))));
         assert_eq!(doc.replay(&old), Ok(Replayed::AlreadyIn));
-        assert_eq!(doc.replay(&at(4, Writes::Paths(Delta::new()))), Err(ReplayError::Empty(4)));
+        assert_eq!(
+            doc.replay(&at(4, Writes::Paths(Delta::new()))),
+            Err(ReplayError::Empty(4))
+        );
         for path in ["", "a..b", ".a", "a.b.c.d.e.f"] {
             let bad = at(4, Writes::Paths(delta(json!({ path: 1 }))));
-            assert_eq!(doc.replay(&bad), Err(ReplayError::BadPath { path: path.to_owned() }));
+            assert_eq!(
+                doc.replay(&bad),
+                Err(ReplayError::BadPath {
+                    path: path.to_owned()
+                })
+            );
         }
         assert_eq!(doc, before);
-        assert_eq!(doc.replay(&at(4, Writes::Paths(delta(json!({"b.c": {"d": null}}))))), Ok(Replayed::Applied));
+        assert_eq!(
+            doc.replay(&at(4, Writes::Paths(delta(json!({"b.c": {"d": null}}))))),
+            Ok(Replayed::Applied)
+        );
         assert_eq!(doc.value(), &json!({"a": 1, "b": {"c": {}}}));
         assert_eq!(doc.clock(), 4);
     }
@@ -515,12 +554,30 @@ mod tests {
             StateDoc::from_parts(json!({}), clock, stamps)
         };
         assert!(load(5, json!([0, {"a": 5, "b": [0, {"c": 3}]}])).is_ok());
-        assert!(matches!(load(4, json!([0, {"a": 5}])), Err(StampError::AfterClock { .. })));
-        assert!(matches!(load(5, json!([3, {"a": 2}])), Err(StampError::NotAfterParent { .. })));
-        assert!(matches!(load(5, json!([0, {"a": [4, {"b": 4}]}])), Err(StampError::NotAfterParent { .. })));
-        assert!(matches!(load(5, json!([0, {"a": 0}])), Err(StampError::Unstamped { .. })));
-        assert!(matches!(load(5, json!([0, {"a.b": 1}])), Err(StampError::BadPath { .. })));
-        assert!(matches!(load(5, json!([0, {"": 1}])), Err(StampError::BadPath { .. })));
+        assert!(matches!(
+            load(4, json!([0, {"a": 5}])),
+            Err(StampError::AfterClock { .. })
+        ));
+        assert!(matches!(
+            load(5, json!([3, {"a": 2}])),
+            Err(StampError::NotAfterParent { .. })
+        ));
+        assert!(matches!(
+            load(5, json!([0, {"a": [4, {"b": 4}]}])),
+            Err(StampError::NotAfterParent { .. })
+        ));
+        assert!(matches!(
+            load(5, json!([0, {"a": 0}])),
+            Err(StampError::Unstamped { .. })
+        ));
+        assert!(matches!(
+            load(5, json!([0, {"a.b": 1}])),
+            Err(StampError::BadPath { .. })
+        ));
+        assert!(matches!(
+            load(5, json!([0, {"": 1}])),
+            Err(StampError::BadPath { .. })
+        ));
         let deep = json!([0, {"a": [0, {"b": [0, {"c": [0, {"d": [0, {"e": [0, {"f": 1}]}]}]}]}]}]);
         assert!(matches!(load(5, deep), Err(StampError::BadPath { .. })));
     }
@@ -531,7 +588,10 @@ mod tests {
         let mut doc = StateDoc::new(json!({"p": {"x": 0, "y": 0}}), 0);
         doc.apply(json!({"p": {"x": 1, "y": 0}})).expect("change");
         let saved = serde_json::to_value(&doc).expect("serializes");
-        assert_eq!(saved, json!({"clock": 1, "value": {"p": {"x": 1, "y": 0}}, "stamps": [0, {"p": [0, {"x": 1}]}]}));
+        assert_eq!(
+            saved,
+            json!({"clock": 1, "value": {"p": {"x": 1, "y": 0}}, "stamps": [0, {"p": [0, {"x": 1}]}]})
+        );
         let back: StateDoc = serde_json::from_value(saved).expect("loads");
         assert_eq!(back, doc);
         assert_eq!(back.diff_since(0), doc.diff_since(0));

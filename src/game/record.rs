@@ -191,9 +191,21 @@ impl RoomRecord {
                     source,
                 })
         };
-        check("the shared state", record.shared_version, &record.shared_stamps)?;
-        check("the server state", record.server_version, &record.server_stamps)?;
-        check("the metadata", record.metadata_version, &record.metadata_stamps)?;
+        check(
+            "the shared state",
+            record.shared_version,
+            &record.shared_stamps,
+        )?;
+        check(
+            "the server state",
+            record.server_version,
+            &record.server_stamps,
+        )?;
+        check(
+            "the metadata",
+            record.metadata_version,
+            &record.metadata_stamps,
+        )?;
         for (user, player) in &record.players {
             check(&format!("player {user:?}"), player.version, &player.stamps)?;
         }
@@ -302,9 +314,22 @@ mod tests {
             state_doc(value.clone(), version, stamps.clone()).expect("stamps fit")
         };
         let mut docs = vec![
-            ("shared".to_owned(), doc(&record.shared, record.shared_version, &record.shared_stamps)),
-            ("server".to_owned(), doc(&record.server, record.server_version, &record.server_stamps)),
-            ("metadata".to_owned(), doc(&record.metadata, record.metadata_version, &record.metadata_stamps)),
+            (
+                "shared".to_owned(),
+                doc(&record.shared, record.shared_version, &record.shared_stamps),
+            ),
+            (
+                "server".to_owned(),
+                doc(&record.server, record.server_version, &record.server_stamps),
+            ),
+            (
+                "metadata".to_owned(),
+                doc(
+                    &record.metadata,
+                    record.metadata_version,
+                    &record.metadata_stamps,
+                ),
+            ),
         ];
         for (user, p) in &record.players {
             docs.push((user.clone(), doc(&p.state, p.version, &p.stamps)));
@@ -318,8 +343,8 @@ mod tests {
     fn a_format_1_record_loads_with_its_states_and_versions() {
         let record = RoomRecord::decode(FORMAT1_BATTLE).expect("format 1 loads");
         assert_eq!(record.format, 1);
-        let docs = docs(&record);
-        let by_name = |name: &str| &docs.iter().find(|(n, _)| n == name).expect("a document").1;
+        let loaded = docs(&record);
+        let by_name = |name: &str| &loaded.iter().find(|(n, _)| n == name).expect("a document").1;
         let shared = by_name("shared");
         assert_eq!(
             shared.value(),
@@ -327,11 +352,20 @@ mod tests {
         );
         assert_eq!(shared.clock(), 3);
         assert_eq!(shared.diff_since(2), crate::engine::tree::Change::Whole);
-        assert_eq!(by_name("alice").value(), &json!({"hp": 90, "position": {"x": 3, "y": 4}}));
+        assert_eq!(
+            by_name("alice").value(),
+            &json!({"hp": 90, "position": {"x": 3, "y": 4}})
+        );
         assert_eq!(by_name("alice").clock(), 3);
         assert_eq!(by_name("bob").clock(), 1);
-        assert_eq!(by_name("server").value(), &json!({"seed": 0.4219527355071213}));
-        assert_eq!(by_name("metadata").value(), &json!({"mode": "battle", "playerCount": 2}));
+        assert_eq!(
+            by_name("server").value(),
+            &json!({"seed": 0.4219527355071213})
+        );
+        assert_eq!(
+            by_name("metadata").value(),
+            &json!({"mode": "battle", "playerCount": 2})
+        );
         assert_eq!(record.timers["turnEnd"].due_ms, 1764859230000);
         let alice = record.players["alice"].sender.clone().expect("a sender");
         assert_eq!(alice.email.as_deref(), Some("alice@example.com"));
@@ -342,7 +376,7 @@ mod tests {
         let bytes = resaved.encode().expect("encodes");
         let again = RoomRecord::decode(&bytes).expect("format 2 loads");
         assert_eq!(again.format, 2);
-        assert_eq!(docs(&again), docs);
+        assert_eq!(docs(&again), loaded);
     }
 
     /// Records of an unknown format, or whose stamps do not fit their state, are refused.
@@ -351,11 +385,17 @@ mod tests {
         let mut text: Value = serde_json::from_slice(FORMAT1_BATTLE).expect("json");
         text["format"] = json!(3);
         let bytes = serde_json::to_vec(&text).expect("json");
-        assert!(matches!(RoomRecord::decode(&bytes), Err(RecordError::UnknownFormat(3))));
+        assert!(matches!(
+            RoomRecord::decode(&bytes),
+            Err(RecordError::UnknownFormat(3))
+        ));
         text["format"] = json!(2);
         text["sharedStamps"] = json!([0, {"round": 4}]);
         let bytes = serde_json::to_vec(&text).expect("json");
-        assert!(matches!(RoomRecord::decode(&bytes), Err(RecordError::Stamps { .. })));
+        assert!(matches!(
+            RoomRecord::decode(&bytes),
+            Err(RecordError::Stamps { .. })
+        ));
         text["sharedStamps"] = json!([0, {"round": 3}]);
         let bytes = serde_json::to_vec(&text).expect("json");
         assert!(RoomRecord::decode(&bytes).is_ok());

@@ -200,8 +200,12 @@ impl Room {
         );
         ctx.server = state_doc(record.server, record.server_version, record.server_stamps)
             .map_err(|e| unreadable("the server state", e))?;
-        ctx.metadata = state_doc(record.metadata, record.metadata_version, record.metadata_stamps)
-            .map_err(|e| unreadable("the metadata", e))?;
+        ctx.metadata = state_doc(
+            record.metadata,
+            record.metadata_version,
+            record.metadata_stamps,
+        )
+        .map_err(|e| unreadable("the metadata", e))?;
         ctx.status.set_metadata(ctx.metadata.value());
         ctx.timers = record.timers;
         ctx.status.locked.store(record.locked, Ordering::Relaxed);
