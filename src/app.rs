@@ -19,7 +19,7 @@ use crate::auth::{AllowAll, Authorizer, GameAuth, JwtAuthorizer, JwtKey, TokenTa
 use crate::config::{AuthMode, Settings};
 use crate::game::{GameRooms, LogicFactory, NamespaceOptions, Namespaces};
 use crate::metrics::Metrics;
-use crate::rooms::RoomManager;
+use crate::rooms::{RoomManager, Tasks};
 use crate::storage::{self, Storage};
 use crate::transport::{self, AppState, AssemblyBudget, ConnectionLimiter, Liveness};
 
@@ -121,8 +121,14 @@ impl Application {
         let authorizer = authorizer(settings)?;
         let game_auth = Arc::new(game_auth(settings)?);
         let metrics = Arc::new(Metrics::default());
-        let manager = RoomManager::new(storage.clone(), settings.room_config(), metrics.clone());
-        let games = GameRooms::new(namespaces, storage.clone());
+        let tasks = Tasks::current();
+        let manager = RoomManager::new(
+            storage.clone(),
+            settings.room_config(),
+            metrics.clone(),
+            tasks.clone(),
+        );
+        let games = GameRooms::new(namespaces, storage.clone(), tasks.clone());
         let limits = &settings.limits;
         let state = web::Data::new(AppState {
             manager,
@@ -138,7 +144,7 @@ impl Application {
                 Duration::from_millis(limits.liveness_timeout_ms),
             ),
             closing: tokio::sync::watch::Sender::new(false),
-            runtime: tokio::runtime::Handle::current(),
+            tasks,
         });
         let listener =
             listen(settings.addr).with_context(|| format!("binding {}", settings.addr))?;
@@ -247,24 +253,28 @@ impl ShutdownHandle {
         info!("shutting down: no new connections, closing sessions, saving rooms");
         self.state.closing.send_replace(true);
         self.server.pause().await;
-        let mut errors = self.state.games.close_all().await;
-        errors.extend(
-            self.state
-                .manager
-                .close_all()
-                .await
-                .into_iter()
-                .map(|e| e.to_string()),
-        );
+        // Canvas and game rooms close at once (each manager closes its rooms in parallel).
+        let (mut errors, canvas) =
+            tokio::join!(self.state.games.close_all(), self.state.manager.close_all());
+        errors.extend(canvas.into_iter().map(|e| e.to_string()));
         for e in &errors {
             error!(error = %e, "room could not be saved at shutdown");
         }
         self.server.stop(true).await;
+        // Every task weft spawned (sessions finishing their close, background loops) ends
+        // before storage closes under them.
+        let running = self.state.tasks.shutdown(TASKS_GRACE).await;
+        if running > 0 {
+            warn!(running, "tasks still running at shutdown; exiting anyway");
+        }
         self.storage.close();
         info!(unsaved_rooms = errors.len(), "shutdown complete");
         errors.is_empty()
     }
 }
+
+/// How long shutdown waits for the server's tasks to end once every room is closed and saved.
+const TASKS_GRACE: Duration = Duration::from_secs(10);
 
 /// Pending connections the kernel queues before accept (a reconnect storm arrives at once).
 const LISTEN_BACKLOG: u32 = 2048;

@@ -5,7 +5,8 @@
 //!   -> graceful shutdown. [`config`] holds the settings tree, [`telemetry`] the logging.
 //! - [`snapshot_cli`]: `weft snapshot`: export, import, inspect, restore `<roomId>.json` snapshots.
 //! - [`transport`]: actix-web routes for HTTP; WebSocket upgrades taken off actix-http onto
-//!   weft's own socket, and one session loop per connection (limits, heartbeat, decoding).
+//!   weft's own socket, and one session loop (limits, heartbeat, rate, delivery) shared by the
+//!   canvas and game endpoints, which decode their own frames.
 //! - [`auth`]: who may connect where: none (development), a token table, or JWT.
 //! - [`game`]: game rooms (EdgeBase Rooms protocol, Colyseus room model): namespaces, the
 //!   handler trait and builder, one task per room, matchmaking.

@@ -15,9 +15,10 @@ use super::logic::{LogicFactory, Sender};
 use super::options::NamespaceOptions;
 use super::record::{unix_ms, RoomRecord};
 use super::room::{self, Command, JoinRefused};
+use super::wakeups::Wakeups;
 use crate::ids::{RecordKey, RoomId};
 use crate::protocol::game::ErrorCode;
-use crate::rooms::{Outbox, SessionLink};
+use crate::rooms::{Outbox, SessionLink, Tasks};
 use crate::storage::{Storage, StorageError};
 
 /// A registered namespace.
@@ -235,7 +236,8 @@ pub struct GameRooms {
 struct Inner {
     /// Rooms run here (the server's main runtime), not on the HTTP worker that loaded them: they
     /// outlive that connection, and the workers stop before the rooms are saved at shutdown.
-    runtime: tokio::runtime::Handle,
+    tasks: Tasks,
+    wakeups: Wakeups,
     namespaces: Namespaces,
     storage: Arc<dyn Storage>,
     slots: Mutex<HashMap<RecordKey, Slot>>,
@@ -263,11 +265,12 @@ pub struct Match {
 }
 
 impl GameRooms {
-    /// Must be called within the tokio runtime the rooms should run on.
-    pub fn new(namespaces: Namespaces, storage: Arc<dyn Storage>) -> GameRooms {
+    /// Game rooms whose tasks (rooms, wake-ups, the expiry sweep) run as `tasks`.
+    pub fn new(namespaces: Namespaces, storage: Arc<dyn Storage>, tasks: Tasks) -> GameRooms {
         GameRooms {
             inner: Arc::new(Inner {
-                runtime: tokio::runtime::Handle::current(),
+                tasks,
+                wakeups: Wakeups::default(),
                 namespaces,
                 storage,
                 slots: Mutex::new(HashMap::new()),
@@ -286,8 +289,8 @@ impl GameRooms {
         &self.inner.storage
     }
 
-    pub(super) fn runtime(&self) -> &tokio::runtime::Handle {
-        &self.inner.runtime
+    pub(super) fn tasks(&self) -> &Tasks {
+        &self.inner.tasks
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<RecordKey, Slot>> {
@@ -472,14 +475,25 @@ impl GameRooms {
         })
     }
 
-    /// At startup: deletes saved rooms past their TTL and wakes those with pending timers.
+    /// At startup: deletes saved rooms past their TTL (then every 10 minutes) and wakes those
+    /// with pending timers when they fall due. Both end when shutdown begins.
     pub fn start(&self) {
+        let tasks = self.inner.tasks.clone();
         let rooms = self.clone();
-        self.inner.runtime.spawn(async move {
+        tasks.spawn(async move {
+            let tasks = rooms.inner.tasks.clone();
             loop {
                 rooms.sweep().await;
-                tokio::time::sleep(Duration::from_secs(600)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(600)) => {}
+                    () = tasks.cancelled() => return,
+                }
             }
+        });
+        let rooms = self.clone();
+        tasks.spawn(async move {
+            let tasks = rooms.inner.tasks.clone();
+            rooms.inner.wakeups.run(rooms.clone(), tasks).await;
         });
     }
 
@@ -524,16 +538,7 @@ impl GameRooms {
 
     /// Loads the room when its earliest timer falls due, so timers fire without a player.
     pub(super) fn wake_at(&self, key: RecordKey, due_ms: u64) {
-        let rooms = self.clone();
-        self.inner.runtime.spawn(async move {
-            let wait = due_ms.saturating_sub(unix_ms());
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            if rooms.status(&key).is_none() {
-                if let Ok(handle) = rooms.handle(&key).await {
-                    let _ = handle.send(Command::Wake).await;
-                }
-            }
-        });
+        self.inner.wakeups.add(key, due_ms);
     }
 
     /// Shutdown: refuses new rooms, closes every session (1001) and saves every room. Returns

@@ -14,6 +14,7 @@ pub mod namespaces;
 mod options;
 mod record;
 mod room;
+mod wakeups;
 
 pub use context::{ClockId, RoomContext, StateError, MAX_STATE_DEPTH};
 pub use logic::{

@@ -79,8 +79,8 @@ pub(super) fn spawn(
     };
     // A root span: the room outlives the connection that happened to load it.
     let span = tracing::info_span!(parent: None, "game_room", room = %key);
-    let runtime = rooms.runtime().clone();
-    runtime.spawn(
+    let tasks = rooms.tasks().clone();
+    tasks.spawn(
         async move {
             let ctx = RoomContext::new(
                 key.clone(),

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use super::room::{Room, RoomHandle};
 use super::session::{CloseReason, NewSession};
+use super::tasks::Tasks;
 use crate::engine::{LimitError, Limits};
 use crate::ids::{RoomId, SessionId};
 use crate::metrics::Metrics;
@@ -72,7 +73,7 @@ pub(crate) struct Inner {
     storage: Arc<dyn Storage>,
     config: RoomConfig,
     metrics: Arc<Metrics>,
-    runtime: tokio::runtime::Handle,
+    tasks: Tasks,
     shutting_down: AtomicBool,
     next_generation: AtomicU64,
     next_session: AtomicU64,
@@ -116,15 +117,20 @@ impl Inner {
 }
 
 impl RoomManager {
-    /// A manager whose rooms run on the current tokio runtime.
-    pub fn new(storage: Arc<dyn Storage>, config: RoomConfig, metrics: Arc<Metrics>) -> Self {
+    /// A manager whose rooms run as `tasks`.
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        config: RoomConfig,
+        metrics: Arc<Metrics>,
+        tasks: Tasks,
+    ) -> Self {
         RoomManager {
             inner: Arc::new(Inner {
                 slots: Mutex::new(HashMap::new()),
                 storage,
                 config,
                 metrics,
-                runtime: tokio::runtime::Handle::current(),
+                tasks,
                 shutting_down: AtomicBool::new(false),
                 next_generation: AtomicU64::new(1),
                 next_session: AtomicU64::new(1),
@@ -152,7 +158,7 @@ impl RoomManager {
                             self.inner.storage.clone(),
                             self.inner.metrics.clone(),
                             Arc::downgrade(&self.inner),
-                            &self.inner.runtime,
+                            &self.inner.tasks,
                         );
                         slots.insert(id.clone(), Slot::Open(handle.clone()));
                         return Ok(handle);

@@ -7,12 +7,14 @@
 mod manager;
 mod room;
 mod session;
+mod tasks;
 
 pub use manager::{JoinError, RoomConfig, RoomManager};
 pub(crate) use room::send_command;
 pub use room::RoomHandle;
 pub(crate) use session::Delivery;
 pub use session::{CloseReason, LinkEvent, NewSession, Outbox, SessionInfo, SessionLink};
+pub use tasks::Tasks;
 
 #[cfg(test)]
 mod tests;

@@ -14,6 +14,7 @@ use tracing::{debug, error, info, warn};
 
 use super::manager::{Inner, JoinError, RoomConfig};
 use super::session::{CloseReason, Delivery, NewSession, Outbox, SessionInfo};
+use super::tasks::Tasks;
 use crate::auth::{Grant, Permission};
 use crate::engine::{Document, Ephemeral, LimitError};
 use crate::ids::{ClientId, RoomId, SessionId};
@@ -267,7 +268,7 @@ impl Room {
         storage: Arc<dyn Storage>,
         metrics: Arc<Metrics>,
         manager: Weak<Inner>,
-        runtime: &tokio::runtime::Handle,
+        tasks: &Tasks,
     ) -> RoomHandle {
         let (tx, rx) = mpsc::channel(config.command_queue.max(1));
         let (durable_tx, durable_rx) = mpsc::channel(MAX_APPENDS_IN_FLIGHT);
@@ -293,7 +294,7 @@ impl Room {
         };
         // A root span: the room outlives the connection that happened to create it.
         let span = tracing::info_span!(parent: None, "room", room = %id);
-        runtime.spawn(tracing::Instrument::instrument(
+        tasks.spawn(tracing::Instrument::instrument(
             room.run(rx, durable_rx),
             span,
         ));

@@ -47,7 +47,12 @@ impl Storage for ProbeStorage {
 const ROOMY: usize = 1 << 20;
 
 fn manager(storage: Arc<ProbeStorage>, config: RoomConfig) -> RoomManager {
-    RoomManager::new(storage, config, Arc::new(Metrics::default()))
+    RoomManager::new(
+        storage,
+        config,
+        Arc::new(Metrics::default()),
+        Tasks::current(),
+    )
 }
 
 fn room(id: &str) -> RoomId {
@@ -428,6 +433,7 @@ async fn session_with_unconfirmed_writes(
         storage.clone(),
         RoomConfig::default(),
         Arc::new(Metrics::default()),
+        Tasks::current(),
     );
     let mut s = TestSession::join(&manager, room_id, "a", ROOMY).await;
     assert_eq!(s.recv().await, json!({"type": "clientCount", "count": 1}));

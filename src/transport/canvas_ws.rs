@@ -1,32 +1,28 @@
-//! The canvas-store WebSocket endpoint (`GET /?roomId=&clientId=&token=`) and its session loop.
-//!
-//! The loop is one `select!` over: the room's close signal, the outbound queue, inbound frames and
-//! the heartbeat. Inbound frames are decoded here (on the connection's worker, in parallel with
-//! other connections) and handed to the room in order. Until the session has joined its room the
-//! socket is not read, so frames sent early (the client's `reconnect`) wait in order.
-
-use std::time::Duration;
+//! The canvas-store WebSocket endpoint (`GET /?roomId=&clientId=&token=`): authorizes and joins
+//! at the upgrade, then decodes the session's text frames and hands them to the room, in order,
+//! under the shared session loop ([`super::session`]). Frames are decoded on the connection's
+//! worker, in parallel with other connections. Until the session has joined its room the socket
+//! is not read, so frames sent early (the client's `reconnect`) wait in order.
 
 use std::net::IpAddr;
 
 use actix_web::{web, HttpResponse};
+use bytes::Bytes;
 use bytestring::ByteString;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::time::Instant;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, Instrument};
 
-use super::limits::{costs_a_token, ConnectionPermit};
+use super::limits::ConnectionPermit;
+use super::session::{close, End, Heartbeat, Io, OverRate, Protocol, Session};
 use super::upgrade::UpgradeRequest;
-use super::websocket::{Message, WebSocket, WsError};
-use super::{AppState, LiveConnection, RateLimiter};
+use super::websocket::WebSocket;
+use super::{AppState, LiveConnection, TransportConfig};
 use crate::auth::{AuthRequest, Denied};
 use crate::ids::{ClientId, RoomId, SessionId};
 use crate::metrics::Metrics;
 use crate::protocol::canvas::{self, ClientFrame};
-use crate::rooms::{
-    CloseReason, JoinError, LinkEvent, NewSession, Outbox, RoomHandle, SessionLink,
-};
+use crate::rooms::{CloseReason, JoinError, NewSession, Outbox, RoomHandle, SessionLink};
 
 #[derive(Debug, Default, Deserialize)]
 struct ConnectQuery {
@@ -73,13 +69,14 @@ impl Accepted {
         let span = tracing::info_span!("conn", peer = ?self.peer, room = tracing::field::Empty, session = tracing::field::Empty);
         let live = LiveConnection::new(state.metrics.clone(), self.permit);
         // Boxed: joining needs more state than serving, and only for a moment.
-        let opening = Box::pin(Connection::open(state, self.query, socket));
+        let opening = Box::pin(open(state.clone(), self.query, socket));
         async move {
-            let _live = live;
-            if let Some((mut conn, mut link)) = opening.await {
-                let end = conn.serve(&mut link).await;
-                Box::pin(conn.finish(end, link)).await;
-            }
+            let Some((canvas, socket, link)) = opening.await else {
+                return;
+            };
+            Session::new(state, socket, Some(link), canvas, live)
+                .run()
+                .await;
         }
         .instrument(span)
     }
@@ -100,203 +97,116 @@ fn parse_query(query: &ConnectQuery) -> Result<(RoomId, ClientId), String> {
     Ok((room, client))
 }
 
-/// A joined session. Its future lives as long as the connection, so only the serving loop is
-/// awaited inline; the rarer, larger steps (joining, handling a frame, closing) are boxed, or
-/// every idle connection would carry their state.
-struct Connection {
-    state: web::Data<AppState>,
-    socket: WebSocket,
+/// A joined canvas session: the protocol's part of its connection.
+struct Canvas {
     room: RoomHandle,
     id: SessionId,
     client: ClientId,
     room_id: RoomId,
 }
 
-/// How a connection ends.
-enum End {
-    /// The peer vanished: nothing more to send.
-    Gone,
-    /// The peer closed: answer its close frame.
-    Answer(CloseReason),
-    /// We close, with this code and reason, after sending what is still queued.
-    Close(CloseReason),
+/// Authorizes and joins; a refused connection is closed with its reason.
+async fn open(
+    state: web::Data<AppState>,
+    query: ConnectQuery,
+    socket: WebSocket,
+) -> Option<(Canvas, WebSocket, SessionLink)> {
+    let (room_id, client) = match parse_query(&query) {
+        Ok(ids) => ids,
+        Err(reason) => {
+            Metrics::inc(&state.metrics.connects_denied);
+            info!(%reason, "connect refused");
+            close(socket, &CloseReason::new(1008, reason), &state).await;
+            return None;
+        }
+    };
+    tracing::Span::current().record("room", room_id.as_str());
+    let request = AuthRequest {
+        room: &room_id,
+        client: &client,
+        token: query.token.as_deref(),
+    };
+    let grant = match state.authorizer.authorize(request).await {
+        Ok(grant) => grant,
+        Err(Denied(reason)) => {
+            Metrics::inc(&state.metrics.connects_denied);
+            info!(%reason, "connect denied");
+            let reason = CloseReason::new(1008, format!("unauthorized: {reason}"));
+            close(socket, &reason, &state).await;
+            return None;
+        }
+    };
+    let (outbox, link) = Outbox::new(state.config.outbound_queue_bytes);
+    let new = NewSession {
+        client: client.clone(),
+        permission: grant.permission,
+        metadata: grant.metadata,
+        outbox,
+    };
+    let (room, id) = match state.manager.join(&room_id, new).await {
+        Ok(joined) => joined,
+        Err(e) => {
+            let reason = match e {
+                JoinError::ShuttingDown => CloseReason::shutting_down(),
+                JoinError::StorageUnavailable | JoinError::RoomClosed => {
+                    CloseReason::storage_unavailable()
+                }
+                JoinError::OverLimit(_) => CloseReason::new(1009, e.to_string()),
+            };
+            close(socket, &reason, &state).await;
+            return None;
+        }
+    };
+    tracing::Span::current().record("session", tracing::field::display(id));
+    debug!(%client, "session joined");
+    let canvas = Canvas {
+        room,
+        id,
+        client,
+        room_id,
+    };
+    Some((canvas, socket, link))
 }
 
-impl Connection {
-    /// Authorizes and joins; a refused connection is closed with its reason.
-    async fn open(
-        state: web::Data<AppState>,
-        query: ConnectQuery,
-        socket: WebSocket,
-    ) -> Option<(Connection, SessionLink)> {
-        let (room_id, client) = match parse_query(&query) {
-            Ok(ids) => ids,
-            Err(reason) => {
-                Metrics::inc(&state.metrics.connects_denied);
-                info!(%reason, "connect refused");
-                socket.close(&CloseReason::new(1008, reason)).await;
-                return None;
-            }
-        };
-        tracing::Span::current().record("room", room_id.as_str());
-        let request = AuthRequest {
-            room: &room_id,
-            client: &client,
-            token: query.token.as_deref(),
-        };
-        let grant = match state.authorizer.authorize(request).await {
-            Ok(grant) => grant,
-            Err(Denied(reason)) => {
-                Metrics::inc(&state.metrics.connects_denied);
-                info!(%reason, "connect denied");
-                socket
-                    .close(&CloseReason::new(1008, format!("unauthorized: {reason}")))
-                    .await;
-                return None;
-            }
-        };
-        let (outbox, link) = Outbox::new(state.config.outbound_queue_bytes);
-        let new = NewSession {
-            client: client.clone(),
-            permission: grant.permission,
-            metadata: grant.metadata,
-            outbox,
-        };
-        let (room, id) = match state.manager.join(&room_id, new).await {
-            Ok(joined) => joined,
-            Err(e) => {
-                let reason = match e {
-                    JoinError::ShuttingDown => CloseReason::shutting_down(),
-                    JoinError::StorageUnavailable | JoinError::RoomClosed => {
-                        CloseReason::storage_unavailable()
-                    }
-                    JoinError::OverLimit(_) => CloseReason::new(1009, e.to_string()),
-                };
-                socket.close(&reason).await;
-                return None;
-            }
-        };
-        tracing::Span::current().record("session", tracing::field::display(id));
-        debug!(%client, "session joined");
-        let conn = Connection {
-            state,
-            socket,
-            room,
-            id,
-            client,
-            room_id,
-        };
-        Some((conn, link))
+impl Protocol for Canvas {
+    fn heartbeat(config: &TransportConfig) -> Heartbeat {
+        Heartbeat {
+            server_pings: Some(config.heartbeat_interval),
+            timeout: config.heartbeat_timeout,
+            timeout_code: 1001,
+            write_timeout: config.heartbeat_timeout,
+        }
     }
 
-    /// Leaves the room and closes the socket as `end` says.
-    async fn finish(mut self, end: End, mut link: SessionLink) {
+    async fn on_text(&mut self, io: &mut Io, text: ByteString) -> Option<End> {
+        self.frame(io, &text).await
+    }
+
+    /// The reference server reads binary frames as UTF-8 text; so do we.
+    fn on_binary(&mut self, io: &Io, bytes: Bytes) -> Result<Option<ByteString>, End> {
+        match ByteString::try_from(bytes) {
+            Ok(text) => Ok(Some(text)),
+            Err(_) => {
+                Metrics::inc(&io.state.metrics.frames_ignored);
+                Ok(None)
+            }
+        }
+    }
+
+    fn over_rate(&self) -> OverRate {
+        OverRate::Close(CloseReason::new(1008, "rate limit exceeded"))
+    }
+
+    async fn leave(&mut self, _end: &End) {
         self.room.leave(self.id).await;
-        match end {
-            End::Gone => {}
-            End::Answer(reason) => self.socket.close(&reason).await,
-            End::Close(reason) => {
-                // Deliver what the room queued before the session left (acks of applied writes;
-                // a client closed for being too slow has nothing left queued).
-                self.drain(&mut link).await;
-                debug!(code = reason.code, reason = %reason.reason, "closing");
-                self.socket.close(&reason).await;
-            }
-        }
     }
+}
 
-    async fn serve(&mut self, link: &mut SessionLink) -> End {
-        let state = self.state.clone();
-        let config = &state.config;
-        let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
-        heartbeat.tick().await;
-        let mut last_heard = Instant::now();
-        let mut rate =
-            RateLimiter::new(config.messages_per_second, config.message_burst, last_heard);
-        loop {
-            tokio::select! {
-                event = link.next() => match event {
-                    LinkEvent::Frame(frame) => {
-                        self.queue_batch(frame, link);
-                        // A socket that stopped reading must not hold a closed session open.
-                        tokio::select! {
-                            flushed = self.socket.flush_within(config.heartbeat_timeout) => {
-                                if !flushed {
-                                    return End::Gone;
-                                }
-                            }
-                            reason = link.closed() => return End::Close(reason),
-                        }
-                    }
-                    LinkEvent::Closed(reason) => return End::Close(reason),
-                },
-                msg = self.socket.recv() => {
-                    last_heard = Instant::now();
-                    let msg = match msg {
-                        Ok(msg) => msg,
-                        Err(e) => return self.read_error(e),
-                    };
-                    if costs_a_token(&msg) && !rate.allow(last_heard) {
-                        Metrics::inc(&self.state.metrics.rate_limited);
-                        warn!("rate limit exceeded");
-                        return End::Close(CloseReason::new(1008, "rate limit exceeded"));
-                    }
-                    let text = match msg {
-                        // Answer the closing handshake, echoing the client's code.
-                        Message::Close(code) => return End::Answer(CloseReason::new(code, "")),
-                        Message::Ping(bytes) => {
-                            self.socket.queue_pong(&bytes);
-                            if !self.socket.flush_within(config.heartbeat_timeout).await {
-                                return End::Gone;
-                            }
-                            continue;
-                        }
-                        Message::Pong => continue,
-                        Message::Text(text) => text,
-                        // The reference server reads binary frames as UTF-8 text; so do we.
-                        Message::Binary(bytes) => match ByteString::try_from(bytes) {
-                            Ok(text) => text,
-                            Err(_) => {
-                                Metrics::inc(&self.state.metrics.frames_ignored);
-                                continue;
-                            }
-                        },
-                    };
-                    if let Some(end) = Box::pin(self.on_text(&text)).await {
-                        return end;
-                    }
-                }
-                _ = heartbeat.tick() => {
-                    if last_heard.elapsed() > config.heartbeat_timeout {
-                        Metrics::inc(&self.state.metrics.heartbeat_timeouts);
-                        info!("heartbeat timeout");
-                        return End::Close(CloseReason::new(1001, "heartbeat timeout"));
-                    }
-                    self.socket.queue_ping();
-                    if !self.socket.flush_within(config.heartbeat_timeout).await {
-                        return End::Gone;
-                    }
-                }
-            }
-        }
-    }
-
-    /// How a connection whose socket failed ends.
-    fn read_error(&self, error: WsError) -> End {
-        if matches!(error, WsError::TooBig(_)) {
-            Metrics::inc(&self.state.metrics.frames_oversized);
-        }
-        match error.close_reason() {
-            Some(reason) => End::Close(reason),
-            None => End::Gone,
-        }
-    }
-
+impl Canvas {
     /// Handles one text frame; `Some` ends the connection.
-    async fn on_text(&mut self, text: &str) -> Option<End> {
-        let metrics = &self.state.metrics;
-        Metrics::inc(&metrics.frames_received);
-        let frame = match canvas::decode(text, &self.state.config.limits) {
+    async fn frame(&mut self, io: &Io, text: &str) -> Option<End> {
+        let metrics = &io.state.metrics;
+        let frame = match canvas::decode(text, &io.state.config.limits) {
             Ok(frame) => frame,
             Err(e) if e.is_ignored() => {
                 Metrics::inc(&metrics.frames_ignored);
@@ -306,7 +216,7 @@ impl Connection {
             Err(e) => {
                 Metrics::inc(&metrics.frames_invalid);
                 info!(error = %e, "invalid frame");
-                return Some(End::Close(CloseReason::new(1007, e.to_string())));
+                return Some(End::Close(None, CloseReason::new(1007, e.to_string())));
             }
         };
         // A room that is gone has sent this session its close reason; the loop picks it up, so
@@ -320,51 +230,19 @@ impl Connection {
                     client: &self.client,
                     token: Some(&token),
                 };
-                match self.state.authorizer.authorize(request).await {
+                match io.state.authorizer.authorize(request).await {
                     Ok(grant) => self.room.reauthorize(self.id, grant).await,
                     Err(Denied(reason)) => {
                         info!(%reason, "token refresh denied");
-                        return Some(End::Close(CloseReason::new(
-                            1008,
-                            format!("auth refresh rejected: {reason}"),
-                        )));
+                        return Some(End::Close(
+                            None,
+                            CloseReason::new(1008, format!("auth refresh rejected: {reason}")),
+                        ));
                     }
                 }
             }
             frame => self.room.frame(self.id, frame).await,
         };
         None
-    }
-
-    /// Sends `frame` and whatever else is queued for this session by now (one write), giving
-    /// up on a connection that does not drain within `limit`.
-    async fn send(&mut self, frame: ByteString, link: &mut SessionLink, limit: Duration) -> bool {
-        self.queue_batch(frame, link);
-        self.socket.flush_within(limit).await
-    }
-
-    /// Queues `frame` and whatever else is queued for this session by now, for one write.
-    fn queue_batch(&mut self, frame: ByteString, link: &mut SessionLink) {
-        self.socket.queue_text(&frame);
-        while self.socket.queued() < super::WRITE_BATCH_BYTES {
-            match link.try_frame() {
-                Some(frame) => self.socket.queue_text(&frame),
-                None => break,
-            }
-        }
-    }
-
-    /// Sends the frames still queued for this session until the room has let it go (it drops
-    /// the outbox), within one heartbeat timeout.
-    async fn drain(&mut self, link: &mut SessionLink) {
-        let limit = self.state.config.heartbeat_timeout;
-        let deadline = Instant::now() + limit;
-        while let Ok(LinkEvent::Frame(frame)) = tokio::time::timeout_at(deadline, link.next()).await
-        {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if !self.send(frame, link, left).await {
-                return;
-            }
-        }
     }
 }

@@ -1,26 +1,27 @@
-//! The EdgeBase Rooms endpoint (`GET /api/room?namespace=NS&id=ID`) and its session loop.
+//! The EdgeBase Rooms endpoint (`GET /api/room?namespace=NS&id=ID`): its frames under the shared
+//! session loop ([`super::session`]).
 //!
 //! A connection authenticates in-band (`auth` within the auth timeout), joins, then sends actions.
 //! The server never sends WebSocket Pings here (the Rust SDK's reader stops at the first non-text
 //! frame): liveness is the app-level `ping`/`pong` and a stale-socket timeout above the SDKs' 30 s
 //! ping interval. Protocol-level Pings from clients are answered.
 
-use std::time::Duration;
-
 use std::net::IpAddr;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
+use bytes::Bytes;
 use bytestring::ByteString;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::time::Instant;
-use tracing::{debug, info, Instrument};
+use tracing::{info, Instrument};
 
-use super::limits::{costs_a_token, ConnectionPermit};
+use super::limits::ConnectionPermit;
+use super::session::{End, Heartbeat, Io, OverRate, Protocol, Session};
 use super::upgrade::UpgradeRequest;
-use super::websocket::{Message, WebSocket, WsError};
-use super::{AppState, HttpError, LiveConnection, RateLimiter};
+use super::websocket::WebSocket;
+use super::{AppState, HttpError, LiveConnection, RateLimiter, TransportConfig};
 use crate::auth::Identity;
 use crate::game::{JoinOutcome, RoomHandle, Sender};
 use crate::ids::{RecordKey, RoomId};
@@ -28,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::protocol::game::{
     close as codes, error_frame, ClientFrame, DecodeError, ErrorCode, ServerFrame,
 };
-use crate::rooms::{CloseReason, LinkEvent, SessionLink};
+use crate::rooms::CloseReason;
 
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct RoomQuery {
@@ -129,336 +130,193 @@ impl Accepted {
     ) -> impl std::future::Future<Output = ()> + Send {
         let connection_id = format!("conn_{}", uuid::Uuid::new_v4().simple());
         let span = tracing::info_span!("game_conn", peer = ?self.peer, room = %self.key, conn = %connection_id);
-        let conn = GameConnection {
-            _live: LiveConnection::new(state.metrics.clone(), self.permit),
-            state,
-            socket,
+        let config = &state.config;
+        let actions_per_second = state
+            .games
+            .namespaces()
+            .get(self.key.namespace.as_str())
+            .map_or(10, |ns| ns.options.actions_per_second);
+        let game = Game {
             key: self.key,
             connection_id,
+            auth_deadline: Instant::now() + config.game_auth_timeout,
             identity: None,
-            joined: None,
+            actions_per_second,
+            actions: None,
+            room: None,
         };
-        conn.run().instrument(span)
+        let live = LiveConnection::new(state.metrics.clone(), self.permit);
+        Session::new(state, socket, None, game, live)
+            .run()
+            .instrument(span)
     }
 }
 
-/// A connection. Its future lives as long as the connection, so only the serving loop is
-/// awaited inline; the rarer, larger steps (authenticating, handling a frame, closing) are
-/// boxed, or every idle connection would carry their state.
-struct GameConnection {
-    _live: LiveConnection,
-    state: web::Data<AppState>,
-    socket: WebSocket,
+/// A game connection: the protocol's part of it.
+struct Game {
     key: RecordKey,
     connection_id: String,
+    /// The `auth` frame must arrive by then.
+    auth_deadline: Instant,
     identity: Option<Identity>,
-    joined: Option<(RoomHandle, SessionLink)>,
+    actions_per_second: u32,
+    /// The action rate (after auth): capacity = refill = actions per second, starting full.
+    actions: Option<RateLimiter>,
+    /// The joined room (its frames come through the session's link).
+    room: Option<RoomHandle>,
 }
 
-/// How a connection ends.
-enum End {
-    /// The peer vanished or closed: nothing more to say.
-    Gone(Option<CloseReason>),
-    /// We close: optionally an `error` frame first, then the close code.
-    Close(Option<ByteString>, CloseReason),
+fn error_end(code: ErrorCode, message: &str, close: u16) -> End {
+    End::Close(
+        Some(error_frame(code, message)),
+        CloseReason::new(close, message),
+    )
 }
 
-impl End {
-    fn error(code: ErrorCode, message: &str, close: u16) -> End {
-        End::Close(
-            Some(error_frame(code, message)),
-            CloseReason::new(close, message),
-        )
+fn auth_timeout() -> End {
+    info!("no auth within the timeout");
+    error_end(
+        ErrorCode::AuthTimeout,
+        "Authentication timeout",
+        codes::AUTH_TIMEOUT,
+    )
+}
+
+impl Protocol for Game {
+    /// The server never sends WebSocket Pings here (see the module docs).
+    fn heartbeat(config: &TransportConfig) -> Heartbeat {
+        Heartbeat {
+            server_pings: None,
+            timeout: config.game_stale_timeout,
+            timeout_code: codes::HEARTBEAT_TIMEOUT,
+            write_timeout: config.game_stale_timeout,
+        }
     }
-}
 
-impl GameConnection {
-    async fn run(mut self) {
-        let config = &self.state.config;
-        // One message rate for the connection's whole life, before and after auth.
-        let mut frames = RateLimiter::new(
-            config.messages_per_second,
-            config.message_burst,
-            Instant::now(),
-        );
-        let end = match Box::pin(self.authenticate(&mut frames)).await {
-            Ok(()) => self.serve(&mut frames).await,
-            Err(end) => end,
+    async fn on_text(&mut self, io: &mut Io, text: ByteString) -> Option<End> {
+        if self.identity.is_none() {
+            self.authenticate(io, &text).await
+        } else {
+            self.frame(io, &text).await
+        }
+    }
+
+    fn on_binary(&mut self, _io: &Io, _bytes: Bytes) -> Result<Option<ByteString>, End> {
+        Err(error_end(
+            ErrorCode::InvalidJson,
+            "binary frames are not supported; send JSON text frames",
+            codes::PROTOCOL,
+        ))
+    }
+
+    /// Over the rate the frame is dropped (a ping is not answered) and `error RATE_LIMITED` is
+    /// sent, the socket kept, as the protocol says.
+    fn over_rate(&self) -> OverRate {
+        OverRate::Refuse(error_frame(ErrorCode::RateLimited, "Too many messages"))
+    }
+
+    fn deadline(&self) -> Option<(Instant, fn() -> End)> {
+        self.identity
+            .is_none()
+            .then_some((self.auth_deadline, auth_timeout as fn() -> End))
+    }
+
+    async fn leave(&mut self, end: &End) {
+        let Some(room) = &self.room else {
+            return;
         };
-        Box::pin(self.finish(end)).await;
-    }
-
-    /// Tells the room how the connection ended and closes the socket as `end` says.
-    async fn finish(mut self, end: End) {
-        if let Some((room, _)) = &self.joined {
-            let connection_id = self.connection_id.clone();
-            match &end {
-                // The room already let this connection go.
-                End::Close(_, r) if r.code == codes::LEFT || r.code == codes::KICKED => {}
-                // A client closing with 4005 ("client left") left, with or without `leave`.
-                End::Gone(Some(r)) if r.code == codes::LEFT => room.leave(connection_id).await,
-                _ => room.disconnected(connection_id).await,
-            }
-        }
+        let connection_id = self.connection_id.clone();
         match end {
-            End::Gone(None) => {}
-            End::Gone(Some(reason)) => self.socket.close(&reason).await,
-            End::Close(frame, reason) => {
-                // What the room queued before it closed us (its final deltas, `kicked`).
-                if let Some((_, link)) = &mut self.joined {
-                    while let Some(frame) = link.try_frame() {
-                        self.socket.queue_text(&frame);
-                    }
-                }
-                if let Some(frame) = frame {
-                    self.socket.queue_text(&frame);
-                }
-                if !self
-                    .socket
-                    .flush_within(self.state.config.game_stale_timeout)
-                    .await
-                {
-                    return;
-                }
-                debug!(code = reason.code, reason = %reason.reason, "closing");
-                self.socket.close(&reason).await;
-            }
+            // The room already let this connection go.
+            End::Close(_, r) if r.code == codes::LEFT || r.code == codes::KICKED => {}
+            // A client closing with 4005 ("client left") left, with or without `leave`.
+            End::Gone(Some(r)) if r.code == codes::LEFT => room.leave(connection_id).await,
+            _ => room.disconnected(connection_id).await,
         }
     }
+}
 
-    /// Waits for the `auth` frame (within the auth timeout).
-    async fn authenticate(&mut self, frames: &mut RateLimiter) -> Result<(), End> {
-        let deadline = Instant::now() + self.state.config.game_auth_timeout;
-        loop {
-            let msg = match tokio::time::timeout_at(deadline, self.socket.recv()).await {
-                Err(_) => {
-                    info!("no auth within the timeout");
-                    return Err(End::error(
-                        ErrorCode::AuthTimeout,
-                        "Authentication timeout",
-                        codes::AUTH_TIMEOUT,
-                    ));
-                }
-                Ok(Err(e)) => return Err(self.read_error(e)),
-                Ok(Ok(msg)) => msg,
-            };
-            match self.charge(frames, &msg, Instant::now()).await {
-                Ok(()) => {}
-                Err(None) => continue,
-                Err(Some(end)) => return Err(end),
-            }
-            let text = match self.transport_frame(msg).await {
-                Ok(Some(text)) => text,
-                Ok(None) => continue,
-                Err(end) => return Err(end),
-            };
-            match ClientFrame::decode(&text) {
-                Ok(ClientFrame::Auth { token }) => {
-                    return match self.state.game_auth.verify(&token) {
-                        Ok(identity) => {
-                            let frame = ServerFrame::AuthSuccess {
-                                user_id: &identity.user_id,
-                                connection_id: &self.connection_id,
-                            }
-                            .encode();
-                            self.identity = Some(identity);
-                            match self.reply(frame).await {
-                                None => Ok(()),
-                                Some(end) => Err(end),
-                            }
-                        }
-                        Err(e) => {
-                            info!(reason = %e, "auth failed");
-                            Err(End::error(ErrorCode::AuthFailed, &e.0, codes::AUTH_FAILED))
-                        }
-                    };
-                }
-                Ok(ClientFrame::Ping) => {
-                    // A ping before auth is harmless; answer it.
-                    if let Some(end) = self.reply(ServerFrame::Pong.encode()).await {
-                        return Err(end);
+impl Game {
+    /// The first text frame must be `auth`.
+    async fn authenticate(&mut self, io: &mut Io, text: &str) -> Option<End> {
+        match ClientFrame::decode(text) {
+            Ok(ClientFrame::Auth { token }) => match io.state.game_auth.verify(&token) {
+                Ok(identity) => {
+                    let frame = ServerFrame::AuthSuccess {
+                        user_id: &identity.user_id,
+                        connection_id: &self.connection_id,
                     }
-                }
-                Err(DecodeError::InvalidJson(e)) => {
-                    return Err(End::error(
-                        ErrorCode::InvalidJson,
-                        &format!("Invalid JSON: {e}"),
-                        codes::PROTOCOL,
+                    .encode();
+                    self.identity = Some(identity);
+                    let rate = f64::from(self.actions_per_second);
+                    self.actions = Some(RateLimiter::new(
+                        rate,
+                        self.actions_per_second,
+                        Instant::now(),
                     ));
+                    io.reply(frame).await
                 }
-                // An `auth` without a string token is a failed authentication, not a frame
-                // before auth (the protocol's AUTH_FAILED, 4002).
-                Err(e @ DecodeError::Invalid { kind: "auth", .. }) => {
+                Err(e) => {
                     info!(reason = %e, "auth failed");
-                    return Err(End::error(
-                        ErrorCode::AuthFailed,
-                        &e.to_string(),
-                        codes::AUTH_FAILED,
-                    ));
+                    Some(error_end(ErrorCode::AuthFailed, &e.0, codes::AUTH_FAILED))
                 }
-                Ok(_) | Err(_) => {
-                    return Err(End::error(
-                        ErrorCode::NotAuthenticated,
-                        "authenticate first: the first message must be {\"type\":\"auth\",\"token\":...}",
-                        codes::PROTOCOL,
-                    ));
-                }
-            }
-        }
-    }
-
-    /// Handles WebSocket-level frames; `Ok(Some(text))` is a text frame for the protocol.
-    async fn transport_frame(&mut self, msg: Message) -> Result<Option<ByteString>, End> {
-        match msg {
-            Message::Text(text) => Ok(Some(text)),
-            Message::Ping(bytes) => {
-                self.socket.queue_pong(&bytes);
-                if !self
-                    .socket
-                    .flush_within(self.state.config.game_stale_timeout)
-                    .await
-                {
-                    return Err(End::Gone(None));
-                }
-                Ok(None)
-            }
-            Message::Pong => Ok(None),
-            Message::Close(code) => Err(End::Gone(Some(CloseReason::new(code, "")))),
-            Message::Binary(_) => Err(End::error(
+            },
+            // A ping before auth is harmless; answer it.
+            Ok(ClientFrame::Ping) => io.reply(ServerFrame::Pong.encode()).await,
+            Err(DecodeError::InvalidJson(e)) => Some(error_end(
                 ErrorCode::InvalidJson,
-                "binary frames are not supported; send JSON text frames",
+                &format!("Invalid JSON: {e}"),
+                codes::PROTOCOL,
+            )),
+            // An `auth` without a string token is a failed authentication, not a frame before
+            // auth (the protocol's AUTH_FAILED, 4002).
+            Err(e @ DecodeError::Invalid { kind: "auth", .. }) => {
+                info!(reason = %e, "auth failed");
+                Some(error_end(
+                    ErrorCode::AuthFailed,
+                    &e.to_string(),
+                    codes::AUTH_FAILED,
+                ))
+            }
+            Ok(_) | Err(_) => Some(error_end(
+                ErrorCode::NotAuthenticated,
+                "authenticate first: the first message must be {\"type\":\"auth\",\"token\":...}",
                 codes::PROTOCOL,
             )),
         }
     }
 
-    /// How a connection whose socket failed ends.
-    fn read_error(&self, error: WsError) -> End {
-        if matches!(error, WsError::TooBig(_)) {
-            Metrics::inc(&self.state.metrics.frames_oversized);
-        }
-        match error.close_reason() {
-            Some(reason) => End::Close(None, reason),
-            None => End::Gone(None),
-        }
-    }
-
-    /// Charges `msg` to the connection's message rate (see [`costs_a_token`]). Over the rate
-    /// the frame is dropped (a ping is not answered) and `error RATE_LIMITED` is sent, the
-    /// socket kept, as the protocol says: `Err(None)` to go on, `Err(Some(end))` when that
-    /// answer could not be sent.
-    async fn charge(
-        &mut self,
-        frames: &mut RateLimiter,
-        msg: &Message,
-        now: Instant,
-    ) -> Result<(), Option<End>> {
-        if !costs_a_token(msg) || frames.allow(now) {
-            return Ok(());
-        }
-        Metrics::inc(&self.state.metrics.rate_limited);
-        Err(self
-            .reply(error_frame(ErrorCode::RateLimited, "Too many messages"))
-            .await)
-    }
-
-    async fn serve(&mut self, frames: &mut RateLimiter) -> End {
-        let state = self.state.clone();
-        let config = &state.config;
-        let actions_per_second = self
-            .state
-            .games
-            .namespaces()
-            .get(self.key.namespace.as_str())
-            .map_or(10, |ns| ns.options.actions_per_second);
-        let now = Instant::now();
-        // The specified bucket: capacity = refill = actions per second, starting full.
-        let mut actions = RateLimiter::new(f64::from(actions_per_second), actions_per_second, now);
-        let mut last_heard = now;
-        let mut stale_check = tokio::time::interval(Duration::from_secs(1));
-        // A joined connection is closed by its room at shutdown; one that has not joined, here.
-        let mut closing = state.closing.subscribe();
-        loop {
-            tokio::select! {
-                () = shutdown_begun(&mut closing), if self.joined.is_none() => {
-                    return End::Close(None, CloseReason::shutting_down());
-                }
-                event = room_event(&mut self.joined) => match event {
-                    LinkEvent::Frame(frame) => {
-                        if let Some(end) = self.send(frame).await {
-                            return end;
-                        }
-                    }
-                    LinkEvent::Closed(reason) => return End::Close(None, reason),
-                },
-                msg = self.socket.recv() => {
-                    last_heard = Instant::now();
-                    let msg = match msg {
-                        Ok(msg) => msg,
-                        Err(e) => return self.read_error(e),
-                    };
-                    match self.charge(frames, &msg, last_heard).await {
-                        Ok(()) => {}
-                        Err(None) => continue,
-                        Err(Some(end)) => return end,
-                    }
-                    let text = match self.transport_frame(msg).await {
-                        Ok(Some(text)) => text,
-                        Ok(None) => continue,
-                        Err(end) => return end,
-                    };
-                    Metrics::inc(&self.state.metrics.frames_received);
-                    if let Some(end) = Box::pin(self.on_text(&text, &mut actions, last_heard)).await {
-                        return end;
-                    }
-                }
-                _ = stale_check.tick() => {
-                    if last_heard.elapsed() > config.game_stale_timeout {
-                        Metrics::inc(&self.state.metrics.heartbeat_timeouts);
-                        info!("stale connection");
-                        return End::Close(None, CloseReason::new(codes::HEARTBEAT_TIMEOUT, "heartbeat timeout"));
-                    }
-                }
-            }
-        }
-    }
-
     /// Handles one text frame after auth; `Some` ends the connection.
-    async fn on_text(
-        &mut self,
-        text: &str,
-        actions: &mut RateLimiter,
-        now: Instant,
-    ) -> Option<End> {
+    async fn frame(&mut self, io: &mut Io, text: &str) -> Option<End> {
         let frame = match ClientFrame::decode(text) {
             Ok(frame) => frame,
             Err(DecodeError::InvalidJson(e)) => {
-                Metrics::inc(&self.state.metrics.frames_invalid);
-                return Some(End::error(
+                Metrics::inc(&io.state.metrics.frames_invalid);
+                return Some(error_end(
                     ErrorCode::InvalidJson,
                     &format!("Invalid JSON: {e}"),
                     codes::PROTOCOL,
                 ));
             }
             Err(e @ DecodeError::UnknownType(_)) => {
-                Metrics::inc(&self.state.metrics.frames_ignored);
-                return self
+                Metrics::inc(&io.state.metrics.frames_ignored);
+                return io
                     .reply(error_frame(ErrorCode::UnknownType, &e.to_string()))
                     .await;
             }
             Err(e @ DecodeError::Invalid { .. }) => {
-                Metrics::inc(&self.state.metrics.frames_invalid);
-                return self
+                Metrics::inc(&io.state.metrics.frames_invalid);
+                return io
                     .reply(error_frame(ErrorCode::InvalidMessage, &e.to_string()))
                     .await;
             }
         };
         match frame {
-            ClientFrame::Ping => self.reply(ServerFrame::Pong.encode()).await,
-            ClientFrame::Auth { token } => self.refresh(&token).await,
-            ClientFrame::Join { options } => self.join(options).await,
-            ClientFrame::Leave => match &self.joined {
-                Some((room, _)) => {
+            ClientFrame::Ping => io.reply(ServerFrame::Pong.encode()).await,
+            ClientFrame::Auth { token } => self.refresh(io, &token).await,
+            ClientFrame::Join { options } => self.join(io, options).await,
+            ClientFrame::Leave => match &self.room {
+                Some(room) => {
                     room.leave(self.connection_id.clone()).await;
                     None
                 }
@@ -479,8 +337,8 @@ impl GameConnection {
                     }
                     .encode()
                 };
-                let Some((room, _)) = &self.joined else {
-                    return self
+                let Some(room) = &self.room else {
+                    return io
                         .reply(refuse(
                             ErrorCode::NotJoined,
                             "join the room before sending actions",
@@ -488,16 +346,20 @@ impl GameConnection {
                         .await;
                 };
                 if action_type.is_none() {
-                    return self
+                    return io
                         .reply(refuse(
                             ErrorCode::InvalidAction,
                             "send needs a non-empty actionType",
                         ))
                         .await;
                 }
-                if !actions.allow(now) {
-                    Metrics::inc(&self.state.metrics.rate_limited);
-                    return self
+                let allowed = self
+                    .actions
+                    .as_mut()
+                    .is_some_and(|actions| actions.allow(Instant::now()));
+                if !allowed {
+                    Metrics::inc(&io.state.metrics.rate_limited);
+                    return io
                         .reply(refuse(
                             ErrorCode::RateLimited,
                             "Too many actions: rate limit exceeded",
@@ -516,60 +378,31 @@ impl GameConnection {
         }
     }
 
-    async fn reply(&mut self, frame: ByteString) -> Option<End> {
-        let limit = self.state.config.game_stale_timeout;
-        match self.socket.send_text(&frame, limit).await {
-            true => None,
-            false => Some(End::Gone(None)),
-        }
-    }
-
-    /// Sends a frame of the room and whatever else it queued for this connection by now (one
-    /// write). Ends the connection when it does not take the bytes within the stale timeout, or
-    /// when the room closes it meanwhile (a socket that stopped reading must not hold it open).
-    async fn send(&mut self, frame: ByteString) -> Option<End> {
-        let limit = self.state.config.game_stale_timeout;
-        self.socket.queue_text(&frame);
-        let Some((_, link)) = &mut self.joined else {
-            return (!self.socket.flush_within(limit).await).then_some(End::Gone(None));
-        };
-        while self.socket.queued() < super::WRITE_BATCH_BYTES {
-            match link.try_frame() {
-                Some(frame) => self.socket.queue_text(&frame),
-                None => break,
-            }
-        }
-        tokio::select! {
-            flushed = self.socket.flush_within(limit) => (!flushed).then_some(End::Gone(None)),
-            reason = link.closed() => Some(End::Close(None, reason)),
-        }
-    }
-
     /// A second `auth`: a token refresh. The identity must stay the same user.
-    async fn refresh(&mut self, token: &str) -> Option<End> {
+    async fn refresh(&mut self, io: &mut Io, token: &str) -> Option<End> {
         let current = self.identity.as_ref().map(|i| i.user_id.clone());
-        match self.state.game_auth.verify(token) {
+        match io.state.game_auth.verify(token) {
             Ok(identity) if Some(&identity.user_id) == current.as_ref() => {
                 let frame = ServerFrame::AuthRefreshed {
                     user_id: &identity.user_id,
                     connection_id: &self.connection_id,
                 }
                 .encode();
-                if let Some((room, _)) = &self.joined {
+                if let Some(room) = &self.room {
                     room.refreshed(self.sender(&identity)).await;
                 }
                 self.identity = Some(identity);
-                self.reply(frame).await
+                io.reply(frame).await
             }
             Ok(_) => {
-                self.reply(error_frame(
+                io.reply(error_frame(
                     ErrorCode::AuthRefreshFailed,
                     "the new token is for another user; the connection keeps its identity",
                 ))
                 .await
             }
             Err(e) => {
-                self.reply(error_frame(
+                io.reply(error_frame(
                     ErrorCode::AuthRefreshFailed,
                     &format!("{}; the connection keeps its identity", e.0),
                 ))
@@ -589,51 +422,36 @@ impl GameConnection {
         }
     }
 
-    async fn join(&mut self, options: Value) -> Option<End> {
-        if self.joined.is_some() {
-            return self
+    async fn join(&mut self, io: &mut Io, options: Value) -> Option<End> {
+        if self.room.is_some() {
+            return io
                 .reply(error_frame(ErrorCode::InvalidMessage, "already joined"))
                 .await;
         }
         let Some(identity) = self.identity.clone() else {
-            return Some(End::error(
+            return Some(error_end(
                 ErrorCode::NotAuthenticated,
                 "authenticate first",
                 codes::PROTOCOL,
             ));
         };
         let sender = self.sender(&identity);
-        let games = self.state.games.clone();
-        let max_bytes = self.state.config.outbound_queue_bytes;
+        let games = io.state.games.clone();
+        let max_bytes = io.state.config.outbound_queue_bytes;
         match games.join(&self.key, sender, options, max_bytes).await {
             JoinOutcome::Joined(handle, link) => {
-                self.joined = Some((handle, link));
+                self.room = Some(handle);
+                io.link = Some(link);
                 None
             }
             JoinOutcome::Denied(code, message) => {
                 info!(code = code.as_str(), %message, "join refused");
-                Some(End::error(code, &message, codes::JOIN_DENIED))
+                Some(error_end(code, &message, codes::JOIN_DENIED))
             }
             JoinOutcome::Unavailable(message) => {
-                Some(End::error(ErrorCode::RoomUnavailable, &message, 1011))
+                Some(error_end(ErrorCode::RoomUnavailable, &message, 1011))
             }
             JoinOutcome::ShuttingDown => Some(End::Close(None, CloseReason::shutting_down())),
         }
-    }
-}
-
-/// Resolves once the server's shutdown has begun.
-async fn shutdown_begun(closing: &mut tokio::sync::watch::Receiver<bool>) {
-    if closing.wait_for(|closing| *closing).await.is_err() {
-        // The server is gone without a shutdown: nothing to wait for.
-        std::future::pending::<()>().await;
-    }
-}
-
-/// The joined room's next frame for this connection, or its close (pending while not joined).
-async fn room_event(joined: &mut Option<(RoomHandle, SessionLink)>) -> LinkEvent {
-    match joined {
-        Some((_, link)) => link.next().await,
-        None => std::future::pending().await,
     }
 }

@@ -1,6 +1,7 @@
 //! HTTP and WebSocket edge: actix-web routes for plain HTTP; WebSocket upgrades leave actix-http
-//! (`upgrade`) for weft's own socket (`websocket`) and one session loop per connection
-//! (`canvas_ws`, `game_ws`).
+//! (`upgrade`) for weft's own socket (`websocket`) and ONE session loop (`session`: limits,
+//! heartbeat, rate, delivery) shared by both endpoints, which only decode and act on their
+//! protocol's frames (`canvas_ws`, `game_ws`).
 
 mod accept;
 mod canvas_ws;
@@ -8,6 +9,7 @@ mod game_http;
 mod game_ws;
 mod limits;
 mod liveness;
+mod session;
 mod upgrade;
 mod websocket;
 
@@ -30,7 +32,7 @@ use crate::auth::{Authorizer, GameAuth};
 use crate::engine::Limits;
 use crate::game::GameRooms;
 use crate::metrics::Metrics;
-use crate::rooms::RoomManager;
+use crate::rooms::{RoomManager, Tasks};
 
 /// Settings of the WebSocket edge.
 #[derive(Debug, Clone)]
@@ -124,9 +126,9 @@ pub struct AppState {
     pub liveness: Arc<Liveness>,
     /// Flips to `true` when shutdown begins (see [`AppState::shutting_down`]).
     pub closing: tokio::sync::watch::Sender<bool>,
-    /// The server's main runtime, where rooms and WebSocket connections run (HTTP requests are
-    /// served on actix's worker threads).
-    pub runtime: tokio::runtime::Handle,
+    /// Every task the server spawns, on its main runtime, where rooms and WebSocket connections
+    /// run (HTTP requests are served on actix's worker threads).
+    pub tasks: Tasks,
 }
 
 impl AppState {

@@ -64,8 +64,8 @@ pub(crate) async fn hand_off(
     let parts = framed.into_parts();
     let (io, permit) = parts.io.into_parts();
     let io = io.into_std()?;
-    let runtime = state.runtime.clone();
-    runtime.spawn(serve(
+    let tasks = state.tasks.clone();
+    tasks.spawn(serve(
         state,
         request,
         Socket {
@@ -102,8 +102,8 @@ async fn serve(state: web::Data<AppState>, request: UpgradeRequest, socket: Sock
     // The session gets a task of its own, sized for its endpoint's loop alone: a connection
     // lives for hours and must not carry the upgrade's state or the other endpoint's loop.
     match accepted {
-        Accepted::Canvas(session) => tokio::spawn(session.run(state, socket)),
-        Accepted::Game(session) => tokio::spawn(session.run(state, socket)),
+        Accepted::Canvas(session) => state.tasks.clone().spawn(session.run(state, socket)),
+        Accepted::Game(session) => state.tasks.clone().spawn(session.run(state, socket)),
     };
 }
 

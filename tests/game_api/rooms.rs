@@ -805,3 +805,34 @@ async fn graceful_shutdown_closes_connections_that_never_joined() {
         (1001, "server shutting down".to_owned())
     );
 }
+
+/// A room evicted with a timer pending is loaded again when the timer falls due (the wake-up
+/// scheduler), with no player asking for it, and the timer fires.
+#[tokio::test]
+async fn an_evicted_room_is_woken_when_its_timer_falls_due() {
+    let app = GameApp::start().await;
+    let room = "wake";
+    let (mut a, _) = app.joined("arena", room, "alice").await;
+    a.action("TIMER", json!({"name": "tick", "ms": 7000, "data": 1}), "t")
+        .await;
+    a.send(json!({"type": "leave"})).await;
+    a.frames_until_close().await;
+    app.hooks.wait_for(room, "destroy").await;
+    wait_evicted(&app, "arena", room).await;
+    assert!(
+        !app.hooks.of(room).contains(&"timer tick".to_owned()),
+        "the timer fired before the room was evicted: {:?}",
+        app.hooks.of(room)
+    );
+    app.hooks.wait_for(room, "timer tick").await;
+    assert_eq!(
+        app.hooks.of(room),
+        vec![
+            "create",
+            "join alice",
+            "leave alice leave",
+            "destroy",
+            "timer tick"
+        ]
+    );
+}

@@ -62,7 +62,20 @@ import {
   sleep,
 } from './lib/common.mjs';
 
-globalThis.WebSocket = WebSocket;
+// Every frame a client sends is traced (see Client.trace), found by the clientId in its URL.
+const byClientId = new Map();
+class TracedWebSocket extends WebSocket {
+  constructor(url, ...rest) {
+    super(url, ...rest);
+    this.owner = byClientId.get(new URL(url).searchParams.get('clientId'));
+  }
+  send(data, ...rest) {
+    this.owner?.trace('sent', String(data));
+    return super.send(data, ...rest);
+  }
+}
+globalThis.WebSocket = TracedWebSocket;
+const TRACE_LEN = 3000;
 
 const ORIGIN_ECS = 1; // Origin.ECS in @woven-ecs/canvas-store
 const TICK_MS = 16;
@@ -125,14 +138,19 @@ class Client {
     this.cutOff = 0; // unacked patches in flight when a connection dropped
     this.deferredPulls = 0; // ticks that skipped pull() to keep an unsent offline buffer
     this.deliveredBuffers = 0; // offline buffers emptied once their `reconnect` was answered
+    this.room = room;
+    this.events = []; // the last TRACE_LEN frames, edits and pulls, printed when a run fails
+    this.clientId = randomId(name);
+    byClientId.set(this.clientId, this);
     this.adapter = new WebsocketAdapter({
       url: args.url,
-      clientId: randomId(name),
+      clientId: this.clientId,
       documentId: room,
       usePersistence: false,
       components: [],
       singletons: [],
       onConnectivityChange: (online) => {
+        this.trace(online ? 'online' : 'offline', '');
         this.syncedHere = false;
         if (online) this.opens++;
         // Called before the adapter requeues its unacked patches: these were cut off.
@@ -148,6 +166,7 @@ class Client {
       } catch {
         type = undefined;
       }
+      this.trace('received', String(data));
       if (type === 'synced') {
         this.syncedHere = true;
         this.syncs++;
@@ -189,7 +208,10 @@ class Client {
     if (unsent && a.pendingDocumentPatches.length > 0) this.deferredPulls++;
     const pulled = unsent ? [] : a.pull();
     for (const m of pulled) {
-      if (m.syncBehavior === 'document') applyPatchToView(this.doc, m.patch);
+      if (m.syncBehavior === 'document') {
+        this.trace('pulled', JSON.stringify(m.patch));
+        applyPatchToView(this.doc, m.patch);
+      }
     }
     // Edit only when this push flushes at once: an edit waiting in the send buffer is not
     // protected from broadcasts pulled meanwhile (a client-side race, see woven-scenarios.mjs).
@@ -219,7 +241,20 @@ class Client {
     return performance.now() - a.lastSendTime >= a.sendInterval;
   }
 
+  trace(what, text) {
+    this.events.push(`${performance.now().toFixed(0).padStart(7)} ${what} ${text}`);
+    if (this.events.length > TRACE_LEN) this.events.splice(0, this.events.length - TRACE_LEN);
+  }
+
+  /** The traced events that mention `key`, and every ack, `synced` and connection change. */
+  traceOf(key) {
+    return this.events.filter(
+      (e) => e.includes(key) || /"type":"(ack|synced)"/.test(e) || / (online|offline) $/.test(e),
+    );
+  }
+
   edit(patch) {
+    this.trace('edit', JSON.stringify(patch));
     this.edits++;
     const m = { patch, origin: ORIGIN_ECS, syncBehavior: 'document' };
     if (this.inTick) {
@@ -276,6 +311,28 @@ function viewDiff(views) {
   return lines.join('\n');
 }
 
+/** The differing keys with the server's view (a fresh client's), and each client's trace of them. */
+async function diagnose(clients) {
+  const views = clients.map((c) => [c.name, c.doc]);
+  const probe = new Client(clients[0].room, 'server');
+  try {
+    await probe.start();
+    await waitFor(() => probe.online() && probe.quiet(), 'a fresh client to sync', 5000);
+    views.push([probe.name, probe.doc]);
+  } catch (e) {
+    views.push(['server', { error: String(e) }]);
+  }
+  const lines = [viewDiff(views)];
+  const keys = new Set();
+  for (const [, v] of views) for (const k of Object.keys(v)) keys.add(k);
+  for (const k of keys) {
+    if (views.every(([, v]) => jsonEqual(v[k], views[0][1][k]))) continue;
+    for (const c of clients) lines.push(`  trace of ${c.name} for ${k}:`, ...c.traceOf(k).slice(-250).map((e) => `    ${short(e, 400)}`));
+  }
+  probe.close();
+  return lines.join('\n');
+}
+
 const allEqual = (views) => views.every(([, v]) => jsonEqual(v, views[0][1]));
 
 /** Every client quiet and all views equal, twice in a row 150 ms apart. */
@@ -295,7 +352,7 @@ async function converge(clients, label) {
       throw new Error(
         `${label}: no convergence after ${TIMEOUT_MS} ms` +
           (busy.length ? ` (offline or busy: ${busy.join(', ')})` : '') +
-          `\n${viewDiff(views) || '  (views equal)'}`,
+          `\n${(await diagnose(clients)) || '  (views equal)'}`,
       );
     }
     await sleep(25);
