@@ -344,7 +344,13 @@ mod tests {
         let record = RoomRecord::decode(FORMAT1_BATTLE).expect("format 1 loads");
         assert_eq!(record.format, 1);
         let loaded = docs(&record);
-        let by_name = |name: &str| &loaded.iter().find(|(n, _)| n == name).expect("a document").1;
+        let by_name = |name: &str| {
+            &loaded
+                .iter()
+                .find(|(n, _)| n == name)
+                .expect("a document")
+                .1
+        };
         let shared = by_name("shared");
         assert_eq!(
             shared.value(),
