@@ -290,12 +290,13 @@ impl Node {
     }
 
     /// Stamps the dot-path `path` below this node; the nodes on the way become its ancestors.
+    #[allow(clippy::map_entry)] // the entry API allocates the key even when it is there
     fn stamp_path(&mut self, path: &str, clock: u64) {
         let mut node = self;
         for segment in path.split('.') {
             node.latest = clock;
             // Looked up before inserting: the entry API would allocate the key on every write.
-            if node.children.get(segment).is_none() {
+            if !node.children.contains_key(segment) {
                 node.children.insert(segment.to_owned(), Node::default());
             }
             // Just ensured.
