@@ -95,6 +95,7 @@ pub(super) fn spawn(
                 generation,
                 commands: rx,
                 last_tick: Instant::now(),
+                started: Instant::now(),
                 flush_at: None,
                 save_at: None,
                 empty_since: None,
@@ -115,6 +116,8 @@ struct Room {
     generation: u64,
     commands: mpsc::Receiver<Command>,
     last_tick: Instant,
+    /// Patch-rate flushes fall on a fixed grid from here.
+    started: Instant,
     /// When changes made outside a client request are flushed.
     flush_at: Option<Instant>,
     /// When unsaved changes are saved.
@@ -246,6 +249,17 @@ impl Room {
         Ok(())
     }
 
+    /// When an empty room is disposed of: [`EMPTY_LINGER`] after it emptied, but not before
+    /// the seats matchmaking reserved in it have run out.
+    fn disposal_due(&self) -> Option<Instant> {
+        let since = self.empty_since.filter(|_| self.ctx.auto_dispose)?;
+        let linger = since + EMPTY_LINGER;
+        Some(match self.ctx.status.reserved_until() {
+            Some(reserved) => linger.max(reserved),
+            None => linger,
+        })
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         let now = Instant::now();
         let timer = self
@@ -257,10 +271,7 @@ impl Room {
             .map(|due| now + Duration::from_millis(due.saturating_sub(unix_ms())));
         let tick = self.ctx.simulation.map(|i| self.last_tick + i);
         let grace = self.ctx.seats.values().filter_map(|s| s.grace_until).min();
-        let linger = self
-            .empty_since
-            .filter(|_| self.ctx.auto_dispose)
-            .map(|t| t + EMPTY_LINGER);
+        let linger = self.disposal_due();
         [
             timer,
             tick,
@@ -582,7 +593,7 @@ impl Room {
             self.save_at = None;
             self.save().await;
         }
-        if self.empty_since.is_some_and(|t| t + EMPTY_LINGER <= now) && self.ctx.auto_dispose {
+        if self.disposal_due().is_some_and(|t| t <= now) {
             self.stop = true;
         }
     }
@@ -620,7 +631,8 @@ impl Room {
             self.last_tick = Instant::now();
         }
         if self.ctx.is_dirty() && self.flush_at.is_none() {
-            self.flush_at = Some(Instant::now() + self.ctx.patch_rate);
+            let rate = self.ctx.patch_rate;
+            self.flush_at = Some(next_flush(self.started, rate, Instant::now()));
         }
         if self.ctx.unsaved && self.save_at.is_none() {
             self.save_at = Some(Instant::now() + self.ctx.options.state_save_interval);
@@ -699,6 +711,16 @@ impl Room {
 }
 
 /// Publishes the seat counts the manager and the upgrade check read.
+/// The next patch-rate slot after `now`. Flushes keep a fixed cadence from the room's start (as
+/// Colyseus's patch interval does), not "one rate after the first change since the last flush",
+/// which stretched a 100 ms rate to 150 ms whenever a change came just after a flush.
+fn next_flush(started: Instant, rate: Duration, now: Instant) -> Instant {
+    let rate_ns = rate.as_nanos().max(1);
+    let slot = now.saturating_duration_since(started).as_nanos() / rate_ns + 1;
+    let offset = u64::try_from(slot * rate_ns).unwrap_or(u64::MAX);
+    started + Duration::from_nanos(offset)
+}
+
 fn publish_counts(ctx: &RoomContext) {
     let connected = ctx.seats.values().filter(|s| s.connections > 0).count();
     ctx.status.players.store(ctx.seats.len(), Ordering::Relaxed);
@@ -716,5 +738,28 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Flushes fall on the grid of the patch rate from the room's start, whenever the change
+    /// that asks for one comes.
+    #[test]
+    fn flushes_keep_a_fixed_cadence() {
+        let started = Instant::now();
+        let rate = Duration::from_millis(100);
+        let at = |ms: u64| started + Duration::from_millis(ms);
+        assert_eq!(next_flush(started, rate, at(0)), at(100));
+        assert_eq!(next_flush(started, rate, at(1)), at(100));
+        assert_eq!(next_flush(started, rate, at(99)), at(100));
+        assert_eq!(next_flush(started, rate, at(100)), at(200));
+        assert_eq!(next_flush(started, rate, at(152)), at(200));
+        assert_eq!(
+            next_flush(started, Duration::ZERO, at(5)),
+            started + Duration::from_nanos(5_000_001)
+        );
     }
 }
