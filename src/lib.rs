@@ -13,7 +13,8 @@
 //! - [`rooms`]: the runtime: one task per room, sessions, persistence schedule, idle eviction.
 //! - [`protocol`]: wire types of the canvas-store protocol (JSON Schemas in `schemas/`).
 //! - [`storage`]: where rooms live between processes: memory, JSON snapshot files.
-//! - [`engine`]: the pure document: per-field stamps, last-writer-wins, tombstones, diffs.
+//! - [`engine`]: the pure documents: per-field stamps, last-writer-wins, tombstones, diffs; game
+//!   states as stamped documents ([`engine::state`]).
 //!
 //! [`ids`] validates room and client ids; [`metrics`] counts what happens.
 

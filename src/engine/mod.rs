@@ -38,6 +38,7 @@ mod ephemeral;
 mod limits;
 mod patch;
 pub mod size;
+pub mod state;
 pub mod tree;
 pub mod work;
 

@@ -12,7 +12,8 @@ use tracing::{debug, error, info, warn, Instrument};
 use super::context::{Connection, Effect, Joining, RoomContext, Seat, Tracked};
 use super::logic::{HandlerError, HandlerResult, LeaveReason, RoomLogic, Sender};
 use super::manager::{GameRooms, Namespace, RoomHandle, RoomStatus};
-use super::record::{unix_ms, RoomRecord};
+use super::record::{state_doc, unix_ms, RoomRecord};
+use crate::engine::state::StampError;
 use crate::ids::RecordKey;
 use crate::protocol::game::{close, ErrorCode, ServerFrame};
 use crate::rooms::{CloseReason, Outbox};
@@ -191,18 +192,32 @@ impl Room {
                 .map_err(|e| e.to_string())?;
             return Ok(());
         }
+        let unreadable = |state: &str, e: StampError| {
+            format!("saved game room is unreadable (left untouched): the stamps of {state}: {e}")
+        };
         let ctx = &mut self.ctx;
         ctx.created = record.created;
-        ctx.shared = Tracked::new(record.shared, record.shared_version);
-        ctx.server = record.server;
-        ctx.set_metadata(record.metadata);
+        ctx.shared = Tracked::new(
+            state_doc(record.shared, record.shared_version, record.shared_stamps)
+                .map_err(|e| unreadable("the shared state", e))?,
+        );
+        ctx.server = state_doc(record.server, record.server_version, record.server_stamps)
+            .map_err(|e| unreadable("the server state", e))?;
+        ctx.metadata = state_doc(
+            record.metadata,
+            record.metadata_version,
+            record.metadata_stamps,
+        )
+        .map_err(|e| unreadable("the metadata", e))?;
+        ctx.status.set_metadata(ctx.metadata.value());
         ctx.timers = record.timers;
         ctx.status.locked.store(record.locked, Ordering::Relaxed);
         ctx.status.private.store(record.private, Ordering::Relaxed);
         let grace = Instant::now() + ctx.options.reconnect_timeout;
         for (user, saved) in record.players {
-            ctx.players
-                .insert(user.clone(), Tracked::new(saved.state, saved.version));
+            let doc = state_doc(saved.state, saved.version, saved.stamps)
+                .map_err(|e| unreadable(&format!("player {user:?}"), e))?;
+            ctx.players.insert(user.clone(), Tracked::new(doc));
             let sender = saved.sender.map_or_else(
                 || Sender {
                     user_id: user.clone(),
