@@ -488,9 +488,16 @@ impl RoomContext {
         self.auto_dispose = on;
     }
 
-    /// Time since the room was loaded (the Colyseus `clock.elapsedTime`).
+    /// Time the room has been loaded, over all its loads (the Colyseus `clock.elapsedTime`):
+    /// a room restored from storage goes on from its saved clock.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Restores the room's clock to `elapsed` (at load).
+    pub(super) fn resume_clock(&mut self, elapsed: Duration) {
+        let now = Instant::now();
+        self.started = now.checked_sub(elapsed).unwrap_or(now);
     }
 
     /// Runs `callback` once after `delay`. Clock callbacks live in memory only (use
@@ -713,6 +720,7 @@ impl RoomContext {
             timers: self.timers.clone(),
             locked: self.is_locked(),
             private: self.status.private.load(Ordering::Relaxed),
+            elapsed_ms: u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX),
         }
     }
 }

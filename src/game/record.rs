@@ -58,6 +58,9 @@ pub struct RoomRecord {
     pub locked: bool,
     #[serde(default)]
     pub private: bool,
+    /// The room's clock (`elapsed`) when it was saved: a reload goes on from there.
+    #[serde(default)]
+    pub elapsed_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -268,6 +271,7 @@ mod tests {
             timers: BTreeMap::new(),
             locked: false,
             private: false,
+            elapsed_ms: 0,
         }
     }
 

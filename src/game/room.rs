@@ -211,6 +211,7 @@ impl Room {
         .map_err(|e| unreadable("the metadata", e))?;
         ctx.status.set_metadata(ctx.metadata.value());
         ctx.timers = record.timers;
+        ctx.resume_clock(Duration::from_millis(record.elapsed_ms));
         ctx.status.locked.store(record.locked, Ordering::Relaxed);
         ctx.status.private.store(record.private, Ordering::Relaxed);
         let grace = Instant::now() + ctx.options.reconnect_timeout;
