@@ -1,5 +1,6 @@
 //! Engine benches: applying the recorded trace, `diff_since` on large documents, buffer-delta
-//! appends, snapshot encode/decode. See `benches/README.md`.
+//! appends, snapshot encode/decode, and one game action against one canvas patch in a room of 10
+//! (frame decode, state change, frames encoded). See `benches/README.md`.
 //!
 //! ```text
 //! cargo bench --bench engine -- --warm-up-time 1 --measurement-time 3
@@ -12,8 +13,11 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use serde_json::{json, Value};
+use weft::engine::state::{StateDoc, Writes};
+use weft::engine::tree::{self, Change};
 use weft::engine::{Document, Ephemeral, Limits};
 use weft::protocol::canvas::{self, ClientFrame};
+use weft::protocol::game;
 
 /// One request of the trace as the room task sees it: decoded and validated.
 struct Request {
@@ -204,11 +208,166 @@ fn bench_snapshot(c: &mut Criterion) {
     group.finish();
 }
 
+/// Players in the room of the per-action benches: the acting one and 9 peers.
+const ROOM_OF: usize = 10;
+
+/// A `battle` room of [`ROOM_OF`] players, as the game benches hold it: the shared state and
+/// each player's `{"hp", "position"}`.
+fn battle_states() -> (Value, Vec<Value>) {
+    let ids: Vec<Value> = (0..ROOM_OF)
+        .map(|i| json!({"id": format!("p{i}")}))
+        .collect();
+    let shared = json!({"round": 3, "phase": "playing", "players": ids});
+    let players = (0..ROOM_OF)
+        .map(|i| json!({"hp": 100, "position": {"x": i, "y": i}}))
+        .collect();
+    (shared, players)
+}
+
+/// `battle`'s MOVE handler as the room runs it: decode the `send` frame, run the updater on a
+/// copy of the player's state, normalize it and check the size (of every state) and depth
+/// limits, as `RoomContext::set_player` does. Returns the new value and the request id.
+fn move_action(frame: &str, state: &Value, others_size: usize) -> (Value, String) {
+    let Ok(game::ClientFrame::Send {
+        payload,
+        request_id,
+        ..
+    }) = game::ClientFrame::decode(frame)
+    else {
+        panic!("a send frame")
+    };
+    let mut next = state.clone();
+    next["position"] = json!({"x": payload["x"].clone(), "y": payload["y"].clone()});
+    tree::normalize_root(&mut next);
+    let size = tree::json_size(&next);
+    assert!(others_size + size < 512 * 1024);
+    assert!(game::depth(&next) <= weft::game::MAX_STATE_DEPTH);
+    (next, request_id)
+}
+
+fn action_result(request_id: &str) -> bytestring::ByteString {
+    game::ServerFrame::ActionResult {
+        request_id,
+        action_type: "MOVE",
+        result: &json!({"moved": true}),
+    }
+    .encode()
+}
+
+/// One action or patch in a room of [`ROOM_OF`]: `game_action/state_doc` is a `battle` MOVE as
+/// the room runs it now (the player's [`StateDoc`] applies the new value: diff, stamps, version),
+/// `game_action/sent_copy` the same action as rooms ran it before the stamped documents (the
+/// value diffed against a copy of what clients were sent, then copied again), and
+/// `canvas_patch` a canvas patch moving one shape (decode, check, apply, `ack` and the broadcast
+/// `patch` frame). A broadcast frame is encoded once for all peers, so peers add delivery (a
+/// reference count per outbox), not work measured here.
+fn bench_action(c: &mut Criterion) {
+    let frames: Vec<String> = (0..2)
+        .map(|i| {
+            json!({"type": "send", "actionType": "MOVE", "payload": {"x": 10 + i, "y": 20},
+                "requestId": "r1"})
+            .to_string()
+        })
+        .collect();
+    let (shared, players) = battle_states();
+    let others = tree::json_size(&shared) + players[1..].iter().map(tree::json_size).sum::<usize>();
+    let mut group = c.benchmark_group("game_action");
+
+    let mut doc = StateDoc::new(players[0].clone(), 1);
+    let mut n = 0usize;
+    group.bench_function("state_doc", |b| {
+        b.iter(|| {
+            n += 1;
+            let (next, request_id) = move_action(&frames[n % 2], doc.value(), others);
+            // `set_player` keeps a changed value for the flush, which applies it.
+            assert!(next != *doc.value());
+            let batch = doc.apply(next).expect("a change");
+            let Writes::Paths(delta) = &batch.writes else {
+                panic!("a delta")
+            };
+            let delta = game::ServerFrame::PlayerDelta {
+                delta,
+                version: batch.clock,
+            }
+            .encode();
+            (delta, action_result(&request_id))
+        })
+    });
+
+    let (mut value, mut sent, mut version) = (players[0].clone(), players[0].clone(), 1u64);
+    group.bench_function("sent_copy", |b| {
+        b.iter(|| {
+            n += 1;
+            let (next, request_id) = move_action(&frames[n % 2], &value, others);
+            if next != value {
+                value = next;
+            }
+            let Change::Delta(delta) = tree::diff(&sent, &value) else {
+                panic!("a delta")
+            };
+            version += 1;
+            sent = value.clone();
+            let delta = game::ServerFrame::PlayerDelta {
+                delta: &delta,
+                version,
+            }
+            .encode();
+            (delta, action_result(&request_id))
+        })
+    });
+    group.finish();
+
+    let limits = Limits::default();
+    let mut doc = Document::default();
+    for i in 0..ROOM_OF {
+        doc.apply(
+            &[json!({ format!("s{i}/Pos"): {"_exists": true, "x": i, "y": i} })],
+            &limits,
+        );
+    }
+    let frames: Vec<String> = (0..2)
+        .map(|i| {
+            json!({"type": "patch", "messageId": "m1",
+                "documentPatches": [{"s0/Pos": {"x": 10 + i, "y": 20}}]})
+            .to_string()
+        })
+        .collect();
+    c.bench_function("canvas_patch", |b| {
+        b.iter(|| {
+            n += 1;
+            let Ok(ClientFrame::Patch {
+                document: Some(patches),
+                message_id,
+                ..
+            }) = canvas::decode(&frames[n % 2], &limits)
+            else {
+                panic!("a patch frame")
+            };
+            doc.check(&patches.parsed, &limits).expect("within limits");
+            let timestamp = doc.apply(&patches.parsed, &limits);
+            let ack = canvas::ServerFrame::Ack {
+                message_id: &message_id,
+                timestamp,
+            }
+            .encode();
+            let relay = canvas::ServerFrame::Patch {
+                document_patches: Some(patches.raw.as_ref()),
+                ephemeral_patches: None,
+                client_id: "c0",
+                timestamp: Some(timestamp),
+            }
+            .encode();
+            (ack, relay)
+        })
+    });
+}
+
 criterion_group!(
     benches,
     bench_apply_trace,
     bench_diff_since,
     bench_buffer_append,
-    bench_snapshot
+    bench_snapshot,
+    bench_action
 );
 criterion_main!(benches);

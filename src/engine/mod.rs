@@ -39,6 +39,7 @@ mod limits;
 mod patch;
 mod replay;
 pub mod size;
+pub mod state;
 pub mod tree;
 pub mod work;
 

@@ -183,7 +183,7 @@ pub fn json_size(value: &Value) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
@@ -258,7 +258,7 @@ mod tests {
         assert_eq!(json_size(&v), v.to_string().len());
     }
 
-    fn arb_value() -> impl Strategy<Value = Value> {
+    pub(crate) fn arb_value() -> impl Strategy<Value = Value> {
         let key = prop_oneof![
             Just("a".to_owned()),
             Just("b".to_owned()),

@@ -15,7 +15,8 @@ use super::logic::Sender;
 use super::manager::RoomStatus;
 use super::options::NamespaceOptions;
 use super::record::{unix_ms, RoomRecord, SavedPlayer, SavedSender, SavedTimer};
-use crate::engine::tree::{self, Change};
+use crate::engine::state::{StateBatch, StateDoc, Writes};
+use crate::engine::tree;
 use crate::ids::RecordKey;
 use crate::protocol::game::{self as wire, ServerFrame};
 use crate::rooms::{CloseReason, Outbox};
@@ -38,30 +39,67 @@ pub enum StateError {
     NoSuchPlayer(String),
 }
 
-/// A state document as the room tracks it: the value, what clients were last sent, its version.
-#[derive(Debug, Clone, Default)]
+/// A state clients are sent, as the room tracks it: the committed document (what clients have,
+/// its clock their version) and the handlers' value not flushed yet.
+#[derive(Debug, Clone)]
 pub(super) struct Tracked {
-    pub value: Value,
-    /// What the clients have (after the last flush).
-    pub sent: Value,
-    pub version: u64,
-    /// Changed since the last flush.
-    pub dirty: bool,
-    /// `value` as compact JSON, in bytes.
+    pub doc: StateDoc,
+    /// Set by an updater since the last flush.
+    pub pending: Option<Value>,
+    /// The current value as compact JSON, in bytes.
     pub size: usize,
 }
 
 impl Tracked {
-    pub fn new(value: Value, version: u64) -> Tracked {
-        let mut value = value;
-        tree::normalize_root(&mut value);
-        Tracked {
-            size: tree::json_size(&value),
-            sent: value.clone(),
-            value,
-            version,
-            dirty: false,
+    pub fn new(doc: StateDoc) -> Tracked {
+        let mut doc = doc;
+        if !doc.value().is_object() {
+            // A saved state's root is an object: an updater's result is normalized to one.
+            doc = StateDoc::new(Value::Object(Map::new()), doc.clock());
         }
+        Tracked {
+            size: tree::json_size(doc.value()),
+            doc,
+            pending: None,
+        }
+    }
+
+    pub fn empty() -> Tracked {
+        Tracked::new(StateDoc::new(Value::Object(Map::new()), 0))
+    }
+
+    /// The current value: what handlers read.
+    pub fn value(&self) -> &Value {
+        self.pending.as_ref().unwrap_or(self.doc.value())
+    }
+
+    /// Commits the pending value; the batch (at the new version) if it changed anything.
+    fn commit(&mut self) -> Option<StateBatch> {
+        self.pending.take().and_then(|next| self.doc.apply(next))
+    }
+}
+
+/// A state document of the room, to ask who may see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StateId<'a> {
+    Shared,
+    /// One player's state, by user id.
+    Player(&'a str),
+    // Nothing sends these two (the rule below refuses them); named so the rule covers every state.
+    #[allow(dead_code)]
+    Server,
+    #[allow(dead_code)]
+    Metadata,
+}
+
+/// Whether a connection of user `viewer` may be sent `state` (its deltas, or it in a `sync`):
+/// the one place this is decided. Server state reaches no socket; a player's state only its
+/// owner's connections; metadata is read over HTTP only.
+pub(super) fn visible(state: StateId, viewer: &str) -> bool {
+    match state {
+        StateId::Shared => true,
+        StateId::Player(owner) => owner == viewer,
+        StateId::Server | StateId::Metadata => false,
     }
 }
 
@@ -119,8 +157,8 @@ pub struct RoomContext {
     pub(super) status: Arc<RoomStatus>,
     pub(super) shared: Tracked,
     pub(super) players: IndexMap<String, Tracked>,
-    pub(super) server: Value,
-    pub(super) metadata: Value,
+    pub(super) server: StateDoc,
+    pub(super) metadata: StateDoc,
     pub(super) timers: BTreeMap<String, SavedTimer>,
     pub(super) seats: IndexMap<String, Seat>,
     pub(super) connections: IndexMap<String, Connection>,
@@ -155,10 +193,10 @@ impl RoomContext {
             options,
             storage,
             status,
-            shared: Tracked::new(Value::Object(Map::new()), 0),
+            shared: Tracked::empty(),
             players: IndexMap::new(),
-            server: Value::Object(Map::new()),
-            metadata: Value::Object(Map::new()),
+            server: StateDoc::new(Value::Object(Map::new()), 0),
+            metadata: StateDoc::new(Value::Object(Map::new()), 0),
             timers: BTreeMap::new(),
             seats: IndexMap::new(),
             connections: IndexMap::new(),
@@ -188,7 +226,7 @@ impl RoomContext {
 
     /// The state every player sees.
     pub fn shared(&self) -> &Value {
-        &self.shared.value
+        self.shared.value()
     }
 
     /// Changes the shared state; refused (and nothing changed) if the result would exceed
@@ -209,12 +247,12 @@ impl RoomContext {
 
     /// A player's private state (only that player is sent it).
     pub fn player(&self, user_id: &str) -> Option<&Value> {
-        self.players.get(user_id).map(|p| &p.value)
+        self.players.get(user_id).map(Tracked::value)
     }
 
     /// Every player's state, in join order.
     pub fn players(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.players.iter().map(|(id, p)| (id.as_str(), &p.value))
+        self.players.iter().map(|(id, p)| (id.as_str(), p.value()))
     }
 
     /// Changes a player's state. The player must hold a seat in the room; refused like
@@ -232,7 +270,7 @@ impl RoomContext {
         let player = self
             .players
             .entry(user_id.to_owned())
-            .or_insert_with(|| Tracked::new(Value::Object(Map::new()), 0));
+            .or_insert_with(Tracked::empty);
         let others = total - player.size;
         update_tracked(player, others, max, update)?;
         self.unsaved = true;
@@ -262,14 +300,16 @@ impl RoomContext {
 
     /// State only the server sees; saved with the rest.
     pub fn server_state(&self) -> &Value {
-        &self.server
+        self.server.value()
     }
 
+    /// Changes the server state (an object: anything else becomes `{}`; `null` members are
+    /// removed, as in the shared state).
     pub fn set_server_state(&mut self, update: impl FnOnce(&mut Value)) {
-        update(&mut self.server);
-        if !self.server.is_object() {
-            self.server = Value::Object(Map::new());
-        }
+        let mut next = self.server.value().clone();
+        update(&mut next);
+        tree::normalize_root(&mut next);
+        self.server.apply(next);
         self.unsaved = true;
     }
 
@@ -277,12 +317,15 @@ impl RoomContext {
 
     /// Public metadata, readable over HTTP without joining (`GET /api/room/metadata`).
     pub fn metadata(&self) -> &Value {
-        &self.metadata
+        self.metadata.value()
     }
 
+    /// Replaces the metadata (`null` members are removed, as in the states).
     pub fn set_metadata(&mut self, metadata: Value) {
-        self.metadata = metadata;
-        self.status.set_metadata(&self.metadata);
+        let mut metadata = metadata;
+        tree::strip_nulls(&mut metadata);
+        self.metadata.apply(metadata);
+        self.status.set_metadata(self.metadata.value());
         self.unsaved = true;
     }
 
@@ -445,9 +488,16 @@ impl RoomContext {
         self.auto_dispose = on;
     }
 
-    /// Time since the room was loaded (the Colyseus `clock.elapsedTime`).
+    /// Time the room has been loaded, over all its loads (the Colyseus `clock.elapsedTime`):
+    /// a room restored from storage goes on from its saved clock.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Restores the room's clock to `elapsed` (at load).
+    pub(super) fn resume_clock(&mut self, elapsed: Duration) {
+        let now = Instant::now();
+        self.started = now.checked_sub(elapsed).unwrap_or(now);
     }
 
     /// Runs `callback` once after `delay`. Clock callbacks live in memory only (use
@@ -525,92 +575,91 @@ impl RoomContext {
 
     /// Whether any change awaits a flush.
     pub(super) fn is_dirty(&self) -> bool {
-        self.shared.dirty || self.players.values().any(|p| p.dirty)
+        self.shared.pending.is_some() || self.players.values().any(|p| p.pending.is_some())
     }
 
     /// Sends the deltas of everything changed since the last flush. A version steps once per
     /// flushed delta, never for a no-op.
     pub(super) fn flush(&mut self) {
-        if self.shared.dirty {
-            self.shared.dirty = false;
-            match tree::diff(&self.shared.sent, &self.shared.value) {
-                Change::None => {}
-                Change::Delta(delta) => {
-                    self.shared.version += 1;
+        if let Some(batch) = self.shared.commit() {
+            match &batch.writes {
+                Writes::Paths(delta) => {
                     let frame = ServerFrame::SharedDelta {
-                        delta: &delta,
-                        version: self.shared.version,
+                        delta,
+                        version: batch.clock,
                     }
                     .encode();
-                    let ids: Vec<String> = self.connections.keys().cloned().collect();
-                    for id in ids {
+                    for id in self.recipients(StateId::Shared) {
                         self.deliver(&id, &frame);
                     }
                 }
-                Change::Whole => {
-                    self.shared.version += 1;
-                    // The syncs below are built from what clients have: make that the new state.
-                    self.shared.sent = self.shared.value.clone();
-                    let ids: Vec<String> = self.connections.keys().cloned().collect();
-                    for id in ids {
+                Writes::Whole(_) => {
+                    for id in self.recipients(StateId::Shared) {
                         let frame = self.sync_frame_for(&id);
                         self.deliver(&id, &frame);
                     }
                 }
             }
-            self.shared.sent = self.shared.value.clone();
         }
         let dirty: Vec<String> = self
             .players
             .iter()
-            .filter(|(_, p)| p.dirty)
+            .filter(|(_, p)| p.pending.is_some())
             .map(|(id, _)| id.clone())
             .collect();
         for user in dirty {
-            let Some(player) = self.players.get_mut(&user) else {
+            let Some(batch) = self.players.get_mut(&user).and_then(Tracked::commit) else {
                 continue;
             };
-            player.dirty = false;
-            let change = tree::diff(&player.sent, &player.value);
-            player.sent = player.value.clone();
-            let frame = match change {
-                Change::None => continue,
-                Change::Delta(delta) => {
-                    player.version += 1;
-                    ServerFrame::PlayerDelta {
-                        delta: &delta,
-                        version: player.version,
-                    }
-                    .encode()
+            let frame = match &batch.writes {
+                Writes::Paths(delta) => ServerFrame::PlayerDelta {
+                    delta,
+                    version: batch.clock,
                 }
-                Change::Whole => {
-                    player.version += 1;
-                    let (shared, version) = (&self.shared.sent, self.shared.version);
-                    ServerFrame::Sync {
-                        shared_state: shared,
-                        shared_version: version,
-                        player_state: &player.value,
-                        player_version: player.version,
-                    }
-                    .encode()
+                .encode(),
+                Writes::Whole(player_state) => ServerFrame::Sync {
+                    shared_state: self.shared.doc.value(),
+                    shared_version: self.shared.doc.clock(),
+                    player_state,
+                    player_version: batch.clock,
                 }
+                .encode(),
             };
-            self.deliver_to_user(&user, &frame);
+            for id in self.recipients(StateId::Player(&user)) {
+                self.deliver(&id, &frame);
+            }
         }
     }
 
-    /// A full `sync` for one connection (what the clients have after the last flush).
+    /// The joined connections that may see `state` (see [`visible`]).
+    fn recipients(&self, state: StateId) -> Vec<String> {
+        self.connections
+            .iter()
+            .filter(|(_, c)| visible(state, &c.user_id))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// A full `sync` for one connection (what the clients have after the last flush), holding
+    /// the states [`visible`] lets it see.
     pub(super) fn sync_frame_for(&self, connection_id: &str) -> ByteString {
         let empty = Value::Object(Map::new());
-        let player = self
+        let viewer = self
             .connections
             .get(connection_id)
-            .and_then(|c| self.players.get(&c.user_id));
+            .map(|c| c.user_id.as_str());
+        let shared = viewer
+            .filter(|v| visible(StateId::Shared, v))
+            .map(|_| &self.shared.doc);
+        let player = viewer
+            .filter(|v| visible(StateId::Player(v), v))
+            .and_then(|v| self.players.get(v))
+            .map(|p| &p.doc);
         ServerFrame::Sync {
-            shared_state: &self.shared.sent,
-            shared_version: self.shared.version,
-            player_state: player.map_or(&empty, |p| &p.sent),
-            player_version: player.map_or(0, |p| p.version),
+            shared_state: shared.map_or(&empty, StateDoc::value),
+            shared_version: shared.map_or(0, StateDoc::clock),
+            player_state: player.map_or(&empty, StateDoc::value),
+            player_version: player.map_or(0, StateDoc::clock),
         }
         .encode()
     }
@@ -638,14 +687,15 @@ impl RoomContext {
         }
     }
 
-    /// The room as saved.
+    /// The room as saved (the committed states: [`RoomContext::save_state`] flushes first).
     pub(super) fn record(&self) -> RoomRecord {
         RoomRecord {
             format: RoomRecord::FORMAT,
             created: self.created,
             saved_at_ms: unix_ms(),
-            shared: self.shared.value.clone(),
-            shared_version: self.shared.version,
+            shared: self.shared.doc.value().clone(),
+            shared_version: self.shared.doc.clock(),
+            shared_stamps: Some(self.shared.doc.stamps().clone()),
             players: self
                 .players
                 .iter()
@@ -653,18 +703,24 @@ impl RoomContext {
                     (
                         id.clone(),
                         SavedPlayer {
-                            state: p.value.clone(),
-                            version: p.version,
+                            state: p.doc.value().clone(),
+                            version: p.doc.clock(),
+                            stamps: Some(p.doc.stamps().clone()),
                             sender: self.seats.get(id).map(|s| SavedSender::from(&s.sender)),
                         },
                     )
                 })
                 .collect(),
-            server: self.server.clone(),
-            metadata: self.metadata.clone(),
+            server: self.server.value().clone(),
+            server_version: self.server.clock(),
+            server_stamps: Some(self.server.stamps().clone()),
+            metadata: self.metadata.value().clone(),
+            metadata_version: self.metadata.clock(),
+            metadata_stamps: Some(self.metadata.stamps().clone()),
             timers: self.timers.clone(),
             locked: self.is_locked(),
             private: self.status.private.load(Ordering::Relaxed),
+            elapsed_ms: u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX),
         }
     }
 }
@@ -684,7 +740,7 @@ fn update_tracked(
     max: usize,
     update: impl FnOnce(&mut Value),
 ) -> Result<(), StateError> {
-    let mut next = tracked.value.clone();
+    let mut next = tracked.value().clone();
     update(&mut next);
     tree::normalize_root(&mut next);
     let size = tree::json_size(&next);
@@ -701,10 +757,46 @@ fn update_tracked(
             max: MAX_STATE_DEPTH,
         });
     }
-    if next != tracked.value {
-        tracked.value = next;
+    // An unchanged value schedules no flush (the flush times its patch rate from the first
+    // change after the last one).
+    if next != *tracked.value() {
+        tracked.pending = Some(next);
         tracked.size = size;
-        tracked.dirty = true;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shared state is everyone's, a player's state its owner's only, and server state and
+    /// metadata nobody's over a socket.
+    #[test]
+    fn visibility_follows_the_state() {
+        for viewer in ["ann", "bob"] {
+            assert!(visible(StateId::Shared, viewer));
+            assert!(!visible(StateId::Server, viewer));
+            assert!(!visible(StateId::Metadata, viewer));
+        }
+        assert!(visible(StateId::Player("ann"), "ann"));
+        assert!(!visible(StateId::Player("ann"), "bob"));
+    }
+
+    /// A tracked state reads its pending value until the flush commits it; the commit is one
+    /// version step, and a value set back to what clients have commits nothing.
+    #[test]
+    fn pending_values_commit_once_per_change() {
+        let mut tracked = Tracked::empty();
+        tracked.pending = Some(serde_json::json!({"a": 1}));
+        assert_eq!(tracked.value(), &serde_json::json!({"a": 1}));
+        assert_eq!(tracked.doc.value(), &serde_json::json!({}));
+        let batch = tracked.commit().expect("a change");
+        assert_eq!(batch.clock, 1);
+        assert_eq!(tracked.doc.clock(), 1);
+        tracked.pending = Some(serde_json::json!({"a": 1}));
+        assert_eq!(tracked.commit(), None);
+        assert_eq!(tracked.doc.clock(), 1);
+        assert!(tracked.pending.is_none());
+    }
 }

@@ -122,6 +122,14 @@ impl RoomStatus {
         r.len()
     }
 
+    /// When the last live matchmaking reservation runs out, if any: an empty room is kept until
+    /// then, so the seat it promised is still there when the client comes.
+    pub(super) fn reserved_until(&self) -> Option<Instant> {
+        let _ = self.live_reservations();
+        let r = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
+        r.iter().max().copied()
+    }
+
     /// Takes one matchmaking reservation, if any (a join consumes the seat it was promised).
     pub(super) fn take_reservation(&self) -> bool {
         let _ = self.live_reservations();

@@ -12,7 +12,8 @@ use tracing::{debug, error, info, warn, Instrument};
 use super::context::{Connection, Effect, Joining, RoomContext, Seat, Tracked};
 use super::logic::{HandlerError, HandlerResult, LeaveReason, RoomLogic, Sender};
 use super::manager::{GameRooms, Namespace, RoomHandle, RoomStatus};
-use super::record::{unix_ms, RoomRecord};
+use super::record::{state_doc, unix_ms, RoomRecord};
+use crate::engine::state::StampError;
 use crate::ids::RecordKey;
 use crate::protocol::game::{close, ErrorCode, ServerFrame};
 use crate::rooms::{CloseReason, Outbox};
@@ -94,6 +95,7 @@ pub(super) fn spawn(
                 generation,
                 commands: rx,
                 last_tick: Instant::now(),
+                started: Instant::now(),
                 flush_at: None,
                 save_at: None,
                 empty_since: None,
@@ -114,6 +116,8 @@ struct Room {
     generation: u64,
     commands: mpsc::Receiver<Command>,
     last_tick: Instant,
+    /// Patch-rate flushes fall on a fixed grid from here.
+    started: Instant,
     /// When changes made outside a client request are flushed.
     flush_at: Option<Instant>,
     /// When unsaved changes are saved.
@@ -188,18 +192,33 @@ impl Room {
                 .map_err(|e| e.to_string())?;
             return Ok(());
         }
+        let unreadable = |state: &str, e: StampError| {
+            format!("saved game room is unreadable (left untouched): the stamps of {state}: {e}")
+        };
         let ctx = &mut self.ctx;
         ctx.created = record.created;
-        ctx.shared = Tracked::new(record.shared, record.shared_version);
-        ctx.server = record.server;
-        ctx.set_metadata(record.metadata);
+        ctx.shared = Tracked::new(
+            state_doc(record.shared, record.shared_version, record.shared_stamps)
+                .map_err(|e| unreadable("the shared state", e))?,
+        );
+        ctx.server = state_doc(record.server, record.server_version, record.server_stamps)
+            .map_err(|e| unreadable("the server state", e))?;
+        ctx.metadata = state_doc(
+            record.metadata,
+            record.metadata_version,
+            record.metadata_stamps,
+        )
+        .map_err(|e| unreadable("the metadata", e))?;
+        ctx.status.set_metadata(ctx.metadata.value());
         ctx.timers = record.timers;
+        ctx.resume_clock(Duration::from_millis(record.elapsed_ms));
         ctx.status.locked.store(record.locked, Ordering::Relaxed);
         ctx.status.private.store(record.private, Ordering::Relaxed);
         let grace = Instant::now() + ctx.options.reconnect_timeout;
         for (user, saved) in record.players {
-            ctx.players
-                .insert(user.clone(), Tracked::new(saved.state, saved.version));
+            let doc = state_doc(saved.state, saved.version, saved.stamps)
+                .map_err(|e| unreadable(&format!("player {user:?}"), e))?;
+            ctx.players.insert(user.clone(), Tracked::new(doc));
             let sender = saved.sender.map_or_else(
                 || Sender {
                     user_id: user.clone(),
@@ -231,6 +250,17 @@ impl Room {
         Ok(())
     }
 
+    /// When an empty room is disposed of: [`EMPTY_LINGER`] after it emptied, but not before
+    /// the seats matchmaking reserved in it have run out.
+    fn disposal_due(&self) -> Option<Instant> {
+        let since = self.empty_since.filter(|_| self.ctx.auto_dispose)?;
+        let linger = since + EMPTY_LINGER;
+        Some(match self.ctx.status.reserved_until() {
+            Some(reserved) => linger.max(reserved),
+            None => linger,
+        })
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         let now = Instant::now();
         let timer = self
@@ -242,10 +272,7 @@ impl Room {
             .map(|due| now + Duration::from_millis(due.saturating_sub(unix_ms())));
         let tick = self.ctx.simulation.map(|i| self.last_tick + i);
         let grace = self.ctx.seats.values().filter_map(|s| s.grace_until).min();
-        let linger = self
-            .empty_since
-            .filter(|_| self.ctx.auto_dispose)
-            .map(|t| t + EMPTY_LINGER);
+        let linger = self.disposal_due();
         [
             timer,
             tick,
@@ -567,7 +594,7 @@ impl Room {
             self.save_at = None;
             self.save().await;
         }
-        if self.empty_since.is_some_and(|t| t + EMPTY_LINGER <= now) && self.ctx.auto_dispose {
+        if self.disposal_due().is_some_and(|t| t <= now) {
             self.stop = true;
         }
     }
@@ -605,7 +632,8 @@ impl Room {
             self.last_tick = Instant::now();
         }
         if self.ctx.is_dirty() && self.flush_at.is_none() {
-            self.flush_at = Some(Instant::now() + self.ctx.patch_rate);
+            let rate = self.ctx.patch_rate;
+            self.flush_at = Some(next_flush(self.started, rate, Instant::now()));
         }
         if self.ctx.unsaved && self.save_at.is_none() {
             self.save_at = Some(Instant::now() + self.ctx.options.state_save_interval);
@@ -684,6 +712,16 @@ impl Room {
 }
 
 /// Publishes the seat counts the manager and the upgrade check read.
+/// The next patch-rate slot after `now`. Flushes keep a fixed cadence from the room's start (as
+/// Colyseus's patch interval does), not "one rate after the first change since the last flush",
+/// which stretched a 100 ms rate to 150 ms whenever a change came just after a flush.
+fn next_flush(started: Instant, rate: Duration, now: Instant) -> Instant {
+    let rate_ns = rate.as_nanos().max(1);
+    let slot = now.saturating_duration_since(started).as_nanos() / rate_ns + 1;
+    let offset = u64::try_from(slot * rate_ns).unwrap_or(u64::MAX);
+    started + Duration::from_nanos(offset)
+}
+
 fn publish_counts(ctx: &RoomContext) {
     let connected = ctx.seats.values().filter(|s| s.connections > 0).count();
     ctx.status.players.store(ctx.seats.len(), Ordering::Relaxed);
@@ -701,5 +739,28 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Flushes fall on the grid of the patch rate from the room's start, whenever the change
+    /// that asks for one comes.
+    #[test]
+    fn flushes_keep_a_fixed_cadence() {
+        let started = Instant::now();
+        let rate = Duration::from_millis(100);
+        let at = |ms: u64| started + Duration::from_millis(ms);
+        assert_eq!(next_flush(started, rate, at(0)), at(100));
+        assert_eq!(next_flush(started, rate, at(1)), at(100));
+        assert_eq!(next_flush(started, rate, at(99)), at(100));
+        assert_eq!(next_flush(started, rate, at(100)), at(200));
+        assert_eq!(next_flush(started, rate, at(152)), at(200));
+        assert_eq!(
+            next_flush(started, Duration::ZERO, at(5)),
+            started + Duration::from_nanos(5_000_001)
+        );
     }
 }

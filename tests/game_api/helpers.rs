@@ -252,6 +252,9 @@ pub fn arena(hooks: &Hooks) -> RoomBuilder {
             room.kick(&text(&payload, "userId")?);
             Ok(Value::Null)
         })
+        .on_action("ELAPSED", |room, _, _| {
+            Ok(json!(room.elapsed().as_millis() as u64))
+        })
         .on_action("META", |room, _, payload| {
             room.set_metadata(payload);
             Ok(Value::Null)

@@ -364,3 +364,18 @@ async fn healthz_reports_a_room_task_that_makes_no_progress() {
     );
     probe_until(app.addr, 200, "ok");
 }
+
+/// A room made by matchmaking stays loaded for as long as the seat it reserved is held (15 s),
+/// not only the 5 s an emptied room lingers: a second caller 7 s later gets the same room.
+#[tokio::test]
+async fn a_matchmade_room_keeps_its_reserved_seat() {
+    let app = GameApp::start().await;
+    let first = app.matchmake("arena").await;
+    let id = first["id"].as_str().expect("id").to_owned();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(app.is_live("arena", &id), "the reserved room was disposed");
+    assert_eq!(
+        app.matchmake("arena").await,
+        json!({"namespace": "arena", "id": id, "created": false})
+    );
+}

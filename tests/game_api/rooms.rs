@@ -836,3 +836,30 @@ async fn an_evicted_room_is_woken_when_its_timer_falls_due() {
         ]
     );
 }
+
+/// A room's clock (`elapsed`, the Colyseus `clock.elapsedTime`) goes on from its saved value
+/// when the room is loaded again, instead of starting over at 0.
+#[tokio::test]
+async fn the_room_clock_survives_a_reload() {
+    let app = GameApp::start().await;
+    let room = "clock";
+    let (mut a, _) = app.joined("arena", room, "alice").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = a.action("ELAPSED", json!({}), "e1").await;
+    let before = before.last().expect("answer")["result"]
+        .as_u64()
+        .expect("elapsed ms");
+    assert!(before >= 1500, "{before}");
+    a.send(json!({"type": "leave"})).await;
+    a.frames_until_close().await;
+    wait_evicted(&app, "arena", room).await;
+    let (mut b, _) = app.joined("arena", room, "bob").await;
+    let after = b.action("ELAPSED", json!({}), "e2").await;
+    let after = after.last().expect("answer")["result"]
+        .as_u64()
+        .expect("elapsed ms");
+    assert!(
+        after >= before,
+        "the clock went back from {before} to {after} ms"
+    );
+}
