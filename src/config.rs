@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Limits;
 use crate::rooms::RoomConfig;
-use crate::storage::{Durability, StorageKind};
+use crate::storage::{Durability, StorageKind, WriteBudget};
 use crate::transport::TransportConfig;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -20,8 +20,11 @@ pub struct Settings {
     /// Where storage keeps its files.
     pub data_dir: PathBuf,
     pub storage: StorageKind,
-    /// With RocksDB: what an acked write survives.
+    /// With RocksDB or file storage: what an acked write survives.
     pub durability: Durability,
+    /// Bytes of appends queued for the storage writer at once, across all rooms; a room with a
+    /// batch that does not fit waits (and stops reading its command queue).
+    pub storage_queue_bytes: usize,
     pub log_format: LogFormat,
     pub auth: AuthSettings,
     pub limits: LimitSettings,
@@ -110,7 +113,6 @@ pub struct LimitSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct RoomSettings {
     pub idle_timeout_ms: u64,
-    pub save_throttle_ms: u64,
     pub fold_interval_ms: u64,
 }
 
@@ -121,6 +123,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("./data"),
             storage: StorageKind::Rocksdb,
             durability: Durability::ProcessCrash,
+            storage_queue_bytes: crate::rooms::DEFAULT_STORAGE_QUEUE_BYTES,
             log_format: LogFormat::Text,
             auth: AuthSettings::default(),
             limits: LimitSettings::default(),
@@ -179,7 +182,6 @@ impl Default for RoomSettings {
         let rooms = RoomConfig::default();
         RoomSettings {
             idle_timeout_ms: rooms.idle_timeout.as_millis() as u64,
-            save_throttle_ms: rooms.save_throttle.as_millis() as u64,
             fold_interval_ms: rooms.fold_interval.as_millis() as u64,
         }
     }
@@ -215,7 +217,7 @@ pub struct StorageArgs {
     /// Storage backend [default: rocksdb].
     #[arg(long, env = "WEFT_STORAGE")]
     pub storage: Option<StorageKind>,
-    /// With RocksDB, what an acked write survives [default: process-crash].
+    /// With RocksDB or file storage, what an acked write survives [default: process-crash].
     #[arg(long, env = "WEFT_DURABILITY")]
     pub durability: Option<Durability>,
 }
@@ -270,12 +272,12 @@ pub struct Overrides {
     /// Empty rooms are closed after this many milliseconds.
     #[arg(long, env = "WEFT_IDLE_TIMEOUT_MS")]
     pub idle_timeout_ms: Option<u64>,
-    /// At most one snapshot save per room per this many milliseconds (file storage).
-    #[arg(long, env = "WEFT_SAVE_THROTTLE_MS")]
-    pub save_throttle_ms: Option<u64>,
-    /// How often a changing room's log is folded into its snapshot (RocksDB).
+    /// How often a changing room's log is folded into its snapshot.
     #[arg(long, env = "WEFT_FOLD_INTERVAL_MS")]
     pub fold_interval_ms: Option<u64>,
+    /// Bytes of writes queued for storage at once; rooms wait beyond [default: 67108864].
+    #[arg(long, env = "WEFT_STORAGE_QUEUE_BYTES")]
+    pub storage_queue_bytes: Option<usize>,
 }
 
 impl Settings {
@@ -313,7 +315,7 @@ impl Settings {
         set(&mut limits.messages_per_second, o.messages_per_second);
         set(&mut limits.message_burst, o.message_burst);
         set(&mut settings.rooms.idle_timeout_ms, o.idle_timeout_ms);
-        set(&mut settings.rooms.save_throttle_ms, o.save_throttle_ms);
+        set(&mut settings.storage_queue_bytes, o.storage_queue_bytes);
         set(&mut settings.rooms.fold_interval_ms, o.fold_interval_ms);
         settings.validate()?;
         Ok(settings)
@@ -334,6 +336,7 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         let positive = [
+            ("storage_queue_bytes", self.storage_queue_bytes as f64),
             ("limits.max_frame_bytes", l.max_frame_bytes as f64),
             ("limits.outbound_queue_bytes", l.outbound_queue_bytes as f64),
             ("limits.max_connections", l.max_connections as f64),
@@ -393,9 +396,9 @@ impl Settings {
     pub fn room_config(&self) -> RoomConfig {
         RoomConfig {
             idle_timeout: Duration::from_millis(self.rooms.idle_timeout_ms),
-            save_throttle: Duration::from_millis(self.rooms.save_throttle_ms),
             fold_interval: Duration::from_millis(self.rooms.fold_interval_ms),
             limits: self.engine_limits(),
+            write_budget: WriteBudget::new(self.storage_queue_bytes),
             ..RoomConfig::default()
         }
     }
@@ -471,8 +474,8 @@ mod tests {
         assert_eq!(s.rooms.idle_timeout_ms, 5);
         assert_eq!(s.limits.max_frame_bytes, 200);
         assert_eq!(
-            s.rooms.save_throttle_ms,
-            RoomSettings::default().save_throttle_ms
+            s.rooms.fold_interval_ms,
+            RoomSettings::default().fold_interval_ms
         );
 
         std::fs::write(&path, "adr = \"x\"\n").expect("write");

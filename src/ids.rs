@@ -106,6 +106,68 @@ impl fmt::Display for RecordKey {
     }
 }
 
+/// What storage keys a room by: a canvas room, or a game room (namespace + id).
+///
+/// Its [`RoomKey::storage_name`] is `<roomId>` or `<namespace>/<id>`: stable, and never the same
+/// for two keys, since `/` cannot occur in a [`RoomId`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RoomKey {
+    Canvas(RoomId),
+    Game(RecordKey),
+}
+
+impl RoomKey {
+    /// `<roomId>` for a canvas room, `<namespace>/<id>` for a game room.
+    pub fn storage_name(&self) -> String {
+        self.to_string()
+    }
+
+    /// Parses a [`RoomKey::storage_name`].
+    pub fn parse(name: &str) -> Option<RoomKey> {
+        match name.contains('/') {
+            true => RecordKey::parse(name).map(RoomKey::Game),
+            false => RoomId::parse(name).ok().map(RoomKey::Canvas),
+        }
+    }
+
+    /// The canvas room, if this is one.
+    pub fn canvas(&self) -> Option<&RoomId> {
+        match self {
+            RoomKey::Canvas(id) => Some(id),
+            RoomKey::Game(_) => None,
+        }
+    }
+
+    /// The game room, if this is one.
+    pub fn game(&self) -> Option<&RecordKey> {
+        match self {
+            RoomKey::Game(key) => Some(key),
+            RoomKey::Canvas(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for RoomKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RoomKey::Canvas(id) => id.fmt(f),
+            RoomKey::Game(key) => key.fmt(f),
+        }
+    }
+}
+
+impl From<RoomId> for RoomKey {
+    fn from(id: RoomId) -> RoomKey {
+        RoomKey::Canvas(id)
+    }
+}
+
+impl From<RecordKey> for RoomKey {
+    fn from(key: RecordKey) -> RoomKey {
+        RoomKey::Game(key)
+    }
+}
+
 /// One connection's session in a room; unique for the life of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u64);
@@ -148,6 +210,20 @@ mod tests {
         ] {
             assert!(RoomId::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// Room keys round-trip through their storage names, and a game key never parses as a canvas
+    /// room (or the other way round).
+    #[test]
+    fn room_keys_have_distinct_storage_names() {
+        let canvas = RoomKey::from(RoomId::parse("battle").expect("id"));
+        let game = RoomKey::from(RecordKey::parse("battle/r1").expect("key"));
+        for key in [&canvas, &game] {
+            assert_eq!(RoomKey::parse(&key.storage_name()).as_ref(), Some(key));
+        }
+        assert_ne!(canvas.storage_name(), game.storage_name());
+        assert_eq!(RoomKey::parse("a/b/c"), None);
+        assert_eq!(RoomKey::parse("../x"), None);
     }
 
     /// Client ids are free-form but bounded and printable.

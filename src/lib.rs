@@ -12,9 +12,9 @@
 //!   handler trait and builder, one task per room, matchmaking.
 //! - [`rooms`]: the runtime: one task per room, sessions, persistence schedule, idle eviction.
 //! - [`protocol`]: wire types of the canvas-store protocol (JSON Schemas in `schemas/`).
-//! - [`storage`]: where rooms live between processes: memory, JSON snapshot files.
-//! - [`engine`]: the pure documents: per-field stamps, last-writer-wins, tombstones, diffs; game
-//!   states as stamped documents ([`engine::state`]).
+//! - [`storage`]: bytes by room key (snapshot + log): RocksDB, JSON files + logs, memory.
+//! - [`engine`]: the pure documents: per-field stamps, last-writer-wins, tombstones, diffs,
+//!   replay of a stored snapshot + log; game states as stamped documents ([`engine::state`]).
 //!
 //! [`ids`] validates room and client ids; [`metrics`] counts what happens.
 

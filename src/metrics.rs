@@ -59,8 +59,10 @@ metrics! {
     slow_clients_disconnected: "counter",
     /// Connections closed because no frame or pong arrived within the heartbeat timeout.
     heartbeat_timeouts: "counter",
-    /// Snapshots saved.
+    /// Snapshots saved (folds of a room's log).
     snapshots_saved: "counter",
+    /// Appends that waited for room in the storage writer's byte budget (`storage_queue_bytes`).
+    appends_waited: "counter",
     /// Storage operations that failed (load or save).
     storage_errors: "counter",
 }

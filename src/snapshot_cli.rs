@@ -28,7 +28,7 @@ use serde_json::value::RawValue;
 
 use crate::config::{ConfigError, Overrides, Settings, StorageArgs};
 use crate::engine::{Document, Limits, SnapshotError};
-use crate::ids::{IdError, RoomId};
+use crate::ids::{IdError, RoomId, RoomKey};
 use crate::storage::{self, Storage, StorageError, StorageKind};
 
 /// How many of the largest components `inspect` lists.
@@ -349,19 +349,29 @@ fn read_snapshot(path: &Path) -> Result<(Document, usize), CliError> {
     Ok((doc, bytes.len()))
 }
 
-/// Saves `doc` as the room. A room that is already stored is deleted first: `Storage::save` folds
-/// a RocksDB room's log only up to the snapshot's clock, so without the delete, logged writes above
-/// an imported (older) clock would be replayed on top of it.
+/// Saves `doc` as the room. A room that is already stored is deleted first: a fold drops a room's
+/// log only up to the snapshot's clock, so without the delete, logged writes above an imported
+/// (older) clock would be replayed on top of it.
 fn store(
     storage: &dyn Storage,
     room: &RoomId,
     doc: &Document,
     replacing: bool,
 ) -> Result<(), StorageError> {
+    let key = RoomKey::Canvas(room.clone());
     if replacing {
-        storage.delete(room)?;
+        storage.delete(&key)?;
     }
-    storage.save(room, &doc.encode_snapshot())
+    storage.fold(&key, doc.clock(), &doc.encode_snapshot())
+}
+
+/// The canvas rooms in storage (game rooms are listed apart).
+fn canvas_rooms(storage: &dyn Storage) -> Result<HashSet<RoomId>, StorageError> {
+    Ok(storage
+        .list()?
+        .into_iter()
+        .filter_map(|k| k.canvas().cloned())
+        .collect())
 }
 
 fn describe(doc: &Document) -> String {
@@ -383,10 +393,8 @@ fn stdout_error(source: io::Error) -> CliError {
 fn export(args: &ExportArgs) -> Result<(), CliError> {
     let room = parse_room(&args.room)?;
     let opened = open_storage(&settings(&args.storage)?, false)?;
-    let doc = opened
-        .storage
-        // An operator's export reads whatever is stored, over the limits or not.
-        .load(&room, &Limits::UNBOUNDED)?
+    // An operator's export reads whatever is stored, over the limits or not.
+    let doc = storage::load_document(opened.storage.as_ref(), &room, &Limits::UNBOUNDED)?
         .ok_or_else(|| CliError::NotFound {
             room: room.clone(),
             kind: opened.kind,
@@ -424,7 +432,7 @@ fn import(args: &ImportArgs) -> Result<(), CliError> {
         None => None,
     };
     let opened = open_storage(&settings(&args.storage)?, true)?;
-    let existing: HashSet<RoomId> = opened.storage.room_ids()?.into_iter().collect();
+    let existing: HashSet<RoomId> = canvas_rooms(opened.storage.as_ref())?;
 
     // First pass: every file must name a room, parse, and not clobber anything. Files are read
     // again for the writes, so memory holds one document at a time however many files there are.
@@ -782,7 +790,7 @@ fn restore(args: &RestoreArgs) -> Result<(), CliError> {
     }
     let files = json_files(&args.dir)?;
     let opened = open_storage(&settings, true)?;
-    let existing: HashSet<RoomId> = opened.storage.room_ids()?.into_iter().collect();
+    let existing: HashSet<RoomId> = canvas_rooms(opened.storage.as_ref())?;
     let total = files.len();
     let progress = Progress::new(total);
     let mut tally = Tally::default();

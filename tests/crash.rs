@@ -790,7 +790,7 @@ struct Plan {
     /// Storage flags (`--storage ...`, `--durability ...`).
     storage: &'static [&'static str],
     /// Flags with a value picked at random for every start (`--fold-interval-ms`,
-    /// `--save-throttle-ms`, `--idle-timeout-ms`).
+    /// `--idle-timeout-ms`).
     varied: &'static [(&'static str, &'static [u64])],
     rounds: u32,
     stop: Stop,
@@ -975,15 +975,34 @@ fn sigterm_loses_no_acked_write_rocksdb() {
     });
 }
 
-/// SIGTERM (or SIGINT) while 4 clients write to 2 rooms (file storage, save throttle from 20 ms to
-/// an hour): exit 0, and the shutdown save holds every acked write.
+/// The `kill -9` loop on file storage (`<roomId>.json` + `<roomId>.log`, default durability,
+/// fold intervals from 20 ms to never): every acked or broadcast write is back with its value,
+/// no clock value is acked twice, and each round's writers reconnect from the last clock any
+/// client saw before the crash.
+#[test]
+fn kill_9_loses_no_acked_write_file() {
+    crash_loop(Plan {
+        test: "kill_9_loses_no_acked_write_file",
+        storage: &["--storage", "file"],
+        varied: &[
+            ("--fold-interval-ms", &[20, 150, 1_000, 3_600_000]),
+            ("--idle-timeout-ms", &[50, 30_000]),
+        ],
+        rounds: 12,
+        stop: Stop::Kill,
+        persists: true,
+    });
+}
+
+/// SIGTERM (or SIGINT) while 4 clients write to 2 rooms (file storage, fold intervals from 20 ms
+/// to an hour): exit 0, and every acked write is back after a restart.
 #[test]
 fn sigterm_loses_no_acked_write_file() {
     crash_loop(Plan {
         test: "sigterm_loses_no_acked_write_file",
         storage: &["--storage", "file"],
         varied: &[
-            ("--save-throttle-ms", &[20, 1_000, 3_600_000]),
+            ("--fold-interval-ms", &[20, 1_000, 3_600_000]),
             ("--idle-timeout-ms", &[50, 30_000]),
         ],
         rounds: 5,
@@ -1369,7 +1388,18 @@ fn step(script: &mut Script, h: &Harness, result: Result<String, String>) -> Str
 /// server). The seed it prints replays the edit choices.
 #[test]
 fn npm_clients_converge_across_kill_9_restarts() {
-    const TEST: &str = "npm_clients_converge_across_kill_9_restarts";
+    npm_clients_converge("npm_clients_converge_across_kill_9_restarts", "rocksdb");
+}
+
+/// The npm convergence test on file storage (a log per room, written before the ack): clients
+/// offline across each kill reconnect with their lastTimestamp, are never asked to resync (no
+/// acked write was lost, no clock reused) and converge.
+#[test]
+fn npm_clients_converge_across_kill_9_restarts_file() {
+    npm_clients_converge("npm_clients_converge_across_kill_9_restarts_file", "file");
+}
+
+fn npm_clients_converge(test: &'static str, storage: &str) {
     const KILLS: u32 = 3;
     let _serial = serial();
     assert!(
@@ -1378,10 +1408,10 @@ fn npm_clients_converge_across_kill_9_restarts() {
             .is_dir(),
         "npm packages missing: run `npm ci` in tests/interop (scripts/test does it)"
     );
-    let seed = seed(TEST);
+    let seed = seed(test);
     let mut rng = Rng::new(seed);
-    let mut h = Harness::new(TEST, seed);
-    let flags: Vec<String> = ["--storage", "rocksdb"].map(String::from).into();
+    let mut h = Harness::new(test, seed);
+    let flags: Vec<String> = ["--storage", storage].map(String::from).into();
     let mut server = h.start("127.0.0.1:0", &flags);
     let addr = format!("127.0.0.1:{}", server.port());
     let url = format!("ws://{addr}");
@@ -1403,7 +1433,7 @@ fn npm_clients_converge_across_kill_9_restarts() {
         step(&mut script, &h, r);
         server = h.start(&addr, &flags);
         eprintln!(
-            "{TEST}: kill -9 #{kill} after {after_ms} ms of edits, restarted on {addr} ({} ms in)",
+            "{test}: kill -9 #{kill} after {after_ms} ms of edits, restarted on {addr} ({} ms in)",
             started.elapsed().as_millis()
         );
     }
@@ -1425,7 +1455,7 @@ fn npm_clients_converge_across_kill_9_restarts() {
     });
     step(&mut script, &h, r);
     eprintln!(
-        "{TEST}: {converged} ({} ms in all)",
+        "{test}: {converged} ({} ms in all)",
         started.elapsed().as_millis()
     );
     match server.terminate() {

@@ -68,6 +68,18 @@ fn json_of(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).expect("valid JSON")
 }
 
+/// The canvas rooms a storage holds, sorted.
+fn canvas_rooms(storage: &dyn storage::Storage) -> Vec<RoomId> {
+    let mut ids: Vec<RoomId> = storage
+        .list()
+        .expect("list")
+        .into_iter()
+        .filter_map(|k| k.canvas().cloned())
+        .collect();
+    ids.sort();
+    ids
+}
+
 fn decode(bytes: &[u8]) -> Document {
     Document::decode_snapshot(bytes).expect("a snapshot")
 }
@@ -355,24 +367,23 @@ fn restore_a_reference_data_directory() {
         Durability::ProcessCrash,
     )
     .expect("storage opens");
-    let mut ids = storage.room_ids().expect("ids");
+    let mut ids = canvas_rooms(&*storage);
     ids.sort();
     assert_eq!(ids.len(), 201);
     for id in ids {
         let file = std::fs::read(source.join(format!("{id}.json"))).expect("source file");
-        let stored = storage
-            .load(&id, &Limits::default())
+        let stored = storage::load_document(&*storage, &id, &Limits::default())
             .expect("loads")
             .expect("present");
         assert_eq!(stored, decode(&file), "room {id}");
     }
-    let reference = storage
-        .load(
-            &RoomId::parse(FIXTURE_ROOM).expect("id"),
-            &Limits::default(),
-        )
-        .expect("loads")
-        .expect("present");
+    let reference = storage::load_document(
+        &*storage,
+        &RoomId::parse(FIXTURE_ROOM).expect("id"),
+        &Limits::default(),
+    )
+    .expect("loads")
+    .expect("present");
     assert_eq!(
         (reference.live_components(), reference.tombstones()),
         (3, 1)
@@ -502,7 +513,7 @@ fn bad_inputs_fail_with_clear_messages() {
         Durability::ProcessCrash,
     )
     .expect("storage opens");
-    assert_eq!(storage.room_ids().expect("ids"), Vec::<RoomId>::new());
+    assert_eq!(canvas_rooms(&*storage), Vec::<RoomId>::new());
     drop(storage);
     snapshot_ok(
         cwd,
@@ -710,7 +721,8 @@ fn an_export_loads_in_the_reference_server() {
 /// after a crash) are not replayed on top of the imported snapshot.
 #[test]
 fn forced_import_drops_the_replaced_rooms_log() {
-    use weft::storage::{Storage, WriteAhead};
+    use weft::ids::RoomKey;
+    use weft::storage::Storage;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let cwd = dir.path();
@@ -723,7 +735,7 @@ fn forced_import_drops_the_replaced_rooms_log() {
             let (tx, rx) = std::sync::mpsc::channel();
             let patch = json!([{ format!("old{clock}/S"): {"_exists": true} }]);
             db.append(
-                &room,
+                &RoomKey::Canvas(room.clone()),
                 clock,
                 patch.to_string().into_bytes(),
                 Box::new(move |r| {
@@ -733,7 +745,7 @@ fn forced_import_drops_the_replaced_rooms_log() {
             rx.recv().expect("answered").expect("appended");
         }
         assert_eq!(
-            db.load(&room, &Limits::default())
+            storage::load_document(&db, &room, &Limits::default())
                 .expect("load")
                 .map(|d| d.clock()),
             Some(9)

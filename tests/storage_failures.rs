@@ -11,9 +11,11 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 use weft::app::Application;
 use weft::config::Settings;
-use weft::engine::{Document, Limits};
-use weft::ids::RoomId;
-use weft::storage::{AppendDone, Durability, RocksStorage, Storage, StorageError, WriteAhead};
+use weft::engine::Limits;
+use weft::ids::{RoomId, RoomKey};
+use weft::storage::{
+    load_document, AppendDone, Durability, RocksStorage, Storage, StorageError, Stored,
+};
 
 /// RocksDB whose appends and saves fail while `failing` is set, as on a full disk.
 struct FlakyDisk {
@@ -21,7 +23,7 @@ struct FlakyDisk {
     failing: AtomicBool,
 }
 
-fn disk_full(room: &RoomId) -> StorageError {
+fn disk_full(room: &RoomKey) -> StorageError {
     StorageError::Io {
         room: room.to_string(),
         source: std::io::Error::other("No space left on device (injected)"),
@@ -32,35 +34,29 @@ impl Storage for FlakyDisk {
     fn name(&self) -> &'static str {
         "flaky-rocksdb"
     }
-    fn load(&self, room: &RoomId, limits: &Limits) -> Result<Option<Document>, StorageError> {
+    fn load(&self, key: &RoomKey) -> Result<Option<Stored>, StorageError> {
         if self.failing.load(Ordering::SeqCst) {
-            return Err(disk_full(room));
+            return Err(disk_full(key));
         }
-        self.inner.load(room, limits)
+        self.inner.load(key)
     }
-    fn save(&self, room: &RoomId, snapshot: &[u8]) -> Result<(), StorageError> {
+    fn append(&self, key: &RoomKey, seq: u64, bytes: Vec<u8>, done: AppendDone) {
         if self.failing.load(Ordering::SeqCst) {
-            return Err(disk_full(room));
+            return done(Err(disk_full(key)));
         }
-        self.inner.save(room, snapshot)
+        self.inner.append(key, seq, bytes, done);
     }
-    fn delete(&self, room: &RoomId) -> Result<(), StorageError> {
-        self.inner.delete(room)
-    }
-    fn room_ids(&self) -> Result<Vec<RoomId>, StorageError> {
-        self.inner.room_ids()
-    }
-    fn write_ahead(&self) -> Option<&dyn WriteAhead> {
-        Some(self)
-    }
-}
-
-impl WriteAhead for FlakyDisk {
-    fn append(&self, room: &RoomId, clock: u64, patches: Vec<u8>, done: AppendDone) {
+    fn fold(&self, key: &RoomKey, seq: u64, snapshot: &[u8]) -> Result<(), StorageError> {
         if self.failing.load(Ordering::SeqCst) {
-            return done(Err(disk_full(room)));
+            return Err(disk_full(key));
         }
-        self.inner.append(room, clock, patches, done);
+        self.inner.fold(key, seq, snapshot)
+    }
+    fn delete(&self, key: &RoomKey) -> Result<(), StorageError> {
+        self.inner.delete(key)
+    }
+    fn list(&self) -> Result<Vec<RoomKey>, StorageError> {
+        self.inner.list()
     }
 }
 
@@ -175,11 +171,13 @@ async fn no_write_is_acked_unless_stored() {
         closes.contains(&1011),
         "clients of the failed room were closed with 1011: {closes:?}"
     );
-    let stored = disk
-        .inner
-        .load(&RoomId::parse("flaky").expect("id"), &Limits::default())
-        .expect("loads")
-        .expect("stored");
+    let stored = load_document(
+        &disk.inner,
+        &RoomId::parse("flaky").expect("id"),
+        &Limits::default(),
+    )
+    .expect("loads")
+    .expect("stored");
     for (key, v) in &acked {
         let fields = stored
             .get(key)

@@ -37,6 +37,7 @@ mod document;
 mod ephemeral;
 mod limits;
 mod patch;
+mod replay;
 pub mod size;
 pub mod state;
 pub mod tree;
@@ -46,6 +47,7 @@ pub use document::{DiffView, Document, SnapshotError};
 pub use ephemeral::Ephemeral;
 pub use limits::{LimitError, Limits};
 pub use patch::{validate_patches, Fields, PatchError};
+pub use replay::{replay, ReplayError, Replayed};
 pub use size::Size;
 
 /// Largest integer a JavaScript client can hold exactly (2^53 - 1).

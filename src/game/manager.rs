@@ -507,8 +507,8 @@ impl GameRooms {
 
     async fn sweep(&self) {
         let storage = self.inner.storage.clone();
-        let keys = match tokio::task::spawn_blocking(move || storage.record_keys()).await {
-            Ok(Ok(keys)) => keys,
+        let keys = match tokio::task::spawn_blocking(move || storage.list()).await {
+            Ok(Ok(keys)) => keys.into_iter().filter_map(|k| k.game().cloned()),
             Ok(Err(e)) => {
                 error!(error = %e, "listing saved game rooms failed");
                 return;

@@ -9,7 +9,7 @@ mod room;
 mod session;
 mod tasks;
 
-pub use manager::{JoinError, RoomConfig, RoomManager};
+pub use manager::{JoinError, RoomConfig, RoomManager, DEFAULT_STORAGE_QUEUE_BYTES};
 pub(crate) use room::send_command;
 pub use room::RoomHandle;
 pub(crate) use session::Delivery;

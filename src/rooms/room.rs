@@ -17,10 +17,10 @@ use super::session::{CloseReason, Delivery, NewSession, Outbox, SessionInfo};
 use super::tasks::Tasks;
 use crate::auth::{Grant, Permission};
 use crate::engine::{Document, Ephemeral, LimitError};
-use crate::ids::{ClientId, RoomId, SessionId};
+use crate::ids::{ClientId, RoomId, RoomKey, SessionId};
 use crate::metrics::Metrics;
 use crate::protocol::canvas::{self, ClientFrame, Patches, ServerFrame};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{self, BudgetPermit, Storage, StorageError};
 
 /// Appends a room may have in flight before it stops taking commands (backpressure to clients).
 const MAX_APPENDS_IN_FLIGHT: usize = 1024;
@@ -212,20 +212,29 @@ struct Session {
     diff_sent_from: Option<u64>,
 }
 
-/// Persistence schedule: throttled saves, one in flight at a time, retried after failures.
+/// Fold schedule: one fold per interval while the room changes, one in flight at a time,
+/// retried after failures.
 #[derive(Default)]
 struct SaveState {
-    /// The document changed since the last save started.
+    /// The document changed since the last fold started.
     dirty: bool,
-    /// When the next save starts.
+    /// When the next fold starts.
     at: Option<Instant>,
     in_flight: Option<JoinHandle<Result<(), StorageError>>>,
     /// Consecutive failures, for the retry backoff.
     failures: u32,
 }
 
+/// A batch waiting for room in the write budget before it is appended.
+struct WaitingAppend {
+    clock: u64,
+    bytes: Vec<u8>,
+    permit: std::pin::Pin<Box<dyn std::future::Future<Output = BudgetPermit> + Send>>,
+}
+
 pub(crate) struct Room {
     id: RoomId,
+    key: RoomKey,
     generation: u64,
     config: RoomConfig,
     storage: Arc<dyn Storage>,
@@ -245,10 +254,13 @@ pub(crate) struct Room {
     load_failure: Option<JoinError>,
     /// Clock up to which every write is durable; frames made later wait (see [`Outbox`]).
     durable: u64,
-    /// Write-ahead appends queued and not yet confirmed, and where confirmations arrive.
+    /// Appends queued and not yet confirmed, and where confirmations arrive.
     appending: usize,
+    /// The append waiting for room in the write budget: while there is one, the room reads no
+    /// commands (so a flood of writes waits in the room's bounded queue, not in memory).
+    waiting: Option<WaitingAppend>,
     durable_tx: mpsc::Sender<Result<u64, StorageError>>,
-    /// A write-ahead append failed: the in-memory state is ahead of storage and is dropped.
+    /// An append failed: the in-memory state is ahead of storage and is dropped.
     write_failed: bool,
 }
 
@@ -273,6 +285,7 @@ impl Room {
         let (tx, rx) = mpsc::channel(config.command_queue.max(1));
         let (durable_tx, durable_rx) = mpsc::channel(MAX_APPENDS_IN_FLIGHT);
         let room = Room {
+            key: RoomKey::Canvas(id.clone()),
             id: id.clone(),
             generation,
             config,
@@ -289,6 +302,7 @@ impl Room {
             load_failure: None,
             durable: 0,
             appending: 0,
+            waiting: None,
             durable_tx,
             write_failed: false,
         };
@@ -337,9 +351,10 @@ impl Room {
         let storage = self.storage.clone();
         let id = self.id.clone();
         let limits = self.config.limits;
-        let loaded = tokio::task::spawn_blocking(move || storage.load(&id, &limits))
-            .await
-            .unwrap_or_else(|e| Err(panicked(&self.id, e)))?;
+        let loaded =
+            tokio::task::spawn_blocking(move || storage::load_document(&*storage, &id, &limits))
+                .await
+                .unwrap_or_else(|e| Err(panicked(&self.id, e)))?;
         if let Some(doc) = loaded {
             info!(
                 clock = doc.clock(),
@@ -362,7 +377,11 @@ impl Room {
         Option<oneshot::Sender<Result<(), StorageError>>>,
     ) {
         loop {
-            let save_at = self.save.at.filter(|_| self.save.in_flight.is_none());
+            // No fold while an applied write waits to be appended: the fold must follow it.
+            let save_at = self
+                .save
+                .at
+                .filter(|_| self.save.in_flight.is_none() && self.waiting.is_none());
             // Biased: storage results and due saves first (they are rare and must not starve),
             // then commands, and idle eviction last, so a join already queued keeps the room.
             tokio::select! {
@@ -372,7 +391,7 @@ impl Room {
                     match result {
                         Ok(clock) => self.made_durable(clock),
                         Err(e) => {
-                            error!(error = %e, "write-ahead append failed; dropping unsaved state and closing the room");
+                            error!(error = %e, "append failed; dropping unsaved state and closing the room");
                             Metrics::inc(&self.metrics.storage_errors);
                             self.write_failed = true;
                             return (CloseReason::new(1011, "storage write failed; reconnect to retry"), None);
@@ -384,10 +403,15 @@ impl Room {
                     self.save.in_flight = None;
                     self.saved(result);
                 }
+                permit = wait_for_budget(&mut self.waiting), if self.waiting.is_some() => {
+                    if let Some(waiting) = self.waiting.take() {
+                        self.append(waiting.clock, waiting.bytes, permit);
+                    }
+                }
                 _ = sleep_until(save_at.unwrap_or_else(Instant::now)), if save_at.is_some() => {
                     self.start_save();
                 }
-                cmd = rx.recv(), if self.appending < MAX_APPENDS_IN_FLIGHT => {
+                cmd = rx.recv(), if self.appending < MAX_APPENDS_IN_FLIGHT && self.waiting.is_none() => {
                     let Some(cmd) = cmd else {
                         return (CloseReason::room_closed(), None);
                     };
@@ -754,20 +778,34 @@ impl Room {
 
     // --- Persistence ----------------------------------------------------------------------------
 
-    /// Makes the write that moved the clock to `clock` durable: appended to the write-ahead log
-    /// (frames wait until it is), or, without a log, left to the next snapshot save.
+    /// Makes the write that moved the clock to `clock` durable: appended to the room's log once
+    /// the write budget has room for it; frames made from now on wait until it is durable.
     fn persist(&mut self, clock: u64, patches: &Patches) {
-        let Some(log) = self.storage.write_ahead() else {
-            self.durable = clock;
-            return;
-        };
+        let bytes = patches.raw.get().as_bytes().to_vec();
+        // Only one command's batch can wait: the room reads no command while one does.
+        match self.config.write_budget.try_acquire(bytes.len()) {
+            Some(permit) => self.append(clock, bytes, permit),
+            None => {
+                Metrics::inc(&self.metrics.appends_waited);
+                self.waiting = Some(WaitingAppend {
+                    clock,
+                    permit: Box::pin(self.config.write_budget.acquire(bytes.len())),
+                    bytes,
+                });
+            }
+        }
+    }
+
+    /// Queues the batch; its room in the budget is given back once it is written (or failed).
+    fn append(&mut self, clock: u64, bytes: Vec<u8>, permit: BudgetPermit) {
         self.appending += 1;
         let durable_tx = self.durable_tx.clone();
-        log.append(
-            &self.id,
+        self.storage.append(
+            &self.key,
             clock,
-            patches.raw.get().as_bytes().to_vec(),
+            bytes,
             Box::new(move |result| {
+                drop(permit);
                 // Capacity equals the in-flight limit, so this never finds the channel full.
                 let _ = durable_tx.try_send(result.map(|()| clock));
             }),
@@ -777,26 +815,19 @@ impl Room {
     fn mark_dirty(&mut self) {
         self.save.dirty = true;
         if self.save.at.is_none() {
-            self.save.at = Some(Instant::now() + self.save_interval());
+            self.save.at = Some(Instant::now() + self.config.fold_interval);
         }
     }
 
-    /// Snapshot backends save often (unsaved writes are at risk); a log only needs folding.
-    fn save_interval(&self) -> Duration {
-        match self.storage.write_ahead() {
-            Some(_) => self.config.fold_interval,
-            None => self.config.save_throttle,
-        }
-    }
-
+    /// Folds the document into a new snapshot, which trims the log.
     fn start_save(&mut self) {
         self.save.at = None;
         self.save.dirty = false;
-        let bytes = self.doc.encode_snapshot();
+        let (clock, bytes) = (self.doc.clock(), self.doc.encode_snapshot());
         let storage = self.storage.clone();
-        let id = self.id.clone();
+        let key = self.key.clone();
         self.save.in_flight = Some(tokio::task::spawn_blocking(move || {
-            storage.save(&id, &bytes)
+            storage.fold(&key, clock, &bytes)
         }));
     }
 
@@ -806,14 +837,14 @@ impl Room {
                 Metrics::inc(&self.metrics.snapshots_saved);
                 self.save.failures = 0;
                 if self.save.dirty && self.save.at.is_none() {
-                    self.save.at = Some(Instant::now() + self.save_interval());
+                    self.save.at = Some(Instant::now() + self.config.fold_interval);
                 }
             }
             Err(e) => {
                 Metrics::inc(&self.metrics.storage_errors);
                 self.save.failures += 1;
                 let retry = retry_delay(self.save.failures);
-                error!(error = %e, retry_in = ?retry, "saving room failed; keeping state in memory and retrying");
+                error!(error = %e, retry_in = ?retry, "folding room failed; its log keeps the writes; retrying");
                 self.save.dirty = true;
                 self.save.at = Some(Instant::now() + retry);
             }
@@ -879,9 +910,14 @@ impl Room {
         result
     }
 
-    /// Waits for the appends in flight and releases the frames they hold. After a failed append
-    /// nothing more is released: a later batch's success does not make the failed one durable.
+    /// Appends the batch waiting for budget, waits for the appends in flight and releases the
+    /// frames they hold. After a failed append nothing more is released: a later batch's success
+    /// does not make the failed one durable.
     async fn settle_appends(&mut self, durable_rx: &mut mpsc::Receiver<Result<u64, StorageError>>) {
+        if let Some(mut waiting) = self.waiting.take() {
+            let permit = waiting.permit.as_mut().await;
+            self.append(waiting.clock, waiting.bytes, permit);
+        }
         while self.appending > 0 && !self.write_failed {
             let Some(result) = durable_rx.recv().await else {
                 return;
@@ -890,7 +926,7 @@ impl Room {
             match result {
                 Ok(clock) => self.made_durable(clock),
                 Err(e) => {
-                    error!(error = %e, "write-ahead append failed while closing");
+                    error!(error = %e, "append failed while closing");
                     Metrics::inc(&self.metrics.storage_errors);
                     self.write_failed = true;
                 }
@@ -898,14 +934,15 @@ impl Room {
         }
     }
 
-    /// The last save of a closing room, retried a few times: it is the only copy of acked writes.
+    /// The last fold of a closing room, retried a few times (its log holds the writes anyway).
     async fn final_save(&mut self) -> Result<(), StorageError> {
         let bytes = Arc::new(self.doc.encode_snapshot());
+        let clock = self.doc.clock();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (storage, id, bytes) = (self.storage.clone(), self.id.clone(), bytes.clone());
-            let result = tokio::task::spawn_blocking(move || storage.save(&id, &bytes))
+            let (storage, key, bytes) = (self.storage.clone(), self.key.clone(), bytes.clone());
+            let result = tokio::task::spawn_blocking(move || storage.fold(&key, clock, &bytes))
                 .await
                 .unwrap_or_else(|e| Err(panicked(&self.id, e)));
             match result {
@@ -916,16 +953,24 @@ impl Room {
                 }
                 Err(e) if attempt < 3 => {
                     Metrics::inc(&self.metrics.storage_errors);
-                    warn!(error = %e, attempt, "final save failed, retrying");
+                    warn!(error = %e, attempt, "final fold failed, retrying");
                     tokio::time::sleep(retry_delay(attempt)).await;
                 }
                 Err(e) => {
                     Metrics::inc(&self.metrics.storage_errors);
-                    error!(error = %e, "final save failed; unsaved changes of this room are lost");
+                    error!(error = %e, "final fold failed; the room's log still holds its writes");
                     return Err(e);
                 }
             }
         }
+    }
+}
+
+/// The write budget's answer for the waiting batch (pending forever when none waits).
+async fn wait_for_budget(waiting: &mut Option<WaitingAppend>) -> BudgetPermit {
+    match waiting.as_mut() {
+        Some(waiting) => waiting.permit.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -9,11 +9,13 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::auth::Permission;
-use crate::engine::{Document, Limits};
-use crate::ids::{ClientId, RoomId, SessionId};
+use crate::engine::Limits;
+use crate::ids::{ClientId, RoomId, RoomKey, SessionId};
 use crate::metrics::Metrics;
 use crate::protocol::canvas::{decode, ClientFrame};
-use crate::storage::{MemoryStorage, Storage, StorageError};
+use crate::storage::{
+    load_document, AppendDone, MemoryStorage, Storage, StorageError, Stored, WriteBudget,
+};
 
 /// Memory storage that counts loads and can be slow to save.
 #[derive(Default)]
@@ -27,19 +29,22 @@ impl Storage for ProbeStorage {
     fn name(&self) -> &'static str {
         "probe"
     }
-    fn load(&self, room: &RoomId, limits: &Limits) -> Result<Option<Document>, StorageError> {
+    fn load(&self, key: &RoomKey) -> Result<Option<Stored>, StorageError> {
         self.loads.fetch_add(1, Ordering::SeqCst);
-        self.inner.load(room, limits)
+        self.inner.load(key)
     }
-    fn save(&self, room: &RoomId, snapshot: &[u8]) -> Result<(), StorageError> {
+    fn append(&self, key: &RoomKey, seq: u64, bytes: Vec<u8>, done: AppendDone) {
+        self.inner.append(key, seq, bytes, done);
+    }
+    fn fold(&self, key: &RoomKey, seq: u64, snapshot: &[u8]) -> Result<(), StorageError> {
         std::thread::sleep(self.save_delay);
-        self.inner.save(room, snapshot)
+        self.inner.fold(key, seq, snapshot)
     }
-    fn delete(&self, room: &RoomId) -> Result<(), StorageError> {
-        self.inner.delete(room)
+    fn delete(&self, key: &RoomKey) -> Result<(), StorageError> {
+        self.inner.delete(key)
     }
-    fn room_ids(&self) -> Result<Vec<RoomId>, StorageError> {
-        self.inner.room_ids()
+    fn list(&self) -> Result<Vec<RoomKey>, StorageError> {
+        self.inner.list()
     }
 }
 
@@ -271,12 +276,18 @@ async fn close_all_closes_sessions_then_saves_every_room() {
         assert_eq!(s.closed().await, CloseReason::shutting_down());
     }
     for name in ["r1", "r2", "r3"] {
-        let doc = storage
-            .inner
-            .load(&room(name), &Limits::default())
+        let doc = load_document(&storage.inner, &room(name), &Limits::default())
             .expect("load")
             .expect("saved");
         assert_eq!(doc.clock(), 1);
+        assert!(
+            storage
+                .inner
+                .load(&RoomKey::Canvas(room(name)))
+                .expect("load")
+                .is_some_and(|s| s.log.is_empty()),
+            "folded at close"
+        );
     }
     let (outbox, _link) = Outbox::new(4);
     let new = NewSession {
@@ -298,7 +309,7 @@ async fn unreadable_rooms_refuse_joins_and_keep_their_data() {
     let storage = Arc::new(ProbeStorage::default());
     storage
         .inner
-        .save(&room("bad"), b"{not json")
+        .fold(&RoomKey::Canvas(room("bad")), 0, b"{not json")
         .expect("save");
     let manager = manager(storage.clone(), RoomConfig::default());
     let (outbox, _link) = Outbox::new(4);
@@ -314,10 +325,7 @@ async fn unreadable_rooms_refuse_joins_and_keep_their_data() {
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
-        storage
-            .inner
-            .load(&room("bad"), &Limits::default())
-            .is_err(),
+        load_document(&storage.inner, &room("bad"), &Limits::default()).is_err(),
         "the stored bytes are untouched"
     );
 }
@@ -369,19 +377,22 @@ fn dropped_ends_are_seen_by_the_other_side() {
     assert_eq!(outbox.send(&frame, 0, 0), Delivery::Gone);
 }
 
-/// Memory storage with a write-ahead log whose appends stay unconfirmed until the test says.
+/// Memory storage whose appends stay unconfirmed (and unwritten) until the test says.
 #[derive(Default)]
 struct GatedLogStorage {
     inner: MemoryStorage,
-    pending: std::sync::Mutex<Vec<crate::storage::AppendDone>>,
+    pending: std::sync::Mutex<Vec<(RoomKey, u64, Vec<u8>, AppendDone)>>,
+    /// Seqs of the appends confirmed so far, in order.
+    written: std::sync::Mutex<Vec<u64>>,
 }
 
 impl GatedLogStorage {
     /// Confirms every append made so far as durable.
     fn confirm_appends(&self) {
         let pending = std::mem::take(&mut *self.pending.lock().expect("lock"));
-        for done in pending {
-            done(Ok(()));
+        for (key, seq, bytes, done) in pending {
+            self.written.lock().expect("lock").push(seq);
+            self.inner.append(&key, seq, bytes, done);
         }
     }
 
@@ -394,32 +405,23 @@ impl Storage for GatedLogStorage {
     fn name(&self) -> &'static str {
         "gated-log"
     }
-    fn load(&self, room: &RoomId, limits: &Limits) -> Result<Option<Document>, StorageError> {
-        self.inner.load(room, limits)
+    fn load(&self, key: &RoomKey) -> Result<Option<Stored>, StorageError> {
+        self.inner.load(key)
     }
-    fn save(&self, room: &RoomId, snapshot: &[u8]) -> Result<(), StorageError> {
-        self.inner.save(room, snapshot)
+    fn append(&self, key: &RoomKey, seq: u64, bytes: Vec<u8>, done: AppendDone) {
+        self.pending
+            .lock()
+            .expect("lock")
+            .push((key.clone(), seq, bytes, done));
     }
-    fn delete(&self, room: &RoomId) -> Result<(), StorageError> {
-        self.inner.delete(room)
+    fn fold(&self, key: &RoomKey, seq: u64, snapshot: &[u8]) -> Result<(), StorageError> {
+        self.inner.fold(key, seq, snapshot)
     }
-    fn room_ids(&self) -> Result<Vec<RoomId>, StorageError> {
-        self.inner.room_ids()
+    fn delete(&self, key: &RoomKey) -> Result<(), StorageError> {
+        self.inner.delete(key)
     }
-    fn write_ahead(&self) -> Option<&dyn crate::storage::WriteAhead> {
-        Some(self)
-    }
-}
-
-impl crate::storage::WriteAhead for GatedLogStorage {
-    fn append(
-        &self,
-        _room: &RoomId,
-        _clock: u64,
-        _patches: Vec<u8>,
-        done: crate::storage::AppendDone,
-    ) {
-        self.pending.lock().expect("lock").push(done);
+    fn list(&self) -> Result<Vec<RoomKey>, StorageError> {
+        self.inner.list()
     }
 }
 
@@ -592,4 +594,58 @@ async fn repeated_reconnects_queue_the_diff_once() {
         .find(|f| f["type"] == "patch")
         .expect("a diff")["documentPatches"];
     assert_eq!(diff[0]["e/S"]["blob"], json!(blob));
+}
+
+/// With a write budget that holds two batches, a room with five writes appends two, waits (it
+/// reads no further command) until they are written, then appends the rest: storage gets them
+/// in order and the acks leave in order, each once its write is durable.
+#[tokio::test]
+async fn appends_wait_for_the_write_budget_and_keep_their_order() {
+    let storage = Arc::new(GatedLogStorage::default());
+    let batch = json!([{"e/S": {"_exists": true, "x": 1}}])
+        .to_string()
+        .len();
+    let config = RoomConfig {
+        write_budget: WriteBudget::new(2 * batch),
+        ..RoomConfig::default()
+    };
+    let manager = RoomManager::new(
+        storage.clone(),
+        config,
+        Arc::new(Metrics::default()),
+        Tasks::current(),
+    );
+    let mut s = TestSession::join(&manager, "budget", "a", ROOMY).await;
+    assert_eq!(s.recv().await, json!({"type": "clientCount", "count": 1}));
+    for i in 1..=5 {
+        s.send(write(&format!("m{i}"), "e/S", i)).await;
+    }
+    let mut acked = Vec::new();
+    while acked.len() < 5 {
+        let fit = (5 - acked.len()).min(2);
+        for _ in 0..10_000 {
+            if storage.appends_pending() >= fit {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        // Time for the room to append more, would the budget let it.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            storage.appends_pending(),
+            fit,
+            "the budget holds two batches"
+        );
+        storage.confirm_appends();
+        for _ in 0..fit {
+            acked.push(s.recv_until("ack").await.pop().expect("an ack"));
+        }
+    }
+    let expected: Vec<Value> = (1..=5)
+        .map(|i| json!({"type": "ack", "messageId": format!("m{i}"), "timestamp": i}))
+        .collect();
+    assert_eq!(acked, expected);
+    assert_eq!(*storage.written.lock().expect("lock"), vec![1, 2, 3, 4, 5]);
 }

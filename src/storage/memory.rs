@@ -1,28 +1,28 @@
-//! In-memory storage: snapshots kept as bytes, so it exercises the same encode/decode path as a
-//! real backend. Nothing survives the process.
+//! In-memory storage: the storage contract kept in a map. NOTHING survives the process: for
+//! tests and throwaway rooms. Appends are "durable" as soon as they are in the map.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use super::{decode_within, Storage, StorageError};
-use crate::engine::{Document, Limits};
-use crate::ids::{RecordKey, RoomId};
+use super::{gapless_len, AppendDone, Storage, StorageError, Stored};
+use crate::ids::RoomKey;
 
 #[derive(Default)]
 pub struct MemoryStorage {
     // A std Mutex: held only to copy bytes in or out, never across an await.
-    rooms: Mutex<HashMap<RoomId, Vec<u8>>>,
-    records: Mutex<HashMap<RecordKey, Vec<u8>>>,
+    rooms: Mutex<HashMap<RoomKey, Room>>,
+}
+
+#[derive(Default)]
+struct Room {
+    snapshot: Option<Vec<u8>>,
+    log: BTreeMap<u64, Vec<u8>>,
 }
 
 impl MemoryStorage {
-    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, Vec<u8>>> {
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomKey, Room>> {
         // A panic while holding the lock cannot leave the map half-written; keep serving.
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<RecordKey, Vec<u8>>> {
-        self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -31,41 +31,46 @@ impl Storage for MemoryStorage {
         "memory"
     }
 
-    fn load(&self, room: &RoomId, limits: &Limits) -> Result<Option<Document>, StorageError> {
-        let bytes = self.rooms().get(room).cloned();
-        bytes.map(|b| decode_within(room, &b, limits)).transpose()
+    fn load(&self, key: &RoomKey) -> Result<Option<Stored>, StorageError> {
+        let mut rooms = self.rooms();
+        let Some(room) = rooms.get_mut(key) else {
+            return Ok(None);
+        };
+        let keep = gapless_len(room.log.keys().copied());
+        if let Some(stale) = room.log.keys().nth(keep).copied() {
+            tracing::warn!(room = %key, seq = stale, "log has a gap; dropping the unacknowledged tail");
+            let _dropped = room.log.split_off(&stale);
+        }
+        Ok(Some(Stored {
+            snapshot: room.snapshot.clone(),
+            log: room.log.iter().map(|(s, b)| (*s, b.clone())).collect(),
+        }))
     }
 
-    fn save(&self, room: &RoomId, snapshot: &[u8]) -> Result<(), StorageError> {
-        self.rooms().insert(room.clone(), snapshot.to_vec());
+    fn append(&self, key: &RoomKey, seq: u64, bytes: Vec<u8>, done: AppendDone) {
+        self.rooms()
+            .entry(key.clone())
+            .or_default()
+            .log
+            .insert(seq, bytes);
+        done(Ok(()));
+    }
+
+    fn fold(&self, key: &RoomKey, seq: u64, snapshot: &[u8]) -> Result<(), StorageError> {
+        let mut rooms = self.rooms();
+        let room = rooms.entry(key.clone()).or_default();
+        room.snapshot = Some(snapshot.to_vec());
+        room.log = room.log.split_off(&seq.saturating_add(1));
         Ok(())
     }
 
-    fn delete(&self, room: &RoomId) -> Result<(), StorageError> {
-        self.rooms().remove(room);
+    fn delete(&self, key: &RoomKey) -> Result<(), StorageError> {
+        self.rooms().remove(key);
         Ok(())
     }
 
-    fn room_ids(&self) -> Result<Vec<RoomId>, StorageError> {
+    fn list(&self) -> Result<Vec<RoomKey>, StorageError> {
         Ok(self.rooms().keys().cloned().collect())
-    }
-
-    fn load_record(&self, key: &RecordKey) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.records().get(key).cloned())
-    }
-
-    fn save_record(&self, key: &RecordKey, bytes: &[u8]) -> Result<(), StorageError> {
-        self.records().insert(key.clone(), bytes.to_vec());
-        Ok(())
-    }
-
-    fn delete_record(&self, key: &RecordKey) -> Result<(), StorageError> {
-        self.records().remove(key);
-        Ok(())
-    }
-
-    fn record_keys(&self) -> Result<Vec<RecordKey>, StorageError> {
-        Ok(self.records().keys().cloned().collect())
     }
 }
 

@@ -1,25 +1,32 @@
-//! Where room documents live between processes.
+//! Where rooms live between processes: bytes by [`RoomKey`].
 //!
-//! A backend stores one snapshot per room (the reference server's `<roomId>.json` format, produced
-//! and read by [`Document::encode_snapshot`]/[`Document::decode_snapshot`]). Calls block: the
-//! rooms runtime runs them on blocking threads, never on the async workers.
+//! A backend stores, per room key, a snapshot (opaque bytes; for a canvas room the reference
+//! server's `<roomId>.json` format) and a log of entries `(seq, bytes)` written after it. What the
+//! bytes mean is the engine's business ([`crate::engine::replay`]); this layer only keeps them.
 //!
-//! A room applies a request, persists it, then acks. Snapshot backends (memory, file) persist by
-//! a throttled [`Storage::save`]; a backend with a [`WriteAhead`] log (RocksDB) appends every
-//! request's batch before its ack and folds the log into a snapshot with `save`.
+//! One write path for every backend: a room appends each request's batch ([`Storage::append`])
+//! and holds the request's ack until the append is durable; now and then it folds its state into
+//! a new snapshot ([`Storage::fold`]), which trims the log. Recovery = snapshot + log replay.
+//! Appends wait for room in a shared byte budget ([`WriteBudget`]) before they are queued, so
+//! the writer's queue never grows past it.
+//!
+//! Blocking calls (`load`, `fold`, `delete`, `list`) run on blocking threads, never on the async
+//! workers; `append` never blocks.
 
+mod budget;
 mod file;
 mod memory;
 mod rocks;
 
 use std::sync::Arc;
 
+pub use budget::{BudgetPermit, WriteBudget};
 pub use file::FileStorage;
 pub use memory::MemoryStorage;
-pub use rocks::{Durability, RocksStorage};
+pub use rocks::RocksStorage;
 
-use crate::engine::{Document, LimitError, Limits, SnapshotError};
-use crate::ids::{RecordKey, RoomId};
+use crate::engine::{replay, Document, Limits, ReplayError, SnapshotError};
+use crate::ids::{RecordKey, RoomId, RoomKey};
 
 /// A failure of the storage layer. Never swallowed: the caller logs it, counts it, and retries.
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +37,9 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
-    #[error("stored snapshot of room {room} is unreadable: {source}")]
-    Corrupt {
-        room: String,
-        #[source]
-        source: SnapshotError,
-    },
+    /// What is stored cannot be read back: never treated as an empty room.
+    #[error("stored data of room {room} is unreadable: {reason}")]
+    Corrupt { room: String, reason: String },
     /// Refused before anything was written: the data would not load again.
     #[error("refused to save room {room}: {reason}")]
     Unloadable { room: String, reason: String },
@@ -45,76 +49,54 @@ pub enum StorageError {
     OverLimit {
         room: String,
         #[source]
-        source: LimitError,
+        source: crate::engine::LimitError,
     },
 }
 
-/// A storage backend. Implementations must be safe to call from several threads at once for
-/// different rooms; calls for one room are never concurrent (the room serializes them).
-pub trait Storage: Send + Sync + 'static {
-    /// A short name for logs and metrics.
-    fn name(&self) -> &'static str;
-
-    /// The room's last saved document, or `None` if the room was never saved. A stored room over
-    /// the room bounds of `limits` is refused with [`StorageError::OverLimit`] before it is
-    /// built past them (snapshots are counted before they are read, log entries checked before
-    /// they are replayed).
-    fn load(&self, room: &RoomId, limits: &Limits) -> Result<Option<Document>, StorageError>;
-
-    /// Replaces the room's saved snapshot (bytes from [`Document::encode_snapshot`]) atomically:
-    /// after a crash, a load sees either the previous snapshot or this one, never a mix.
-    fn save(&self, room: &RoomId, snapshot: &[u8]) -> Result<(), StorageError>;
-
-    /// Removes everything stored for the room.
-    fn delete(&self, room: &RoomId) -> Result<(), StorageError>;
-
-    /// Ids of every stored room.
-    fn room_ids(&self) -> Result<Vec<RoomId>, StorageError>;
-
-    /// The backend's write-ahead log, if it has one. Then a room appends every request's document
-    /// patches before it acks them, and [`Storage::save`] only folds the log into a snapshot.
-    /// Without one, acked writes reach storage with the next (throttled) save.
-    fn write_ahead(&self) -> Option<&dyn WriteAhead> {
-        None
-    }
-
-    /// The saved record of a game room (an opaque JSON document owned by the game layer), or
-    /// `None`. Records live beside canvas snapshots and never collide with them.
-    /// The default (for backends written before game rooms) stores none.
-    fn load_record(&self, _key: &RecordKey) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(None)
-    }
-
-    /// Replaces a game room's record atomically (durable as configured when this returns).
-    fn save_record(&self, key: &RecordKey, _bytes: &[u8]) -> Result<(), StorageError> {
-        Err(no_records(key))
-    }
-
-    /// Removes a game room's record; removing a missing one is fine.
-    fn delete_record(&self, key: &RecordKey) -> Result<(), StorageError> {
-        Err(no_records(key))
-    }
-
-    /// Every stored game room record's key.
-    fn record_keys(&self) -> Result<Vec<RecordKey>, StorageError> {
-        Ok(Vec::new())
-    }
-
-    /// Called once at shutdown, after every room is saved: finish queued writes and stop
-    /// background work, so the process can exit cleanly.
-    fn close(&self) {}
+/// What is stored for a room: its last snapshot, and the log entries `(seq, bytes)` after it, in
+/// seq order and without gaps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored {
+    pub snapshot: Option<Vec<u8>>,
+    pub log: Vec<(u64, Vec<u8>)>,
 }
 
 /// Called once an appended batch is durable, or failed.
 pub type AppendDone = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 
-/// A write-ahead log shared by all rooms.
-pub trait WriteAhead: Send + Sync {
-    /// Queues the document patches (raw JSON array, as received) of the request that moved the
-    /// room's clock to `clock`. Never blocks; `done` runs on the log's writer thread once the batch
-    /// is durable or has failed. Batches of one room are written in the order they are queued, and
-    /// after a failure no later batch of that room is written until the room is loaded again.
-    fn append(&self, room: &RoomId, clock: u64, patches: Vec<u8>, done: AppendDone);
+/// A storage backend. Safe to call from several threads at once for different rooms; calls for
+/// one room are never concurrent (the room serializes them), except that appends may be queued
+/// while a fold of the same room runs.
+pub trait Storage: Send + Sync + 'static {
+    /// A short name for logs and metrics.
+    fn name(&self) -> &'static str;
+
+    /// The room's snapshot and log, or `None` if nothing is stored. Waits until everything
+    /// queued for the room before it was written (or refused), and lets the room append again
+    /// after a failed append. Log entries after a break in seq order (written after a failed
+    /// append, so never acked) are dropped, with a warning.
+    fn load(&self, key: &RoomKey) -> Result<Option<Stored>, StorageError>;
+
+    /// Queues `bytes` as the log entry `seq` of the room. Never blocks; `done` runs (on the
+    /// writer's thread) once the entry is durable as configured, or has failed. Entries of one
+    /// room are written in the order they are queued; after a failure no later entry of that
+    /// room is written until it is loaded again.
+    fn append(&self, key: &RoomKey, seq: u64, bytes: Vec<u8>, done: AppendDone);
+
+    /// Replaces the room's snapshot with one that holds every entry up to `seq`, atomically (a
+    /// load sees the old snapshot or this one), then drops the log entries `<= seq`. Returns
+    /// once done; ordered after the appends queued before it.
+    fn fold(&self, key: &RoomKey, seq: u64, snapshot: &[u8]) -> Result<(), StorageError>;
+
+    /// Removes everything stored for the room; removing a missing room is fine.
+    fn delete(&self, key: &RoomKey) -> Result<(), StorageError>;
+
+    /// Every stored room's key (a room with only log entries too).
+    fn list(&self) -> Result<Vec<RoomKey>, StorageError>;
+
+    /// Called once at shutdown, after every room is folded: finish queued writes and stop
+    /// background work, so the process can exit cleanly.
+    fn close(&self) {}
 }
 
 /// Which backend to open.
@@ -125,10 +107,24 @@ pub trait WriteAhead: Send + Sync {
 pub enum StorageKind {
     /// RocksDB in `<data_dir>/rocksdb`: every acked write is in its write-ahead log first.
     Rocksdb,
-    /// Nothing survives a restart. For tests and throwaway rooms.
+    /// Kept in memory only: NOTHING survives a restart. For tests and throwaway rooms.
     Memory,
-    /// One `<roomId>.json` per room in the data directory, compatible with the reference server.
+    /// One `<roomId>.json` per room in the data directory, compatible with the reference
+    /// server, plus a `<roomId>.log` that holds every acked write before its ack.
     File,
+}
+
+/// What an acknowledged write survives (RocksDB and file storage).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// The write is handed to the OS (RocksDB's write-ahead log, or the room's log file) before
+    /// the ack: survives a crash or kill of the process.
+    ProcessCrash,
+    /// The log is also fsynced before the ack (once per group commit): survives power loss.
+    PowerLoss,
 }
 
 /// Opens the configured backend.
@@ -142,111 +138,239 @@ pub fn open(
             Arc::new(RocksStorage::open(&data_dir.join("rocksdb"), durability)?)
         }
         StorageKind::Memory => Arc::new(MemoryStorage::default()),
-        StorageKind::File => Arc::new(FileStorage::open(data_dir)?),
+        StorageKind::File => Arc::new(FileStorage::open(data_dir, durability)?),
     })
 }
 
-fn no_records(key: &RecordKey) -> StorageError {
-    StorageError::Io {
-        room: key.to_string(),
-        source: std::io::Error::new(
-            std::io::ErrorKind::Unsupported,
-            "this storage backend keeps no game room records",
-        ),
+/// Loads a canvas room and rebuilds its document (snapshot + log replay) within `limits`:
+/// a room over them is refused with [`StorageError::OverLimit`] before it is built past them.
+pub fn load_document(
+    storage: &dyn Storage,
+    room: &RoomId,
+    limits: &Limits,
+) -> Result<Option<Document>, StorageError> {
+    let Some(stored) = storage.load(&RoomKey::Canvas(room.clone()))? else {
+        return Ok(None);
+    };
+    let log = stored.log.iter().map(|(seq, b)| (*seq, b.as_slice()));
+    let replayed = replay(stored.snapshot.as_deref(), log, limits).map_err(|e| match e {
+        ReplayError::Snapshot(SnapshotError::OverLimit(source))
+        | ReplayError::OverLimit { source, .. } => StorageError::OverLimit {
+            room: room.to_string(),
+            source,
+        },
+        e => StorageError::Corrupt {
+            room: room.to_string(),
+            reason: e.to_string(),
+        },
+    })?;
+    Ok(replayed.map(|r| r.doc))
+}
+
+/// Game rooms keep their record as the snapshot of their [`RoomKey::Game`], with no log
+/// entries: these read and write it through the storage contract.
+impl dyn Storage {
+    /// The game room's record, or `None`.
+    pub fn load_record(&self, key: &RecordKey) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .load(&RoomKey::Game(key.clone()))?
+            .and_then(|s| s.snapshot))
+    }
+
+    /// Replaces the game room's record atomically.
+    pub fn save_record(&self, key: &RecordKey, bytes: &[u8]) -> Result<(), StorageError> {
+        self.fold(&RoomKey::Game(key.clone()), 0, bytes)
+    }
+
+    /// Removes the game room's record; removing a missing one is fine.
+    pub fn delete_record(&self, key: &RecordKey) -> Result<(), StorageError> {
+        self.delete(&RoomKey::Game(key.clone()))
     }
 }
 
-fn decode(room: &RoomId, bytes: &[u8]) -> Result<Document, StorageError> {
-    decode_within(room, bytes, &Limits::UNBOUNDED)
-}
-
-/// Reads a stored snapshot of a room bounded by `limits`.
-fn decode_within(room: &RoomId, bytes: &[u8], limits: &Limits) -> Result<Document, StorageError> {
-    Document::decode_snapshot_within(bytes, limits).map_err(|source| match source {
-        SnapshotError::OverLimit(source) => StorageError::OverLimit {
-            room: room.to_string(),
-            source,
-        },
-        source => StorageError::Corrupt {
-            room: room.to_string(),
-            source,
-        },
-    })
+/// How many of `log`'s entries (in seq order) continue one another without a gap: the rest
+/// followed a failed append, were never acked, and are dropped by the backend.
+fn gapless_len(seqs: impl IntoIterator<Item = u64>) -> usize {
+    let mut previous = None;
+    let mut len = 0;
+    for seq in seqs {
+        if previous.is_some_and(|p: u64| seq != p + 1) {
+            break;
+        }
+        previous = Some(seq);
+        len += 1;
+    }
+    len
 }
 
 #[cfg(test)]
 pub(crate) mod contract {
     //! The contract every backend passes.
     use super::*;
-    use serde_json::json;
+    use std::sync::mpsc;
+
+    /// Appends and waits until the entry is durable (or failed).
+    pub fn append_sync(
+        storage: &dyn Storage,
+        key: &RoomKey,
+        seq: u64,
+        bytes: &[u8],
+    ) -> Result<(), StorageError> {
+        let (tx, rx) = mpsc::channel();
+        storage.append(
+            key,
+            seq,
+            bytes.to_vec(),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().expect("append answered")
+    }
+
+    fn load(storage: &dyn Storage, key: &RoomKey) -> Option<Stored> {
+        storage.load(key).expect("load")
+    }
+
+    fn sorted(mut keys: Vec<RoomKey>) -> Vec<RoomKey> {
+        keys.sort();
+        keys
+    }
+
+    fn entries(seqs: std::ops::RangeInclusive<u64>) -> Vec<(u64, Vec<u8>)> {
+        seqs.map(|s| (s, format!("[{s}]").into_bytes())).collect()
+    }
 
     pub fn check(storage: &dyn Storage) {
-        let room = RoomId::parse("contract-room").expect("valid id");
-        let other = RoomId::parse("other-room").expect("valid id");
-        assert!(
-            storage
-                .load(&room, &Limits::default())
-                .expect("load")
-                .is_none(),
-            "a new room has no snapshot"
+        let canvas = RoomKey::Canvas(RoomId::parse("battle").expect("id"));
+        let other = RoomKey::Canvas(RoomId::parse("other").expect("id"));
+        // A game room whose namespace is a canvas room's id: neither may see the other.
+        let game = RoomKey::Game(RecordKey::parse("battle/battle").expect("key"));
+        assert!(load(storage, &canvas).is_none(), "a new room has nothing");
+        assert!(storage.list().expect("list").is_empty());
+
+        // Appends keep their order; a room with only a log is stored and listed.
+        for (seq, bytes) in entries(1..=3) {
+            append_sync(storage, &canvas, seq, &bytes).expect("append");
+        }
+        assert_eq!(
+            load(storage, &canvas),
+            Some(Stored {
+                snapshot: None,
+                log: entries(1..=3)
+            })
+        );
+        assert_eq!(storage.list().expect("list"), vec![canvas.clone()]);
+
+        // A fold replaces the snapshot and drops the entries it holds, not later ones.
+        for (seq, bytes) in entries(4..=5) {
+            append_sync(storage, &canvas, seq, &bytes).expect("append");
+        }
+        storage.fold(&canvas, 4, b"snapshot@4").expect("fold");
+        assert_eq!(
+            load(storage, &canvas),
+            Some(Stored {
+                snapshot: Some(b"snapshot@4".to_vec()),
+                log: entries(5..=5)
+            })
+        );
+        append_sync(storage, &canvas, 6, b"[6]").expect("append after a fold");
+        storage.fold(&canvas, 6, b"snapshot@6").expect("fold");
+        assert_eq!(
+            load(storage, &canvas),
+            Some(Stored {
+                snapshot: Some(b"snapshot@6".to_vec()),
+                log: Vec::new()
+            })
         );
 
-        let mut doc = Document::default();
+        // Game keys live beside canvas keys with the same names, each with its own data.
+        storage.fold(&game, 0, b"record").expect("fold game");
+        append_sync(storage, &game, 1, b"[g1]").expect("append game");
+        storage.fold(&other, 0, b"other").expect("fold other");
+        assert_eq!(
+            sorted(storage.list().expect("list")),
+            sorted(vec![canvas.clone(), other.clone(), game.clone()])
+        );
+        assert_eq!(
+            load(storage, &game),
+            Some(Stored {
+                snapshot: Some(b"record".to_vec()),
+                log: vec![(1, b"[g1]".to_vec())]
+            })
+        );
+        assert_eq!(
+            load(storage, &canvas).and_then(|s| s.snapshot).as_deref(),
+            Some(&b"snapshot@6"[..])
+        );
+
+        // Delete removes one room, whole; deleting twice is fine.
+        storage.delete(&canvas).expect("delete");
+        storage.delete(&canvas).expect("deleting twice is fine");
+        assert!(load(storage, &canvas).is_none(), "deleted");
+        assert!(load(storage, &game).is_some(), "the game room stays");
+        storage.delete(&game).expect("delete game");
+        assert!(load(storage, &game).is_none());
+        assert_eq!(storage.list().expect("list"), vec![other.clone()]);
+
+        // A deleted room starts again from nothing.
+        append_sync(storage, &canvas, 1, b"[1]").expect("append");
+        assert_eq!(
+            load(storage, &canvas),
+            Some(Stored {
+                snapshot: None,
+                log: entries(1..=1)
+            })
+        );
+
+        // Entries after a break in seq order were never acked: dropped at load, so a later
+        // append with the missing seq does not bring them back.
+        append_sync(storage, &canvas, 3, b"[3]").expect("append");
+        assert_eq!(load(storage, &canvas).map(|s| s.log), Some(entries(1..=1)));
+        append_sync(storage, &canvas, 2, b"[2]").expect("append");
+        assert_eq!(load(storage, &canvas).map(|s| s.log), Some(entries(1..=2)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A canvas room is rebuilt from snapshot + log by the engine; a log entry over the limits
+    /// is refused as OverLimit, an unreadable one as Corrupt, and neither is served empty.
+    #[test]
+    fn load_document_replays_and_maps_errors() {
+        let storage = MemoryStorage::default();
+        let room = RoomId::parse("r").expect("id");
+        let key = RoomKey::Canvas(room.clone());
         let limits = Limits::default();
+        let mut doc = Document::default();
         doc.apply(&[json!({"a/S": {"_exists": true, "x": 1}})], &limits);
-        doc.apply(&[json!({"b/S": {"_exists": true}})], &limits);
-        doc.apply(&[json!({"b/S": {"_exists": false}})], &limits);
-        storage.save(&room, &doc.encode_snapshot()).expect("save");
+        storage.fold(&key, 1, &doc.encode_snapshot()).expect("fold");
+        let write = json!([{"a/S": {"x": 2}}]);
+        doc.apply(write.as_array().expect("array"), &limits);
+        contract::append_sync(&storage, &key, 2, write.to_string().as_bytes()).expect("append");
         assert_eq!(
-            storage.load(&room, &Limits::default()).expect("load"),
-            Some(doc.clone()),
-            "round trip, tombstones kept"
+            load_document(&storage, &room, &limits).expect("load"),
+            Some(doc)
         );
 
-        doc.apply(&[json!({"a/S": {"x": 2}})], &limits);
-        storage
-            .save(&room, &doc.encode_snapshot())
-            .expect("save again");
-        assert_eq!(
-            storage.load(&room, &Limits::default()).expect("load"),
-            Some(doc.clone()),
-            "last save wins"
-        );
-
-        storage
-            .save(&other, &Document::default().encode_snapshot())
-            .expect("save other");
-        let mut ids = storage.room_ids().expect("ids");
-        ids.sort();
-        assert_eq!(ids, vec![room.clone(), other.clone()]);
-
-        storage.delete(&room).expect("delete");
-        assert!(
-            storage
-                .load(&room, &Limits::default())
-                .expect("load")
-                .is_none(),
-            "deleted"
-        );
-        assert_eq!(storage.room_ids().expect("ids"), vec![other.clone()]);
-        storage.delete(&room).expect("deleting twice is fine");
-
-        // Game room records: beside snapshots, never listed as canvas rooms.
-        let key = RecordKey::parse("battle/room-1").expect("key");
-        assert!(storage.load_record(&key).expect("load").is_none());
-        storage
-            .save_record(&key, b"{\"v\":1}")
-            .expect("save record");
-        storage.save_record(&key, b"{\"v\":2}").expect("save again");
-        assert_eq!(
-            storage.load_record(&key).expect("load").as_deref(),
-            Some(&b"{\"v\":2}"[..])
-        );
-        assert_eq!(storage.record_keys().expect("keys"), vec![key.clone()]);
-        assert_eq!(storage.room_ids().expect("ids"), vec![other.clone()]);
-        storage.delete_record(&key).expect("delete record");
-        storage.delete_record(&key).expect("deleting twice is fine");
-        assert!(storage.load_record(&key).expect("load").is_none());
-        assert!(storage.record_keys().expect("keys").is_empty());
+        let huge =
+            json!([{"b/S": {"_exists": true, "pts": {"__buf": 1, "len": 1 << 12, "runs": []}}}]);
+        contract::append_sync(&storage, &key, 3, huge.to_string().as_bytes()).expect("append");
+        let small = Limits {
+            max_document_values: 1000,
+            ..limits
+        };
+        assert!(matches!(
+            load_document(&storage, &room, &small),
+            Err(StorageError::OverLimit { .. })
+        ));
+        contract::append_sync(&storage, &key, 4, b"{oops").expect("append");
+        assert!(matches!(
+            load_document(&storage, &room, &Limits::UNBOUNDED),
+            Err(StorageError::Corrupt { .. })
+        ));
     }
 }

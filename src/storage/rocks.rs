@@ -1,11 +1,13 @@
-//! RocksDB storage, the default: a write-ahead log of every acked request, folded into a snapshot
-//! per room now and then. Recovery is snapshot + log replay.
+//! RocksDB storage, the default: a log of every acked request, folded into a snapshot per room
+//! now and then. Recovery is snapshot + log replay.
 //!
 //! Layout (one database in `<data_dir>/rocksdb`):
-//! - column family `snapshots`: `<roomId>` -> snapshot JSON (the `<roomId>.json` format);
-//! - column family `log`: `<roomId> 0x00 <clock, u64 big-endian>` -> that request's document
-//!   patches (JSON array, as received). Room ids never contain 0x00, so one room's entries are the
-//!   contiguous key range `<roomId> 0x00 ..` `<roomId> 0x01`, in clock order.
+//! - column family `snapshots`: `<roomId>` -> canvas snapshot (the `<roomId>.json` format);
+//! - column family `game_rooms`: `<namespace>/<id>` -> a game room's snapshot (its record);
+//! - column family `log`: `<key> 0x00 <seq, u64 big-endian>` -> the entry's bytes, where `<key>`
+//!   is the room key's storage name (`<roomId>` or `<namespace>/<id>`). Names never contain
+//!   0x00, so one room's entries are the contiguous key range `<key> 0x00 ..` `<key> 0x01`, in
+//!   seq order.
 //!
 //! All writes go through one writer thread that drains its queue into a single `WriteBatch`
 //! (group commit across rooms), so durability costs one WAL write (and, in power-loss mode, one
@@ -20,62 +22,43 @@ use std::thread::JoinHandle;
 use rocksdb::{
     ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
-use serde_json::Value;
 use tracing::{error, warn};
 
-use super::{AppendDone, Storage, StorageError, WriteAhead};
-use crate::engine::{Document, Limits};
-use crate::ids::{RecordKey, RoomId};
+use super::{gapless_len, AppendDone, Durability, Storage, StorageError, Stored};
+use crate::ids::{RecordKey, RoomId, RoomKey};
 
 const SNAPSHOTS: &str = "snapshots";
 const LOG: &str = "log";
-/// Game room records, keyed `namespace/id`.
+/// Game room snapshots, keyed `namespace/id`.
 const RECORDS: &str = "game_rooms";
 /// Most jobs folded into one write.
 const MAX_GROUP: usize = 4096;
 
-/// What an acknowledged write survives.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Durability {
-    /// The write is in RocksDB's write-ahead log (the OS has it) before the ack: survives a crash
-    /// or kill of the process.
-    ProcessCrash,
-    /// The log is fsynced before the ack (once per group commit): survives power loss.
-    PowerLoss,
-}
+type Reply = std_mpsc::Sender<Result<(), StorageError>>;
 
 enum Job {
     Append {
-        room: RoomId,
-        clock: u64,
-        patches: Vec<u8>,
+        key: RoomKey,
+        seq: u64,
+        bytes: Vec<u8>,
         done: AppendDone,
     },
     /// Writes a snapshot and drops the log entries it covers.
     Fold {
-        room: RoomId,
-        clock: u64,
+        key: RoomKey,
+        seq: u64,
         snapshot: Vec<u8>,
-        done: std_mpsc::Sender<Result<(), StorageError>>,
+        done: Reply,
     },
     Delete {
-        room: RoomId,
-        done: std_mpsc::Sender<Result<(), StorageError>>,
+        key: RoomKey,
+        done: Reply,
     },
     /// Sent before a room is loaded: everything queued for the room's previous incarnation has
     /// been written (or refused) once it is answered, and the room may append again.
     Reopen {
-        room: RoomId,
-        done: std_mpsc::Sender<Result<(), StorageError>>,
-    },
-    /// Puts (or with `None` deletes) a game room record.
-    Record {
-        key: RecordKey,
-        bytes: Option<Vec<u8>>,
-        done: std_mpsc::Sender<Result<(), StorageError>>,
+        key: RoomKey,
+        done: Reply,
     },
 }
 
@@ -85,14 +68,14 @@ pub struct RocksStorage {
     /// the process does not join (actix-server's workers), closing the database while `exit`
     /// destroys RocksDB's statics, which aborts the process (SIGABRT in `pthread lock`).
     db: RwLock<Option<Arc<DB>>>,
-    // Unbounded, but bounded in practice: each room has at most a fixed number of appends in
-    // flight (rooms::room::MAX_APPENDS_IN_FLIGHT) and folds/deletes wait for their reply.
+    // Unbounded in jobs, bounded in bytes: appends take room in the rooms' shared
+    // [`super::WriteBudget`] before they are queued, and folds/deletes wait for their reply.
     jobs: Mutex<Option<std_mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
-fn io_error(room: &RoomId, e: impl std::fmt::Display) -> StorageError {
-    db_error(room.as_str(), e)
+fn io_error(key: &RoomKey, e: impl std::fmt::Display) -> StorageError {
+    db_error(&key.to_string(), e)
 }
 
 /// An error of the database as a whole, or of one room when `room` is not empty.
@@ -103,23 +86,31 @@ fn db_error(room: &str, e: impl std::fmt::Display) -> StorageError {
     }
 }
 
-fn log_prefix(room: &RoomId) -> Vec<u8> {
-    let mut key = room.as_str().as_bytes().to_vec();
-    key.push(0);
-    key
+/// The column family and key of a room's snapshot.
+fn snapshot_place(key: &RoomKey) -> (&'static str, String) {
+    match key {
+        RoomKey::Canvas(id) => (SNAPSHOTS, id.to_string()),
+        RoomKey::Game(key) => (RECORDS, key.to_string()),
+    }
 }
 
-fn log_key(room: &RoomId, clock: u64) -> Vec<u8> {
-    let mut key = log_prefix(room);
-    key.extend_from_slice(&clock.to_be_bytes());
-    key
+fn log_prefix(key: &RoomKey) -> Vec<u8> {
+    let mut bytes = key.storage_name().into_bytes();
+    bytes.push(0);
+    bytes
 }
 
-/// The first key after every log key of `room`.
-fn log_end(room: &RoomId) -> Vec<u8> {
-    let mut key = room.as_str().as_bytes().to_vec();
-    key.push(1);
-    key
+fn log_key(key: &RoomKey, seq: u64) -> Vec<u8> {
+    let mut bytes = log_prefix(key);
+    bytes.extend_from_slice(&seq.to_be_bytes());
+    bytes
+}
+
+/// The first key after every log key of `key`.
+fn log_end(key: &RoomKey) -> Vec<u8> {
+    let mut bytes = key.storage_name().into_bytes();
+    bytes.push(1);
+    bytes
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -167,30 +158,12 @@ impl RocksStorage {
     }
 
     /// Sends a job that answers on a channel and waits for the answer.
-    fn call(
-        &self,
-        room: &RoomId,
-        make: impl FnOnce(std_mpsc::Sender<Result<(), StorageError>>) -> Job,
-    ) -> Result<(), StorageError> {
+    fn call(&self, key: &RoomKey, make: impl FnOnce(Reply) -> Job) -> Result<(), StorageError> {
         let (tx, rx) = std_mpsc::channel();
         self.submit(make(tx))
-            .map_err(|_| io_error(room, "storage is closed"))?;
+            .map_err(|_| io_error(key, "storage is closed"))?;
         rx.recv()
-            .unwrap_or_else(|_| Err(io_error(room, "storage writer stopped")))
-    }
-
-    /// Record writes go through the writer thread: one ordering, one sync policy, and nothing
-    /// is written after `close`.
-    fn record_job(&self, key: &RecordKey, bytes: Option<Vec<u8>>) -> Result<(), StorageError> {
-        let (tx, rx) = std_mpsc::channel();
-        let job = Job::Record {
-            key: key.clone(),
-            bytes,
-            done: tx,
-        };
-        let closed = || db_error(&key.to_string(), "storage is closed");
-        self.submit(job).map_err(|_| closed())?;
-        rx.recv().unwrap_or_else(|_| Err(closed()))
+            .unwrap_or_else(|_| Err(io_error(key, "storage writer stopped")))
     }
 
     /// The open database, for one read (`room` names the caller in the error once closed).
@@ -255,111 +228,110 @@ impl Storage for RocksStorage {
         "rocksdb"
     }
 
-    fn load(&self, room: &RoomId, limits: &Limits) -> Result<Option<Document>, StorageError> {
-        self.call(room, |done| Job::Reopen {
-            room: room.clone(),
+    fn load(&self, key: &RoomKey) -> Result<Option<Stored>, StorageError> {
+        self.call(key, |done| Job::Reopen {
+            key: key.clone(),
             done,
         })?;
-        let db = self.db(room.as_str())?;
+        let name = key.to_string();
+        let db = self.db(&name)?;
+        let (family, snapshot_key) = snapshot_place(key);
         let snapshot = db
-            .get_cf(cf(&db, SNAPSHOTS)?, room.as_str())
-            .map_err(|e| io_error(room, e))?;
-        let mut doc = match &snapshot {
-            Some(bytes) => Some(super::decode_within(room, bytes, limits)?),
-            None => None,
-        };
-        // Replay the log after the snapshot, in clock order. An entry that does not continue the
-        // clock (after a failed write) ends the replay: it and everything after it was never
-        // acked, and is removed so a later write with the same clock cannot revive it.
-        let log = cf(&db, LOG)?;
-        let start = log_key(room, doc.as_ref().map_or(0, Document::clock) + 1);
-        let end = log_end(room);
-        // Each entry is checked before it is replayed, so a room over the limits is refused
-        // without being built past them.
-        let replay = limits.for_replay();
-        let mut stale_from = None;
-        for item in db.iterator_cf(log, IteratorMode::From(&start, Direction::Forward)) {
-            let (key, value) = item.map_err(|e| io_error(room, e))?;
-            if *key >= *end {
+            .get_cf(cf(&db, family)?, snapshot_key)
+            .map_err(|e| io_error(key, e))?;
+        let log_cf = cf(&db, LOG)?;
+        let (start, end) = (log_prefix(key), log_end(key));
+        let mut log = Vec::new();
+        for item in db.iterator_cf(log_cf, IteratorMode::From(&start, Direction::Forward)) {
+            let (k, value) = item.map_err(|e| io_error(key, e))?;
+            if *k >= *end {
                 break;
             }
-            let clock = key
-                .get(key.len().saturating_sub(8)..)
+            let seq = k
+                .get(start.len()..)
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
                 .map(u64::from_be_bytes)
-                .unwrap_or_default();
-            let current = doc.get_or_insert_with(Document::default);
-            if clock != current.clock() + 1 {
-                warn!(room = %room, clock, expected = current.clock() + 1, "log has a gap; dropping the unacknowledged tail");
-                stale_from = Some(key.to_vec());
-                break;
-            }
-            let patches: Vec<Value> =
-                serde_json::from_slice(&value).map_err(|e| StorageError::Corrupt {
-                    room: room.to_string(),
-                    source: e.into(),
+                .ok_or_else(|| StorageError::Corrupt {
+                    room: name.clone(),
+                    reason: "a log key has no sequence number".into(),
                 })?;
-            current
-                .check(&patches, &replay)
-                .map_err(|source| StorageError::OverLimit {
-                    room: room.to_string(),
-                    source,
-                })?;
-            current.apply(&patches, &replay);
+            log.push((seq, value.into_vec()));
         }
-        if let Some(from) = stale_from {
-            db.delete_range_cf(log, from, end)
-                .map_err(|e| io_error(room, e))?;
+        // Entries after a gap were written after a failed append (never acked): removed, so a
+        // later write with the missing seq cannot revive them.
+        let keep = gapless_len(log.iter().map(|(seq, _)| *seq));
+        if let Some((stale, _)) = log.get(keep) {
+            warn!(room = %key, seq = stale, "log has a gap; dropping the unacknowledged tail");
+            db.delete_range_cf(log_cf, log_key(key, *stale), end)
+                .map_err(|e| io_error(key, e))?;
+            log.truncate(keep);
         }
-        Ok(doc)
+        if snapshot.is_none() && log.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Stored { snapshot, log }))
     }
 
-    fn save(&self, room: &RoomId, snapshot: &[u8]) -> Result<(), StorageError> {
-        // The clock is read back from the snapshot so the log is trimmed exactly to what it holds.
-        let clock = super::decode(room, snapshot)?.clock();
-        self.call(room, |done| Job::Fold {
-            room: room.clone(),
-            clock,
+    fn append(&self, key: &RoomKey, seq: u64, bytes: Vec<u8>, done: AppendDone) {
+        let job = Job::Append {
+            key: key.clone(),
+            seq,
+            bytes,
+            done,
+        };
+        if let Err(Job::Append { key, done, .. }) = self.submit(job) {
+            done(Err(io_error(&key, "storage is closed")));
+        }
+    }
+
+    fn fold(&self, key: &RoomKey, seq: u64, snapshot: &[u8]) -> Result<(), StorageError> {
+        self.call(key, |done| Job::Fold {
+            key: key.clone(),
+            seq,
             snapshot: snapshot.to_vec(),
             done,
         })
     }
 
-    fn delete(&self, room: &RoomId) -> Result<(), StorageError> {
-        self.call(room, |done| Job::Delete {
-            room: room.clone(),
+    fn delete(&self, key: &RoomKey) -> Result<(), StorageError> {
+        self.call(key, |done| Job::Delete {
+            key: key.clone(),
             done,
         })
     }
 
-    fn room_ids(&self) -> Result<Vec<RoomId>, StorageError> {
-        let mut ids: Vec<RoomId> = Vec::new();
+    fn list(&self) -> Result<Vec<RoomKey>, StorageError> {
+        let mut keys: Vec<RoomKey> = Vec::new();
         let whole = |e| db_error("", e);
         let db = self.db("")?;
-        for item in db.iterator_cf(cf(&db, SNAPSHOTS)?, IteratorMode::Start) {
-            let (key, _) = item.map_err(whole)?;
-            if let Some(id) = std::str::from_utf8(&key)
-                .ok()
-                .and_then(|k| RoomId::parse(k).ok())
-            {
-                ids.push(id);
+        let canvas = |k: &str| RoomId::parse(k).ok().map(RoomKey::Canvas);
+        let game = |k: &str| RecordKey::parse(k).map(RoomKey::Game);
+        for (family, parse) in [
+            (SNAPSHOTS, &canvas as &dyn Fn(&str) -> Option<RoomKey>),
+            (RECORDS, &game),
+        ] {
+            for item in db.iterator_cf(cf(&db, family)?, IteratorMode::Start) {
+                let (key, _) = item.map_err(whole)?;
+                if let Some(key) = std::str::from_utf8(&key).ok().and_then(parse) {
+                    keys.push(key);
+                }
             }
         }
         // Rooms that have log entries but were never folded.
         let mut iter = db.raw_iterator_cf(cf(&db, LOG)?);
         iter.seek_to_first();
-        while let Some(key) = iter.key() {
-            let Some(end) = key.iter().position(|b| *b == 0) else {
+        while let Some(raw) = iter.key() {
+            let Some(end) = raw.iter().position(|b| *b == 0) else {
                 iter.next();
                 continue;
             };
-            if let Some(id) = std::str::from_utf8(&key[..end])
+            if let Some(key) = std::str::from_utf8(&raw[..end])
                 .ok()
-                .and_then(|k| RoomId::parse(k).ok())
+                .and_then(RoomKey::parse)
             {
-                let next = log_end(&id);
-                if !ids.contains(&id) {
-                    ids.push(id);
+                let next = log_end(&key);
+                if !keys.contains(&key) {
+                    keys.push(key);
                 }
                 iter.seek(next);
             } else {
@@ -367,38 +339,7 @@ impl Storage for RocksStorage {
             }
         }
         iter.status().map_err(whole)?;
-        Ok(ids)
-    }
-
-    fn load_record(&self, key: &RecordKey) -> Result<Option<Vec<u8>>, StorageError> {
-        let name = key.to_string();
-        let db = self.db(&name)?;
-        db.get_cf(cf(&db, RECORDS)?, &name)
-            .map_err(|e| db_error(&name, e))
-    }
-
-    fn save_record(&self, key: &RecordKey, bytes: &[u8]) -> Result<(), StorageError> {
-        self.record_job(key, Some(bytes.to_vec()))
-    }
-
-    fn delete_record(&self, key: &RecordKey) -> Result<(), StorageError> {
-        self.record_job(key, None)
-    }
-
-    fn record_keys(&self) -> Result<Vec<RecordKey>, StorageError> {
-        let mut keys = Vec::new();
-        let db = self.db("")?;
-        for item in db.iterator_cf(cf(&db, RECORDS)?, IteratorMode::Start) {
-            let (key, _) = item.map_err(|e| db_error("", e))?;
-            if let Some(key) = std::str::from_utf8(&key).ok().and_then(RecordKey::parse) {
-                keys.push(key);
-            }
-        }
         Ok(keys)
-    }
-
-    fn write_ahead(&self) -> Option<&dyn WriteAhead> {
-        Some(self)
     }
 
     fn close(&self) {
@@ -406,25 +347,11 @@ impl Storage for RocksStorage {
     }
 }
 
-impl WriteAhead for RocksStorage {
-    fn append(&self, room: &RoomId, clock: u64, patches: Vec<u8>, done: AppendDone) {
-        let job = Job::Append {
-            room: room.clone(),
-            clock,
-            patches,
-            done,
-        };
-        if let Err(Job::Append { room, done, .. }) = self.submit(job) {
-            done(Err(io_error(&room, "storage is closed")));
-        }
-    }
-}
-
 /// The writer thread: takes every queued job, writes them as one batch, then answers them all.
 /// Rooms whose append failed are refused further appends and folds until they are reopened, so
 /// a room's log never has an entry after a hole.
 fn write_loop(db: &DB, jobs: &std_mpsc::Receiver<Job>, durability: Durability) {
-    let mut failed: HashSet<RoomId> = HashSet::new();
+    let mut failed: HashSet<RoomKey> = HashSet::new();
     let mut options = WriteOptions::default();
     options.set_sync(durability == Durability::PowerLoss);
     let (Some(snapshots), Some(log), Some(records)) = (
@@ -435,42 +362,38 @@ fn write_loop(db: &DB, jobs: &std_mpsc::Receiver<Job>, durability: Durability) {
         error!("RocksDB column families missing; the writer cannot run");
         return;
     };
+    let snapshot_cf = |key: &RoomKey| match key {
+        RoomKey::Canvas(_) => snapshots,
+        RoomKey::Game(_) => records,
+    };
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         group.extend(jobs.try_iter().take(MAX_GROUP - 1));
         let mut batch = WriteBatch::default();
         let mut refused = Vec::new();
-        {
-            for (i, job) in group.iter().enumerate() {
-                match job {
-                    Job::Append { room, .. } | Job::Fold { room, .. } if failed.contains(room) => {
-                        refused.push(i);
-                    }
-                    Job::Append {
-                        room,
-                        clock,
-                        patches,
-                        ..
-                    } => batch.put_cf(log, log_key(room, *clock), patches),
-                    Job::Fold {
-                        room,
-                        clock,
-                        snapshot,
-                        ..
-                    } => {
-                        batch.put_cf(snapshots, room.as_str(), snapshot);
-                        batch.delete_range_cf(log, log_prefix(room), log_key(room, *clock + 1));
-                    }
-                    Job::Delete { room, .. } => {
-                        batch.delete_cf(snapshots, room.as_str());
-                        batch.delete_range_cf(log, log_prefix(room), log_end(room));
-                    }
-                    Job::Reopen { .. } => {}
-                    Job::Record { key, bytes, .. } => match bytes {
-                        Some(bytes) => batch.put_cf(records, key.to_string(), bytes),
-                        None => batch.delete_cf(records, key.to_string()),
-                    },
+        for (i, job) in group.iter().enumerate() {
+            match job {
+                Job::Append { key, .. } | Job::Fold { key, .. } if failed.contains(key) => {
+                    refused.push(i);
                 }
+                Job::Append {
+                    key, seq, bytes, ..
+                } => batch.put_cf(log, log_key(key, *seq), bytes),
+                Job::Fold {
+                    key, seq, snapshot, ..
+                } => {
+                    batch.put_cf(snapshot_cf(key), snapshot_place(key).1, snapshot);
+                    batch.delete_range_cf(
+                        log,
+                        log_prefix(key),
+                        log_key(key, seq.saturating_add(1)),
+                    );
+                }
+                Job::Delete { key, .. } => {
+                    batch.delete_cf(snapshot_cf(key), snapshot_place(key).1);
+                    batch.delete_range_cf(log, log_prefix(key), log_end(key));
+                }
+                Job::Reopen { .. } => {}
             }
         }
         let result = db.write_opt(batch, &options).map_err(|e| e.to_string());
@@ -481,21 +404,18 @@ fn write_loop(db: &DB, jobs: &std_mpsc::Receiver<Job>, durability: Durability) {
                 Err(e) => Err(e.clone()),
             };
             match job {
-                Job::Append { room, done, .. } => {
+                Job::Append { key, done, .. } => {
                     if outcome.is_err() {
-                        failed.insert(room.clone());
+                        failed.insert(key.clone());
                     }
-                    done(outcome.map_err(|e| io_error(&room, e)));
+                    done(outcome.map_err(|e| io_error(&key, e)));
                 }
-                Job::Fold { room, done, .. } | Job::Delete { room, done } => {
-                    let _ = done.send(outcome.map_err(|e| io_error(&room, e)));
+                Job::Fold { key, done, .. } | Job::Delete { key, done } => {
+                    let _ = done.send(outcome.map_err(|e| io_error(&key, e)));
                 }
-                Job::Reopen { room, done } => {
-                    failed.remove(&room);
+                Job::Reopen { key, done } => {
+                    failed.remove(&key);
                     let _ = done.send(Ok(()));
-                }
-                Job::Record { key, done, .. } => {
-                    let _ = done.send(outcome.map_err(|e| db_error(&key.to_string(), e)));
                 }
             }
         }
@@ -505,24 +425,29 @@ fn write_loop(db: &DB, jobs: &std_mpsc::Receiver<Job>, durability: Durability) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::engine::{Document, Limits};
+    use crate::storage::contract::append_sync as append_bytes;
+    use crate::storage::load_document;
+    use serde_json::{json, Value};
 
-    fn append_sync(storage: &RocksStorage, room: &RoomId, clock: u64, patches: Value) {
-        append_sync_dyn(storage, room, clock, patches);
+    fn append_sync(storage: &dyn Storage, room: &RoomId, clock: u64, patches: Value) {
+        append_bytes(
+            storage,
+            &RoomKey::Canvas(room.clone()),
+            clock,
+            patches.to_string().as_bytes(),
+        )
+        .expect("appended");
     }
 
-    fn append_sync_dyn(storage: &dyn Storage, room: &RoomId, clock: u64, patches: Value) {
-        let (tx, rx) = std_mpsc::channel();
-        let log = storage.write_ahead().expect("a write-ahead log");
-        log.append(
-            room,
-            clock,
-            patches.to_string().into_bytes(),
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        rx.recv().expect("answered").expect("appended");
+    fn fold(storage: &dyn Storage, room: &RoomId, doc: &Document) {
+        storage
+            .fold(
+                &RoomKey::Canvas(room.clone()),
+                doc.clock(),
+                &doc.encode_snapshot(),
+            )
+            .expect("fold");
     }
 
     /// The RocksDB backend passes the storage contract.
@@ -531,6 +456,49 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = RocksStorage::open(dir.path(), Durability::ProcessCrash).expect("open");
         super::super::contract::check(&storage);
+    }
+
+    /// A database written with the layout of the previous release (canvas snapshots, the
+    /// canvas log, game records in `game_rooms`) loads unchanged.
+    #[test]
+    fn reads_the_previous_layout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut doc = Document::default();
+        let limits = Limits::default();
+        let first = json!([{"a/S": {"_exists": true, "x": 1}}]);
+        let second = json!([{"a/S": {"x": 2}}]);
+        doc.apply(first.as_array().expect("array"), &limits);
+        let snapshot = doc.encode_snapshot();
+        doc.apply(second.as_array().expect("array"), &limits);
+        {
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let db = DB::open_cf(&opts, dir.path(), [SNAPSHOTS, LOG, RECORDS]).expect("raw db");
+            let cf = |n| db.cf_handle(n).expect("cf");
+            db.put_cf(cf(SNAPSHOTS), "old", &snapshot).expect("put");
+            let mut log_key = b"old\0".to_vec();
+            log_key.extend_from_slice(&2u64.to_be_bytes());
+            db.put_cf(cf(LOG), log_key, second.to_string())
+                .expect("put");
+            db.put_cf(cf(RECORDS), "battle/r1", b"{\"v\":1}")
+                .expect("put");
+        }
+        let storage = RocksStorage::open(dir.path(), Durability::ProcessCrash).expect("open");
+        let room = RoomId::parse("old").expect("id");
+        assert_eq!(
+            load_document(&storage, &room, &limits).expect("load"),
+            Some(doc)
+        );
+        let game = RecordKey::parse("battle/r1").expect("key");
+        let storage: &dyn Storage = &storage;
+        assert_eq!(
+            storage.load_record(&game).expect("load").as_deref(),
+            Some(&b"{\"v\":1}"[..])
+        );
+        let mut keys = storage.list().expect("list");
+        keys.sort();
+        assert_eq!(keys, vec![RoomKey::Canvas(room), RoomKey::Game(game)]);
     }
 
     /// A room is its snapshot plus the log after it; folding trims the log; reopening the
@@ -553,22 +521,23 @@ mod tests {
                 assert_eq!(clock, i as u64 + 1);
                 append_sync(&storage, &room, clock, w.clone());
                 if i == 0 {
-                    storage
-                        .save(&room, &expected.encode_snapshot())
-                        .expect("fold");
+                    fold(&storage, &room, &expected);
                 }
             }
             assert_eq!(
-                storage.load(&room, &Limits::default()).expect("load"),
+                load_document(&storage, &room, &Limits::default()).expect("load"),
                 Some(expected.clone())
             );
         }
         let storage = RocksStorage::open(dir.path(), Durability::ProcessCrash).expect("reopen");
         assert_eq!(
-            storage.load(&room, &Limits::default()).expect("load"),
+            load_document(&storage, &room, &Limits::default()).expect("load"),
             Some(expected.clone())
         );
-        assert_eq!(storage.room_ids().expect("ids"), vec![room.clone()]);
+        assert_eq!(
+            storage.list().expect("ids"),
+            vec![RoomKey::Canvas(room.clone())]
+        );
     }
 
     /// Log entries after a hole were never acked: recovery stops at the hole and removes them, so
@@ -585,14 +554,12 @@ mod tests {
             json!([{"a/S": {"_exists": true, "x": 1}}]),
         );
         append_sync(&storage, &room, 3, json!([{"a/S": {"x": 3}}]));
-        let doc = storage
-            .load(&room, &Limits::default())
+        let doc = load_document(&storage, &room, &Limits::default())
             .expect("load")
             .expect("present");
         assert_eq!(doc.clock(), 1);
         append_sync(&storage, &room, 2, json!([{"a/S": {"x": 2}}]));
-        let doc = storage
-            .load(&room, &Limits::default())
+        let doc = load_document(&storage, &room, &Limits::default())
             .expect("load")
             .expect("present");
         assert_eq!(
@@ -611,22 +578,21 @@ mod tests {
         let storage: Arc<dyn Storage> =
             Arc::new(RocksStorage::open(dir.path(), Durability::ProcessCrash).expect("open"));
         let late_holder = storage.clone();
-        append_sync_dyn(&*storage, &room, 1, json!([{"k/S": {"_exists": true}}]));
+        append_sync(&*storage, &room, 1, json!([{"k/S": {"_exists": true}}]));
         storage.close();
         let reopened = RocksStorage::open(dir.path(), Durability::ProcessCrash)
             .expect("the closed database's directory opens again");
         assert_eq!(
-            reopened
-                .load(&room, &Limits::default())
+            load_document(&reopened, &room, &Limits::default())
                 .expect("load")
                 .map(|d| d.clock()),
             Some(1)
         );
         assert!(
-            late_holder.load(&room, &Limits::default()).is_err(),
+            load_document(&*late_holder, &room, &Limits::default()).is_err(),
             "a closed storage refuses reads"
         );
-        assert!(late_holder.room_ids().is_err());
+        assert!(late_holder.list().is_err());
         drop(late_holder);
     }
 
@@ -642,19 +608,20 @@ mod tests {
         append_sync(&storage, &a, 1, json!([{"k/S": {"_exists": true}}]));
         append_sync(&storage, &b, 1, json!([{"k/S": {"_exists": true}}]));
         append_sync(&storage, &b, 2, json!([{"k/S": {"v": 1}}]));
-        let mut ids = storage.room_ids().expect("ids");
+        let mut ids = storage.list().expect("ids");
         ids.sort();
-        assert_eq!(ids, vec![a.clone(), b.clone()]);
         assert_eq!(
-            storage
-                .load(&a, &Limits::default())
+            ids,
+            vec![RoomKey::Canvas(a.clone()), RoomKey::Canvas(b.clone())]
+        );
+        assert_eq!(
+            load_document(&storage, &a, &Limits::default())
                 .expect("load")
                 .map(|d| d.clock()),
             Some(1)
         );
         assert_eq!(
-            storage
-                .load(&b, &Limits::default())
+            load_document(&storage, &b, &Limits::default())
                 .expect("load")
                 .map(|d| d.clock()),
             Some(2)
@@ -682,7 +649,7 @@ mod tests {
             max_document_values: 1 << 20,
             ..Limits::default()
         };
-        match storage.load(&attacked, &limits) {
+        match load_document(&storage, &attacked, &limits) {
             Err(e @ StorageError::OverLimit { .. }) => {
                 assert!(
                     e.to_string().contains("max_document_values (1048576)"),
@@ -691,8 +658,7 @@ mod tests {
             }
             other => panic!("expected OverLimit, got {other:?}"),
         }
-        let doc = storage
-            .load(&fine, &limits)
+        let doc = load_document(&storage, &fine, &limits)
             .expect("load")
             .expect("present");
         assert_eq!(doc.clock(), 1);
@@ -700,8 +666,7 @@ mod tests {
             max_document_values: 4 << 20,
             ..limits
         };
-        let doc = storage
-            .load(&attacked, &raised)
+        let doc = load_document(&storage, &attacked, &raised)
             .expect("load")
             .expect("present");
         assert_eq!(doc.clock(), 3);

@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
 use weft::ids::RoomId;
 use weft::rooms::CloseReason;
 
@@ -23,7 +25,7 @@ fn id(room: &str) -> RoomId {
 async fn idle_room_is_evicted_saved_and_reloaded() {
     let (mut settings, dir) = file_settings();
     settings.rooms.idle_timeout_ms = 200;
-    settings.rooms.save_throttle_ms = 60_000;
+    settings.rooms.fold_interval_ms = 60_000;
     let app = spawn_app_with(settings).await;
     let room = "r-idle";
     let (mut a, _) = app.join(room, "a").await;
@@ -110,7 +112,7 @@ async fn room_rejoined_before_the_idle_timeout_stays_live() {
 #[tokio::test]
 async fn live_room_is_saved_after_the_throttle() {
     let (mut settings, dir) = file_settings();
-    settings.rooms.save_throttle_ms = 50;
+    settings.rooms.fold_interval_ms = 50;
     let app = spawn_app_with(settings).await;
     let room = "r-throttle";
     let path = dir.path().join("r-throttle.json");
@@ -185,6 +187,36 @@ async fn unreadable_snapshot_refuses_the_room_and_keeps_the_file() {
     );
     assert_eq!(std::fs::read(&path).expect("file"), b"{not json");
     assert!(app.metric("weft_storage_errors").await >= 1);
+}
+
+/// With file storage a write whose log append fails (a directory holds the log's name, as an
+/// unwritable disk would) is never acked: the room's clients are closed with 1011, and once
+/// the disk is back the room reloads without that write.
+#[tokio::test]
+async fn a_failed_file_append_is_never_acked() {
+    let (settings, dir) = file_settings();
+    let app = spawn_app_with(settings).await;
+    let (mut a, _) = app.join("r-nolog", "a").await;
+    let log = dir.path().join("r-nolog.log");
+    std::fs::create_dir(&log).expect("block the log");
+    a.send(doc_patch("m1", json!([{"e/S": {"_exists": true}}])))
+        .await;
+    let closed = loop {
+        match a.ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let frame: Value = serde_json::from_str(&text).expect("json");
+                assert_ne!(frame["type"], "ack", "a write that is not stored was acked");
+            }
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            other => panic!("connection ended without a close: {other:?}"),
+        }
+    };
+    assert_eq!(closed, Some(1011));
+    std::fs::remove_dir(&log).expect("unblock");
+    let (mut b, _) = app.join("r-nolog", "b").await;
+    b.send(reconnect(0)).await;
+    assert_eq!(b.recv_until("synced").await.last(), Some(&synced(0)));
 }
 
 /// Closing a room through the manager closes its clients with the given reason and saves it.

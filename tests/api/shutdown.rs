@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use weft::engine::Limits;
 use weft::ids::RoomId;
-use weft::storage::{Durability, RocksStorage, Storage, StorageKind};
+use weft::storage::{load_document, Durability, RocksStorage, StorageKind};
 
 use crate::helpers::{
     ack, connect_url, count, doc_patch, file_settings, read_json, reconnect, spawn_app,
@@ -72,8 +72,7 @@ async fn shutdown_closes_rocksdb_before_returning() {
     let reopened = RocksStorage::open(&dir.path().join("rocksdb"), Durability::ProcessCrash)
         .expect("the database is closed once shutdown returns");
     let room = RoomId::parse("d-rocks").expect("room id");
-    let clock = reopened
-        .load(&room, &Limits::default())
+    let clock = load_document(&reopened, &room, &Limits::default())
         .expect("load")
         .map(|d| d.clock());
     assert_eq!(clock, Some(1));
@@ -85,7 +84,7 @@ async fn shutdown_closes_rocksdb_before_returning() {
 #[tokio::test]
 async fn shutdown_saves_every_acked_write() {
     let (mut settings, dir) = file_settings();
-    settings.rooms.save_throttle_ms = 60_000;
+    settings.rooms.fold_interval_ms = 60_000;
     let app = spawn_app_with(settings).await;
     const N: u64 = 50;
     let (mut a, _) = app.join("d-save-a", "a").await;
@@ -131,7 +130,7 @@ async fn shutdown_saves_every_acked_write() {
 #[tokio::test]
 async fn writes_racing_shutdown_are_saved_if_acked() {
     let (mut settings, dir) = file_settings();
-    settings.rooms.save_throttle_ms = 60_000;
+    settings.rooms.fold_interval_ms = 60_000;
     settings.limits.message_burst = 10_000;
     settings.limits.messages_per_second = 10_000.0;
     let app = spawn_app_with(settings).await;
@@ -188,7 +187,7 @@ impl Binary {
             .args(["serve", "--addr", "127.0.0.1:0", "--storage", "file"])
             .arg("--data-dir")
             .arg(dir)
-            .args(["--save-throttle-ms", "60000"])
+            .args(["--fold-interval-ms", "60000"])
             .env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -296,19 +295,19 @@ async fn binary_saves_acked_writes_on_sigterm_and_serves_them_after_restart() {
     assert_eq!(server.exit_code().await, Some(0));
 }
 
-/// While storage fails, clients are still served and acked from memory; shutdown then reports
-/// the room it could not save by returning false (and still closes the clients with 1001).
+/// While snapshot saves (folds) fail, clients are still served and acked (their writes are in
+/// the room's log); shutdown then reports the room it could not save by returning false (and
+/// still closes the clients with 1001).
 #[tokio::test]
 async fn shutdown_reports_a_room_it_could_not_save() {
     let (mut settings, dir) = file_settings();
     let data = dir.path().join("data");
     settings.data_dir = data.clone();
-    settings.rooms.save_throttle_ms = 20;
+    settings.rooms.fold_interval_ms = 20;
     let app = spawn_app_with(settings).await;
     let (mut a, _) = app.join("d-broken", "a").await;
-    // Once the room is loaded, the data directory becomes a plain file: every save fails.
-    std::fs::remove_dir(&data).expect("empty data dir");
-    std::fs::write(&data, b"not a directory").expect("write");
+    // Once the room is loaded, a directory takes the snapshot's name: every save fails.
+    std::fs::create_dir_all(data.join("d-broken.json")).expect("block the snapshot");
     a.send(doc_patch("m1", json!([{"e/S": {"_exists": true}}])))
         .await;
     assert_eq!(a.recv().await, ack("m1", 1));
