@@ -118,6 +118,9 @@ impl Application {
         storage: Arc<dyn Storage>,
         namespaces: Namespaces,
     ) -> anyhow::Result<Application> {
+        if settings.rooms.save_throttle_ms.is_some() {
+            warn!("rooms.save_throttle_ms is no longer used (every write is appended before its ack; snapshots fold every rooms.fold_interval_ms): remove it from the configuration");
+        }
         let authorizer = authorizer(settings)?;
         let game_auth = Arc::new(game_auth(settings)?);
         let metrics = Arc::new(Metrics::default());

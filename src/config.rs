@@ -114,6 +114,10 @@ pub struct LimitSettings {
 pub struct RoomSettings {
     pub idle_timeout_ms: u64,
     pub fold_interval_ms: u64,
+    /// Read from older configuration files and ignored (with a warning at startup): every write
+    /// is now appended before its ack, and snapshots fold every `fold_interval_ms`.
+    #[serde(default, skip_serializing)]
+    pub save_throttle_ms: Option<u64>,
 }
 
 impl Default for Settings {
@@ -183,6 +187,7 @@ impl Default for RoomSettings {
         RoomSettings {
             idle_timeout_ms: rooms.idle_timeout.as_millis() as u64,
             fold_interval_ms: rooms.fold_interval.as_millis() as u64,
+            save_throttle_ms: None,
         }
     }
 }
@@ -477,6 +482,11 @@ mod tests {
             s.rooms.fold_interval_ms,
             RoomSettings::default().fold_interval_ms
         );
+
+        // A setting of older versions is still read (and ignored with a warning at startup).
+        std::fs::write(&path, "[rooms]\nsave_throttle_ms = 1000\n").expect("write");
+        let s = Settings::load(&overrides).expect("an older config loads");
+        assert_eq!(s.rooms.save_throttle_ms, Some(1000));
 
         std::fs::write(&path, "adr = \"x\"\n").expect("write");
         assert!(matches!(

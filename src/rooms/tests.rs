@@ -377,11 +377,14 @@ fn dropped_ends_are_seen_by_the_other_side() {
     assert_eq!(outbox.send(&frame, 0, 0), Delivery::Gone);
 }
 
+/// An append held back: its room, seq, bytes and completion.
+type HeldAppend = (RoomKey, u64, Vec<u8>, AppendDone);
+
 /// Memory storage whose appends stay unconfirmed (and unwritten) until the test says.
 #[derive(Default)]
 struct GatedLogStorage {
     inner: MemoryStorage,
-    pending: std::sync::Mutex<Vec<(RoomKey, u64, Vec<u8>, AppendDone)>>,
+    pending: std::sync::Mutex<Vec<HeldAppend>>,
     /// Seqs of the appends confirmed so far, in order.
     written: std::sync::Mutex<Vec<u64>>,
 }
