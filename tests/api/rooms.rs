@@ -46,10 +46,12 @@ async fn idle_room_is_evicted_saved_and_reloaded() {
 
     let manager = &app.manager;
     let saved = dir.path().join("r-idle.json");
-    // An evicted room leaves the open rooms first, then finishes its last save.
-    eventually("the idle room is evicted and saved", || {
-        let saved = saved.clone();
-        async move { !manager.room_ids().contains(&id(room)) && saved.exists() }
+    let log = dir.path().join("r-idle.log");
+    // An evicted room leaves the open rooms first, then finishes its last fold: the snapshot
+    // is written, then the log it covers removed.
+    eventually("the idle room is evicted and folded", || {
+        let (saved, log) = (saved.clone(), log.clone());
+        async move { !manager.room_ids().contains(&id(room)) && saved.exists() && !log.exists() }
     })
     .await;
     assert_eq!(
