@@ -16,11 +16,10 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
-use std::sync::Mutex;
-use std::thread::JoinHandle;
 
 use tracing::{error, warn};
 
+use super::writer::{next_group, Job, JobQueue};
 use super::{gapless_len, AppendDone, Durability, Storage, StorageError, Stored};
 use crate::ids::{RecordKey, RoomId, RoomKey};
 
@@ -28,42 +27,12 @@ use crate::ids::{RecordKey, RoomId, RoomKey};
 const RECORDS_DIR: &str = "game-rooms";
 /// Log files kept open by the writer; the least recently used is closed past this.
 const MAX_OPEN_LOGS: usize = 128;
-/// Most jobs written as one group.
-const MAX_GROUP: usize = 4096;
 /// Bytes of an entry's frame before its data.
 const HEADER: usize = 16;
 
-type Reply = std_mpsc::Sender<Result<(), StorageError>>;
-
-enum Job {
-    Append {
-        key: RoomKey,
-        seq: u64,
-        bytes: Vec<u8>,
-        done: AppendDone,
-    },
-    Fold {
-        key: RoomKey,
-        seq: u64,
-        snapshot: Vec<u8>,
-        done: Reply,
-    },
-    Delete {
-        key: RoomKey,
-        done: Reply,
-    },
-    /// Sent before a room is loaded: everything queued for it before has been written (or
-    /// refused) once answered, and the room may append again.
-    Reopen {
-        key: RoomKey,
-        done: Reply,
-    },
-}
-
 pub struct FileStorage {
     paths: Paths,
-    jobs: Mutex<Option<std_mpsc::Sender<Job>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    queue: JobQueue,
 }
 
 /// Where each room's files are. Room ids are validated, so every path stays inside `dir`.
@@ -111,10 +80,6 @@ fn whole(source: std::io::Error) -> StorageError {
         room: String::new(),
         source,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn not_found(e: &std::io::Error) -> bool {
@@ -225,8 +190,7 @@ impl FileStorage {
         let paths = Paths {
             dir: dir.to_path_buf(),
         };
-        let (tx, rx) = std_mpsc::channel();
-        let writer = {
+        let queue = {
             let mut writer = Writer {
                 paths: paths.clone(),
                 durability,
@@ -235,16 +199,9 @@ impl FileStorage {
                 failed: HashSet::new(),
                 unsynced: HashMap::new(),
             };
-            std::thread::Builder::new()
-                .name("weft-file-writer".into())
-                .spawn(move || writer.run(&rx))
-                .map_err(whole)?
+            JobQueue::start("weft-file-writer", move |jobs| writer.run(jobs)).map_err(whole)?
         };
-        Ok(FileStorage {
-            paths,
-            jobs: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(writer)),
-        })
+        Ok(FileStorage { paths, queue })
     }
 
     /// The snapshot file of a canvas room.
@@ -260,28 +217,6 @@ impl FileStorage {
     /// The snapshot file of a game room: `<dir>/game-rooms/<namespace>/<id>.json`.
     pub fn record_path(&self, key: &RecordKey) -> PathBuf {
         self.paths.snapshot(&RoomKey::Game(key.clone()))
-    }
-
-    fn submit(&self, job: Job) -> Result<(), Job> {
-        match lock(&self.jobs).as_ref() {
-            Some(tx) => tx.send(job).map_err(|e| e.0),
-            None => Err(job),
-        }
-    }
-
-    fn call(&self, key: &RoomKey, make: impl FnOnce(Reply) -> Job) -> Result<(), StorageError> {
-        let closed = || io(key, std::io::Error::other("storage is closed"));
-        let (tx, rx) = std_mpsc::channel();
-        self.submit(make(tx)).map_err(|_| closed())?;
-        rx.recv().unwrap_or_else(|_| Err(closed()))
-    }
-
-    /// Ends the writer after everything queued is written.
-    fn stop(&self) {
-        lock(&self.jobs).take();
-        if let Some(writer) = lock(&self.writer).take() {
-            let _ = writer.join();
-        }
     }
 
     /// Reads a room's log, cutting off a torn tail and entries after a gap (never acked).
@@ -319,7 +254,7 @@ impl FileStorage {
 
 impl Drop for FileStorage {
     fn drop(&mut self) {
-        self.stop();
+        self.queue.stop();
     }
 }
 
@@ -329,7 +264,7 @@ impl Storage for FileStorage {
     }
 
     fn load(&self, key: &RoomKey) -> Result<Option<Stored>, StorageError> {
-        self.call(key, |done| Job::Reopen {
+        self.queue.call(key, |done| Job::Reopen {
             key: key.clone(),
             done,
         })?;
@@ -348,13 +283,13 @@ impl Storage for FileStorage {
             bytes,
             done,
         };
-        if let Err(Job::Append { key, done, .. }) = self.submit(job) {
+        if let Err(Job::Append { key, done, .. }) = self.queue.submit(job) {
             done(Err(io(&key, std::io::Error::other("storage is closed"))));
         }
     }
 
     fn fold(&self, key: &RoomKey, seq: u64, snapshot: &[u8]) -> Result<(), StorageError> {
-        self.call(key, |done| Job::Fold {
+        self.queue.call(key, |done| Job::Fold {
             key: key.clone(),
             seq,
             snapshot: snapshot.to_vec(),
@@ -363,7 +298,7 @@ impl Storage for FileStorage {
     }
 
     fn delete(&self, key: &RoomKey) -> Result<(), StorageError> {
-        self.call(key, |done| Job::Delete {
+        self.queue.call(key, |done| Job::Delete {
             key: key.clone(),
             done,
         })
@@ -397,7 +332,7 @@ impl Storage for FileStorage {
     }
 
     fn close(&self) {
-        self.stop();
+        self.queue.stop();
     }
 }
 
@@ -434,9 +369,7 @@ struct Writer {
 
 impl Writer {
     fn run(&mut self, jobs: &std_mpsc::Receiver<Job>) {
-        while let Ok(first) = jobs.recv() {
-            let mut group = vec![first];
-            group.extend(jobs.try_iter().take(MAX_GROUP - 1));
+        while let Some(group) = next_group(jobs) {
             self.write_group(group);
         }
         // Closing: what was written reaches the disk before the process exits.

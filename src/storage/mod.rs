@@ -17,6 +17,7 @@ mod budget;
 mod file;
 mod memory;
 mod rocks;
+mod writer;
 
 use std::sync::Arc;
 

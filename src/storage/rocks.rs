@@ -16,14 +16,14 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use rocksdb::{
     ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 use tracing::{error, warn};
 
+use super::writer::{next_group, Job, JobQueue};
 use super::{gapless_len, AppendDone, Durability, Storage, StorageError, Stored};
 use crate::ids::{RecordKey, RoomId, RoomKey};
 
@@ -31,36 +31,6 @@ const SNAPSHOTS: &str = "snapshots";
 const LOG: &str = "log";
 /// Game room snapshots, keyed `namespace/id`.
 const RECORDS: &str = "game_rooms";
-/// Most jobs folded into one write.
-const MAX_GROUP: usize = 4096;
-
-type Reply = std_mpsc::Sender<Result<(), StorageError>>;
-
-enum Job {
-    Append {
-        key: RoomKey,
-        seq: u64,
-        bytes: Vec<u8>,
-        done: AppendDone,
-    },
-    /// Writes a snapshot and drops the log entries it covers.
-    Fold {
-        key: RoomKey,
-        seq: u64,
-        snapshot: Vec<u8>,
-        done: Reply,
-    },
-    Delete {
-        key: RoomKey,
-        done: Reply,
-    },
-    /// Sent before a room is loaded: everything queued for the room's previous incarnation has
-    /// been written (or refused) once it is answered, and the room may append again.
-    Reopen {
-        key: RoomKey,
-        done: Reply,
-    },
-}
 
 pub struct RocksStorage {
     /// `None` once closed. [`Storage::close`] takes the database out and closes it then and
@@ -68,10 +38,7 @@ pub struct RocksStorage {
     /// the process does not join (actix-server's workers), closing the database while `exit`
     /// destroys RocksDB's statics, which aborts the process (SIGABRT in `pthread lock`).
     db: RwLock<Option<Arc<DB>>>,
-    // Unbounded in jobs, bounded in bytes: appends take room in the rooms' shared
-    // [`super::WriteBudget`] before they are queued, and folds/deletes wait for their reply.
-    jobs: Mutex<Option<std_mpsc::Sender<Job>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    queue: JobQueue,
 }
 
 fn io_error(key: &RoomKey, e: impl std::fmt::Display) -> StorageError {
@@ -113,10 +80,6 @@ fn log_end(key: &RoomKey) -> Vec<u8> {
     bytes
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl RocksStorage {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path, durability: Durability) -> Result<RocksStorage, StorageError> {
@@ -132,38 +95,20 @@ impl RocksStorage {
             source: std::io::Error::other(format!("opening RocksDB in {}: {e}", dir.display())),
         })?;
         let db = Arc::new(db);
-        let (tx, rx) = std_mpsc::channel();
-        let writer = {
+        let queue = {
             let db = db.clone();
-            std::thread::Builder::new()
-                .name("weft-rocksdb-writer".into())
-                .spawn(move || write_loop(&db, &rx, durability))
-                .map_err(|e| StorageError::Io {
-                    room: String::new(),
-                    source: e,
-                })?
+            JobQueue::start("weft-rocksdb-writer", move |jobs| {
+                write_loop(&db, jobs, durability)
+            })
+            .map_err(|e| StorageError::Io {
+                room: String::new(),
+                source: e,
+            })?
         };
         Ok(RocksStorage {
             db: RwLock::new(Some(db)),
-            jobs: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(writer)),
+            queue,
         })
-    }
-
-    fn submit(&self, job: Job) -> Result<(), Job> {
-        match lock(&self.jobs).as_ref() {
-            Some(tx) => tx.send(job).map_err(|e| e.0),
-            None => Err(job),
-        }
-    }
-
-    /// Sends a job that answers on a channel and waits for the answer.
-    fn call(&self, key: &RoomKey, make: impl FnOnce(Reply) -> Job) -> Result<(), StorageError> {
-        let (tx, rx) = std_mpsc::channel();
-        self.submit(make(tx))
-            .map_err(|_| io_error(key, "storage is closed"))?;
-        rx.recv()
-            .unwrap_or_else(|_| Err(io_error(key, "storage writer stopped")))
     }
 
     /// The open database, for one read (`room` names the caller in the error once closed).
@@ -200,10 +145,7 @@ impl RocksStorage {
     /// write-ahead log, stops RocksDB's background threads (flushes, compactions) and closes the
     /// database, all on the calling thread. Later calls are refused with "storage is closed".
     fn stop(&self) {
-        lock(&self.jobs).take();
-        if let Some(writer) = lock(&self.writer).take() {
-            let _ = writer.join();
-        }
+        self.queue.stop();
         let db = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
         let Some(db) = db else { return };
         if let Err(e) = db.flush_wal(true) {
@@ -229,7 +171,7 @@ impl Storage for RocksStorage {
     }
 
     fn load(&self, key: &RoomKey) -> Result<Option<Stored>, StorageError> {
-        self.call(key, |done| Job::Reopen {
+        self.queue.call(key, |done| Job::Reopen {
             key: key.clone(),
             done,
         })?;
@@ -279,13 +221,13 @@ impl Storage for RocksStorage {
             bytes,
             done,
         };
-        if let Err(Job::Append { key, done, .. }) = self.submit(job) {
+        if let Err(Job::Append { key, done, .. }) = self.queue.submit(job) {
             done(Err(io_error(&key, "storage is closed")));
         }
     }
 
     fn fold(&self, key: &RoomKey, seq: u64, snapshot: &[u8]) -> Result<(), StorageError> {
-        self.call(key, |done| Job::Fold {
+        self.queue.call(key, |done| Job::Fold {
             key: key.clone(),
             seq,
             snapshot: snapshot.to_vec(),
@@ -294,7 +236,7 @@ impl Storage for RocksStorage {
     }
 
     fn delete(&self, key: &RoomKey) -> Result<(), StorageError> {
-        self.call(key, |done| Job::Delete {
+        self.queue.call(key, |done| Job::Delete {
             key: key.clone(),
             done,
         })
@@ -366,9 +308,7 @@ fn write_loop(db: &DB, jobs: &std_mpsc::Receiver<Job>, durability: Durability) {
         RoomKey::Canvas(_) => snapshots,
         RoomKey::Game(_) => records,
     };
-    while let Ok(first) = jobs.recv() {
-        let mut group = vec![first];
-        group.extend(jobs.try_iter().take(MAX_GROUP - 1));
+    while let Some(group) = next_group(jobs) {
         let mut batch = WriteBatch::default();
         let mut refused = Vec::new();
         for (i, job) in group.iter().enumerate() {
