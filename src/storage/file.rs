@@ -264,10 +264,7 @@ impl Storage for FileStorage {
     }
 
     fn load(&self, key: &RoomKey) -> Result<Option<Stored>, StorageError> {
-        self.queue.call(key, |done| Job::Reopen {
-            key: key.clone(),
-            done,
-        })?;
+        self.queue.reopen(key)?;
         let snapshot = read_optional(&self.paths.snapshot(key)).map_err(|e| io(key, e))?;
         let log = self.read_log(key)?;
         if snapshot.is_none() && log.is_empty() {
@@ -277,31 +274,15 @@ impl Storage for FileStorage {
     }
 
     fn append(&self, key: &RoomKey, seq: u64, bytes: Vec<u8>, done: AppendDone) {
-        let job = Job::Append {
-            key: key.clone(),
-            seq,
-            bytes,
-            done,
-        };
-        if let Err(Job::Append { key, done, .. }) = self.queue.submit(job) {
-            done(Err(io(&key, std::io::Error::other("storage is closed"))));
-        }
+        self.queue.append(key, seq, bytes, done);
     }
 
     fn fold(&self, key: &RoomKey, seq: u64, snapshot: &[u8]) -> Result<(), StorageError> {
-        self.queue.call(key, |done| Job::Fold {
-            key: key.clone(),
-            seq,
-            snapshot: snapshot.to_vec(),
-            done,
-        })
+        self.queue.fold(key, seq, snapshot)
     }
 
     fn delete(&self, key: &RoomKey) -> Result<(), StorageError> {
-        self.queue.call(key, |done| Job::Delete {
-            key: key.clone(),
-            done,
-        })
+        self.queue.delete(key)
     }
 
     fn list(&self) -> Result<Vec<RoomKey>, StorageError> {

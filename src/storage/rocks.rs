@@ -171,10 +171,7 @@ impl Storage for RocksStorage {
     }
 
     fn load(&self, key: &RoomKey) -> Result<Option<Stored>, StorageError> {
-        self.queue.call(key, |done| Job::Reopen {
-            key: key.clone(),
-            done,
-        })?;
+        self.queue.reopen(key)?;
         let name = key.to_string();
         let db = self.db(&name)?;
         let (family, snapshot_key) = snapshot_place(key);
@@ -215,31 +212,15 @@ impl Storage for RocksStorage {
     }
 
     fn append(&self, key: &RoomKey, seq: u64, bytes: Vec<u8>, done: AppendDone) {
-        let job = Job::Append {
-            key: key.clone(),
-            seq,
-            bytes,
-            done,
-        };
-        if let Err(Job::Append { key, done, .. }) = self.queue.submit(job) {
-            done(Err(io_error(&key, "storage is closed")));
-        }
+        self.queue.append(key, seq, bytes, done);
     }
 
     fn fold(&self, key: &RoomKey, seq: u64, snapshot: &[u8]) -> Result<(), StorageError> {
-        self.queue.call(key, |done| Job::Fold {
-            key: key.clone(),
-            seq,
-            snapshot: snapshot.to_vec(),
-            done,
-        })
+        self.queue.fold(key, seq, snapshot)
     }
 
     fn delete(&self, key: &RoomKey) -> Result<(), StorageError> {
-        self.queue.call(key, |done| Job::Delete {
-            key: key.clone(),
-            done,
-        })
+        self.queue.delete(key)
     }
 
     fn list(&self) -> Result<Vec<RoomKey>, StorageError> {

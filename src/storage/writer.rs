@@ -64,8 +64,46 @@ impl JobQueue {
         })
     }
 
-    /// Queues `job`; gives it back once the queue is closed.
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
+    /// Queues an append; `done` runs once it is durable, or at once if the queue is closed.
+    pub fn append(&self, key: &RoomKey, seq: u64, bytes: Vec<u8>, done: AppendDone) {
+        let job = Job::Append {
+            key: key.clone(),
+            seq,
+            bytes,
+            done,
+        };
+        if let Err(Job::Append { key, done, .. }) = self.submit(job) {
+            done(Err(closed(&key, "storage is closed")));
+        }
+    }
+
+    /// Writes a fold and waits for it.
+    pub fn fold(&self, key: &RoomKey, seq: u64, snapshot: &[u8]) -> Result<(), StorageError> {
+        self.call(key, |done| Job::Fold {
+            key: key.clone(),
+            seq,
+            snapshot: snapshot.to_vec(),
+            done,
+        })
+    }
+
+    /// Deletes everything of the room and waits for it.
+    pub fn delete(&self, key: &RoomKey) -> Result<(), StorageError> {
+        self.call(key, |done| Job::Delete {
+            key: key.clone(),
+            done,
+        })
+    }
+
+    /// Waits until everything queued for the room is written (before it is loaded again).
+    pub fn reopen(&self, key: &RoomKey) -> Result<(), StorageError> {
+        self.call(key, |done| Job::Reopen {
+            key: key.clone(),
+            done,
+        })
+    }
+
+    fn submit(&self, job: Job) -> Result<(), Job> {
         match lock(&self.jobs).as_ref() {
             Some(tx) => tx.send(job).map_err(|e| e.0),
             None => Err(job),
@@ -73,16 +111,12 @@ impl JobQueue {
     }
 
     /// Queues a job that answers on a channel and waits for the answer.
-    pub fn call(&self, key: &RoomKey, make: impl FnOnce(Reply) -> Job) -> Result<(), StorageError> {
-        let closed = |what: &str| StorageError::Io {
-            room: key.to_string(),
-            source: std::io::Error::other(what.to_owned()),
-        };
+    fn call(&self, key: &RoomKey, make: impl FnOnce(Reply) -> Job) -> Result<(), StorageError> {
         let (tx, rx) = std_mpsc::channel();
         self.submit(make(tx))
-            .map_err(|_| closed("storage is closed"))?;
+            .map_err(|_| closed(key, "storage is closed"))?;
         rx.recv()
-            .unwrap_or_else(|_| Err(closed("storage writer stopped")))
+            .unwrap_or_else(|_| Err(closed(key, "storage writer stopped")))
     }
 
     /// Closes the queue and waits until the thread has written everything queued.
@@ -101,6 +135,13 @@ pub(super) fn next_group(jobs: &std_mpsc::Receiver<Job>) -> Option<Vec<Job>> {
     let mut group = vec![first];
     group.extend(jobs.try_iter().take(MAX_GROUP - 1));
     Some(group)
+}
+
+fn closed(key: &RoomKey, what: &str) -> StorageError {
+    StorageError::Io {
+        room: key.to_string(),
+        source: std::io::Error::other(what.to_owned()),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
