@@ -14,6 +14,7 @@ use super::tasks::Tasks;
 use crate::engine::{LimitError, Limits};
 use crate::ids::{RoomId, SessionId};
 use crate::metrics::Metrics;
+use super::journal::JournalConfig;
 use crate::storage::{Storage, StorageError, WriteBudget};
 
 /// Settings every room runs with.
@@ -121,6 +122,16 @@ impl Inner {
 }
 
 impl RoomManager {
+    /// Where every room's journal writes: the storage, the shared write budget and the metrics
+    /// (game rooms use the same).
+    pub fn journal_config(&self) -> JournalConfig {
+        JournalConfig {
+            storage: self.inner.storage.clone(),
+            budget: self.inner.config.write_budget.clone(),
+            metrics: self.inner.metrics.clone(),
+        }
+    }
+
     /// A manager whose rooms run as `tasks`.
     pub fn new(
         storage: Arc<dyn Storage>,
@@ -159,8 +170,7 @@ impl RoomManager {
                             id.clone(),
                             self.inner.next_generation.fetch_add(1, Ordering::Relaxed),
                             self.inner.config.clone(),
-                            self.inner.storage.clone(),
-                            self.inner.metrics.clone(),
+                            self.journal_config(),
                             Arc::downgrade(&self.inner),
                             &self.inner.tasks,
                         );

@@ -4,11 +4,14 @@
 //! so a room is serialized without locks and one socket's frames are handled in order. The
 //! [`RoomManager`] creates each room exactly once, evicts it when idle, and closes all on shutdown.
 
+mod journal;
 mod manager;
 mod room;
 mod session;
 mod tasks;
 
+pub(crate) use journal::{panicked, Journal, JournalEvent};
+pub use journal::JournalConfig;
 pub use manager::{JoinError, RoomConfig, RoomManager, DEFAULT_STORAGE_QUEUE_BYTES};
 pub(crate) use room::send_command;
 pub use room::RoomHandle;
