@@ -13,12 +13,12 @@ use tracing::{error, info, warn};
 
 use super::logic::{LogicFactory, Sender};
 use super::options::NamespaceOptions;
-use super::record::{unix_ms, RoomRecord};
+use super::record::{self, unix_ms};
 use super::room::{self, Command, JoinRefused};
 use super::wakeups::Wakeups;
-use crate::ids::{RecordKey, RoomId};
+use crate::ids::{RecordKey, RoomId, RoomKey};
 use crate::protocol::game::ErrorCode;
-use crate::rooms::{Outbox, SessionLink, Tasks};
+use crate::rooms::{panicked, JournalConfig, Outbox, SessionLink, Tasks};
 use crate::storage::{Storage, StorageError};
 
 /// A registered namespace.
@@ -247,7 +247,8 @@ struct Inner {
     tasks: Tasks,
     wakeups: Wakeups,
     namespaces: Namespaces,
-    storage: Arc<dyn Storage>,
+    /// Storage, write budget and metrics, shared with the canvas rooms.
+    journal: JournalConfig,
     slots: Mutex<HashMap<RecordKey, Slot>>,
     closing: Mutex<HashMap<RecordKey, watch::Sender<bool>>>,
     generations: AtomicU64,
@@ -274,13 +275,13 @@ pub struct Match {
 
 impl GameRooms {
     /// Game rooms whose tasks (rooms, wake-ups, the expiry sweep) run as `tasks`.
-    pub fn new(namespaces: Namespaces, storage: Arc<dyn Storage>, tasks: Tasks) -> GameRooms {
+    pub fn new(namespaces: Namespaces, journal: JournalConfig, tasks: Tasks) -> GameRooms {
         GameRooms {
             inner: Arc::new(Inner {
                 tasks,
                 wakeups: Wakeups::default(),
                 namespaces,
-                storage,
+                journal,
                 slots: Mutex::new(HashMap::new()),
                 closing: Mutex::new(HashMap::new()),
                 generations: AtomicU64::new(0),
@@ -294,7 +295,11 @@ impl GameRooms {
     }
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
-        &self.inner.storage
+        &self.inner.journal.storage
+    }
+
+    pub(super) fn journal_config(&self) -> &JournalConfig {
+        &self.inner.journal
     }
 
     pub(super) fn tasks(&self) -> &Tasks {
@@ -435,18 +440,19 @@ impl GameRooms {
             .namespaces
             .get(key.namespace.as_str())
             .map_or(u64::MAX, |n| n.options.state_ttl.as_millis() as u64);
-        let storage = self.inner.storage.clone();
-        let k = key.clone();
-        let bytes = tokio::task::spawn_blocking(move || storage.load_record(&k))
-            .await
-            .map_err(|e| StorageError::Io {
-                room: key.to_string(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
-        Ok(bytes
-            .and_then(|b| RoomRecord::decode(&b).ok())
+        let restored = self.restore(key).await?;
+        Ok(restored
             .filter(|r| !r.expired(ttl, unix_ms()))
-            .map_or_else(|| Value::Object(Map::new()), |r| r.metadata))
+            .map_or_else(|| Value::Object(Map::new()), |r| r.metadata.value().clone()))
+    }
+
+    /// A stored room read back (record + log), off the async workers.
+    async fn restore(&self, key: &RecordKey) -> Result<Option<record::Restored>, StorageError> {
+        let storage = self.storage().clone();
+        let k = key.clone();
+        tokio::task::spawn_blocking(move || record::load(&*storage, &k))
+            .await
+            .unwrap_or_else(|e| Err(panicked(&RoomKey::Game(key.clone()), e)))
     }
 
     /// Join-or-create: a live room of the namespace that is not locked, private or full (a seat
@@ -506,7 +512,7 @@ impl GameRooms {
     }
 
     async fn sweep(&self) {
-        let storage = self.inner.storage.clone();
+        let storage = self.storage().clone();
         let keys = match tokio::task::spawn_blocking(move || storage.list()).await {
             Ok(Ok(keys)) => keys.into_iter().filter_map(|k| k.game().cloned()),
             Ok(Err(e)) => {
@@ -522,23 +528,20 @@ impl GameRooms {
             if self.status(&key).is_some() {
                 continue;
             }
-            let storage = self.inner.storage.clone();
-            let k = key.clone();
-            let Ok(Ok(Some(bytes))) =
-                tokio::task::spawn_blocking(move || storage.load_record(&k)).await
-            else {
-                continue;
+            let restored = match self.restore(&key).await {
+                Ok(Some(restored)) => restored,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(room = %key, error = %e, "saved game room is unreadable; left as it is");
+                    continue;
+                }
             };
-            let Ok(record) = RoomRecord::decode(&bytes) else {
-                warn!(room = %key, "saved game room is unreadable; left as it is");
-                continue;
-            };
-            if record.expired(ns.options.state_ttl.as_millis() as u64, unix_ms()) {
+            if restored.expired(ns.options.state_ttl.as_millis() as u64, unix_ms()) {
                 info!(room = %key, "saved game room expired; deleting it");
-                let storage = self.inner.storage.clone();
-                let k = key.clone();
-                let _ = tokio::task::spawn_blocking(move || storage.delete_record(&k)).await;
-            } else if let Some(due) = record.timers.values().map(|t| t.due_ms).min() {
+                let storage = self.storage().clone();
+                let k = RoomKey::Game(key.clone());
+                let _ = tokio::task::spawn_blocking(move || storage.delete(&k)).await;
+            } else if let Some(due) = restored.timers.values().map(|t| t.due_ms).min() {
                 self.wake_at(key, due);
             }
         }

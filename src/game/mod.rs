@@ -24,4 +24,4 @@ pub use manager::{
     GameRooms, JoinOutcome, Match, Namespace, Namespaces, RoomHandle, RoomStatus, RoomUnavailable,
 };
 pub use options::NamespaceOptions;
-pub use record::{RoomRecord, MAX_RECORD_DEPTH};
+pub use record::{load as load_stored_room, Restored, RoomRecord, MAX_RECORD_DEPTH};

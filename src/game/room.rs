@@ -12,11 +12,10 @@ use tracing::{debug, error, info, warn, Instrument};
 use super::context::{Connection, Effect, Joining, RoomContext, Seat, Tracked};
 use super::logic::{HandlerError, HandlerResult, LeaveReason, RoomLogic, Sender};
 use super::manager::{GameRooms, Namespace, RoomHandle, RoomStatus};
-use super::record::{state_doc, unix_ms, RoomRecord};
-use crate::engine::state::StampError;
-use crate::ids::RecordKey;
+use super::record::{self, unix_ms, Op};
+use crate::ids::{RecordKey, RoomKey};
 use crate::protocol::game::{close, ErrorCode, ServerFrame};
-use crate::rooms::{CloseReason, Outbox};
+use crate::rooms::{panicked, CloseReason, Journal, JournalEvent, Outbox};
 use crate::storage::StorageError;
 
 /// Commands queued per room before senders wait.
@@ -82,12 +81,12 @@ pub(super) fn spawn(
     let tasks = rooms.tasks().clone();
     tasks.spawn(
         async move {
-            let ctx = RoomContext::new(
-                key.clone(),
-                namespace.options.clone(),
-                rooms.storage().clone(),
-                status,
+            let journal = Journal::new(
+                RoomKey::Game(key.clone()),
+                rooms.journal_config().clone(),
+                namespace.options.state_save_interval,
             );
+            let ctx = RoomContext::new(key.clone(), namespace.options.clone(), journal, status);
             let room = Room {
                 logic: (namespace.factory)(),
                 ctx,
@@ -97,7 +96,7 @@ pub(super) fn spawn(
                 last_tick: Instant::now(),
                 started: Instant::now(),
                 flush_at: None,
-                save_at: None,
+                shutdown: None,
                 empty_since: None,
                 had_players: false,
                 stop: false,
@@ -120,8 +119,8 @@ struct Room {
     started: Instant,
     /// When changes made outside a client request are flushed.
     flush_at: Option<Instant>,
-    /// When unsaved changes are saved.
-    save_at: Option<Instant>,
+    /// Server shutdown asked the room to close; told once its final fold is done.
+    shutdown: Option<oneshot::Sender<Result<(), StorageError>>>,
     /// Since when the room has had no seats and no connections.
     empty_since: Option<Instant>,
     /// Some player held a seat since the last `on_destroy`.
@@ -157,68 +156,81 @@ impl Room {
         if self.ctx.seats.is_empty() {
             self.empty_since = Some(Instant::now());
         }
-        while !self.stop {
+        while !self.stop && !self.ctx.journal.failed() {
             let deadline = self.next_deadline();
+            // Storage first; while a batch waits for the write budget, no new event starts.
+            let accepting = self.ctx.journal.accepting();
             tokio::select! {
-                command = self.commands.recv() => match command {
+                biased;
+                event = self.ctx.journal.next() => match event {
+                    Ok(JournalEvent::Durable) => self.ctx.release_held(),
+                    Ok(JournalEvent::FoldDue) => self.fold(),
+                    Ok(JournalEvent::Accepting) => {}
+                    Err(_) => break,
+                },
+                command = self.commands.recv(), if accepting => match command {
                     Some(command) => self.handle(command).await,
                     None => break,
                 },
-                _ = sleep_until(deadline) => self.on_deadline().await,
+                _ = sleep_until(deadline), if accepting => self.on_deadline().await,
             }
             self.after_event().await;
         }
         self.finish().await;
     }
 
-    /// Restores the saved room, unless it has expired (then it is deleted and starts fresh).
+    /// Starts folding the room's log into a new record.
+    fn fold(&mut self) {
+        match self.ctx.record().encode() {
+            Ok(bytes) => self.ctx.journal.fold(self.ctx.journal.last(), bytes),
+            Err(e) => error!(error = %e, "the room cannot be folded; its log keeps growing"),
+        }
+    }
+
+    /// Restores the stored room (record + log), unless it has expired (then it is deleted and
+    /// starts fresh).
     async fn load(&mut self) -> Result<(), String> {
-        let storage = self.ctx.storage.clone();
+        let storage = self.ctx.journal.storage().clone();
         let key = self.ctx.key.clone();
-        let bytes = tokio::task::spawn_blocking(move || storage.load_record(&key))
+        let room_key = self.ctx.journal.key().clone();
+        let restored = tokio::task::spawn_blocking(move || record::load(&*storage, &key))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let Some(bytes) = bytes else { return Ok(()) };
-        let record = RoomRecord::decode(&bytes)
-            .map_err(|e| format!("saved game room is unreadable (left untouched): {e}"))?;
-        if record.expired(self.ctx.options.state_ttl.as_millis() as u64, unix_ms()) {
+            .unwrap_or_else(|e| Err(panicked(&room_key, e)))
+            .map_err(|e| format!("{e} (left untouched)"))?;
+        let Some(restored) = restored else {
+            return Ok(());
+        };
+        if restored.expired(self.ctx.options.state_ttl.as_millis() as u64, unix_ms()) {
             info!("saved state expired (stateTTL); starting fresh");
-            let storage = self.ctx.storage.clone();
-            let key = self.ctx.key.clone();
-            tokio::task::spawn_blocking(move || storage.delete_record(&key))
+            let storage = self.ctx.journal.storage().clone();
+            let key = self.ctx.journal.key().clone();
+            tokio::task::spawn_blocking(move || storage.delete(&key))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
             return Ok(());
         }
-        let unreadable = |state: &str, e: StampError| {
-            format!("saved game room is unreadable (left untouched): the stamps of {state}: {e}")
-        };
         let ctx = &mut self.ctx;
-        ctx.created = record.created;
-        ctx.shared = Tracked::new(
-            state_doc(record.shared, record.shared_version, record.shared_stamps)
-                .map_err(|e| unreadable("the shared state", e))?,
-        );
-        ctx.server = state_doc(record.server, record.server_version, record.server_stamps)
-            .map_err(|e| unreadable("the server state", e))?;
-        ctx.metadata = state_doc(
-            record.metadata,
-            record.metadata_version,
-            record.metadata_stamps,
-        )
-        .map_err(|e| unreadable("the metadata", e))?;
+        ctx.journal.resume(restored.seq);
+        ctx.created = restored.created;
+        ctx.shared = Tracked::new(restored.shared);
+        ctx.server = restored.server;
+        ctx.metadata = restored.metadata;
         ctx.status.set_metadata(ctx.metadata.value());
-        ctx.timers = record.timers;
-        ctx.resume_clock(Duration::from_millis(record.elapsed_ms));
-        ctx.status.locked.store(record.locked, Ordering::Relaxed);
-        ctx.status.private.store(record.private, Ordering::Relaxed);
+        ctx.timers = restored.timers;
+        ctx.resume_clock(Duration::from_millis(restored.elapsed_ms));
+        ctx.status.locked.store(restored.locked, Ordering::Relaxed);
+        ctx.status.private.store(restored.private, Ordering::Relaxed);
+        if let Some(max) = restored.max_players {
+            let max = max.clamp(1, ctx.options.max_players);
+            ctx.status.max_players.store(max, Ordering::Relaxed);
+        }
         let grace = Instant::now() + ctx.options.reconnect_timeout;
-        for (user, saved) in record.players {
-            let doc = state_doc(saved.state, saved.version, saved.stamps)
-                .map_err(|e| unreadable(&format!("player {user:?}"), e))?;
-            ctx.players.insert(user.clone(), Tracked::new(doc));
+        for (user, saved) in restored.players {
+            // A seat saved before its player had any state has no state document.
+            if saved.state.clock() > 0 || saved.state.value().as_object().is_some_and(|m| !m.is_empty()) {
+                ctx.players.insert(user.clone(), Tracked::new(saved.state));
+            }
             let sender = saved.sender.map_or_else(
                 || Sender {
                     user_id: user.clone(),
@@ -241,10 +253,10 @@ impl Room {
         }
         self.had_players = !ctx.seats.is_empty();
         publish_counts(ctx);
-        ctx.unsaved = false;
         info!(
             players = ctx.seats.len(),
             timers = ctx.timers.len(),
+            seq = ctx.journal.last(),
             "restored from storage"
         );
         Ok(())
@@ -280,7 +292,6 @@ impl Room {
             linger,
             self.ctx.next_clock_due(),
             self.flush_at,
-            self.save_at,
         ]
         .into_iter()
         .flatten()
@@ -308,10 +319,9 @@ impl Room {
                     .await;
             }
             Command::Leave { connection_id } => {
-                if let Some(mut connection) = self.ctx.connections.shift_remove(&connection_id) {
-                    connection
-                        .outbox
-                        .close(CloseReason::new(close::LEFT, "left the room"));
+                if let Some(connection) = self.ctx.connections.shift_remove(&connection_id) {
+                    let reason = CloseReason::new(close::LEFT, "left the room");
+                    self.ctx.journal.let_go(connection.outbox, Some(reason));
                     self.connection_gone(&connection.user_id, true).await;
                 }
             }
@@ -326,16 +336,13 @@ impl Room {
                         connection_id: seat.sender.connection_id.clone(),
                         ..sender
                     };
+                    let sender = seat.sender.clone();
+                    self.ctx.log_seat(&sender);
                 }
             }
             Command::Wake => {}
             Command::Shutdown { done } => {
-                self.ctx.flush();
-                for (_, mut connection) in self.ctx.connections.drain(..) {
-                    connection.outbox.close(CloseReason::shutting_down());
-                }
-                let result = self.ctx.save_state().await;
-                let _ = done.send(result);
+                self.shutdown = Some(done);
                 self.stop = true;
             }
         }
@@ -400,7 +407,7 @@ impl Room {
                     return Err(denied(ErrorCode::JoinDenied, &e.message));
                 }
                 self.ctx.created = true;
-                self.ctx.unsaved = true;
+                self.ctx.log.push(Op::Created);
             }
             self.ctx.seats.insert(
                 user.clone(),
@@ -410,10 +417,12 @@ impl Room {
                     grace_until: None,
                 },
             );
+            self.ctx.log_seat(sender);
             let joined = guarded(timeout, self.logic.on_join(&mut self.ctx, sender, options)).await;
             if let Err(e) = joined {
                 self.ctx.seats.shift_remove(&user);
                 self.ctx.players.shift_remove(&user);
+                self.ctx.log.push(Op::Left { user });
                 self.ctx.flush();
                 return Err(denied(ErrorCode::JoinDenied, &e.message));
             }
@@ -514,7 +523,9 @@ impl Room {
             warn!(user, error = %e, "on_leave failed");
         }
         self.ctx.players.shift_remove(user);
-        self.ctx.unsaved = true;
+        self.ctx.log.push(Op::Left {
+            user: user.to_owned(),
+        });
         self.ctx.flush();
         publish_counts(&self.ctx);
     }
@@ -530,10 +541,9 @@ impl Room {
             .collect();
         for id in ids {
             self.ctx.deliver(&id, &kicked);
-            if let Some(mut connection) = self.ctx.connections.shift_remove(&id) {
-                connection
-                    .outbox
-                    .close(CloseReason::new(close::KICKED, "kicked"));
+            if let Some(connection) = self.ctx.connections.shift_remove(&id) {
+                let reason = CloseReason::new(close::KICKED, "kicked");
+                self.ctx.journal.let_go(connection.outbox, Some(reason));
             }
         }
         self.remove_player(user, LeaveReason::Kicked).await;
@@ -556,7 +566,7 @@ impl Room {
             let Some(timer) = self.ctx.timers.remove(&name) else {
                 continue;
             };
-            self.ctx.unsaved = true;
+            self.ctx.log.push(Op::TimerDone { name: name.clone() });
             if let Err(e) = guarded(
                 timeout,
                 self.logic.on_timer(&mut self.ctx, &name, timer.data),
@@ -589,10 +599,6 @@ impl Room {
         if self.flush_at.is_some_and(|t| t <= now) {
             self.flush_at = None;
             self.ctx.flush();
-        }
-        if self.save_at.is_some_and(|t| t <= now) {
-            self.save_at = None;
-            self.save().await;
         }
         if self.disposal_due().is_some_and(|t| t <= now) {
             self.stop = true;
@@ -635,9 +641,6 @@ impl Room {
             let rate = self.ctx.patch_rate;
             self.flush_at = Some(next_flush(self.started, rate, Instant::now()));
         }
-        if self.ctx.unsaved && self.save_at.is_none() {
-            self.save_at = Some(Instant::now() + self.ctx.options.state_save_interval);
-        }
         let empty = self.ctx.seats.is_empty() && self.ctx.connections.is_empty();
         if empty && self.had_players {
             self.had_players = false;
@@ -646,25 +649,20 @@ impl Room {
                 warn!(error = %e, "on_destroy failed");
             }
             self.ctx.flush();
-            self.save().await;
         }
         if !empty {
             self.empty_since = None;
         } else if self.empty_since.is_none() {
             self.empty_since = Some(Instant::now());
         }
-    }
-
-    async fn save(&mut self) {
-        if let Err(e) = self.ctx.save_state().await {
-            error!(error = %e, "saving the game room failed; retrying later");
-            self.save_at = Some(Instant::now() + Duration::from_secs(1));
-        } else {
-            self.save_at = None;
+        if let Err(e) = self.ctx.write_log() {
+            error!(error = %e, "the room's writes cannot be stored; closing it");
         }
     }
 
-    /// Leaves the manager's map: no new commands, a final save, then the room may load again.
+    /// Leaves the manager's map: no new commands; the frames of stored writes go out, then the
+    /// connections close and the log is folded (unless a write failed: then storage keeps what
+    /// it has, and nothing unstored is shown); then the room may load again.
     async fn finish(mut self) {
         self.rooms.closing(&self.ctx.key, self.generation);
         self.commands.close();
@@ -679,11 +677,34 @@ impl Room {
                 _ => {}
             }
         }
-        if self.ctx.unsaved || !self.ctx.timers.is_empty() {
-            self.save().await;
+        let failed = self.ctx.journal.failed();
+        if !failed {
+            self.ctx.flush();
+            if let Err(e) = self.ctx.write_log() {
+                error!(error = %e, "the room's last writes cannot be stored");
+            }
         }
+        if !self.ctx.journal.settle().await && !failed {
+            warn!("writes still unconfirmed at close; their frames are dropped");
+        }
+        self.ctx.release_held();
+        let reason = if self.ctx.journal.failed() {
+            CloseReason::new(1011, "storage write failed; reconnect to retry")
+        } else if self.shutdown.is_some() {
+            CloseReason::shutting_down()
+        } else {
+            CloseReason::room_closed()
+        };
         for (_, mut connection) in self.ctx.connections.drain(..) {
-            connection.outbox.close(CloseReason::room_closed());
+            connection.outbox.close(reason.clone());
+        }
+        let snapshot = self.ctx.record().encode().ok();
+        let result = self.ctx.journal.close(|| snapshot).await;
+        if let Err(e) = &result {
+            error!(error = %e, "the game room's final fold failed; its log keeps its writes");
+        }
+        if let Some(done) = self.shutdown.take() {
+            let _ = done.send(result);
         }
         self.rooms.closed(&self.ctx.key);
         if let Some(due) = self.ctx.timers.values().map(|t| t.due_ms).min() {

@@ -116,10 +116,6 @@ impl Journal {
         &self.config.storage
     }
 
-    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
-        &self.config.metrics
-    }
-
     /// After a load: everything up to `seq` is stored.
     pub(crate) fn resume(&mut self, seq: u64) {
         self.last = seq;
@@ -134,6 +130,13 @@ impl Journal {
     /// Whether an append failed (the room must close without folding).
     pub(crate) fn failed(&self) -> bool {
         self.failed
+    }
+
+    /// Stops the room's writes for good (a batch it made cannot be stored): nothing more is
+    /// released, and the room closes without folding.
+    pub(crate) fn fail(&mut self) {
+        self.failed = true;
+        self.leaving.clear();
     }
 
     /// Whether the room may take another command: not while a batch waits for the budget or
@@ -255,8 +258,7 @@ impl Journal {
             Err(e) => {
                 error!(error = %e, "append failed; dropping the room's unsaved state");
                 Metrics::inc(&self.config.metrics.storage_errors);
-                self.failed = true;
-                self.leaving.clear();
+                self.fail();
                 Err(e)
             }
         }

@@ -199,7 +199,7 @@ pub fn arena(hooks: &Hooks) -> RoomBuilder {
             Ok(Value::Null)
         })
         .on_action("SERVER", |room, _, payload| {
-            room.set_server_state(|s| *s = payload);
+            room.set_server_state(|s| *s = payload)?;
             Ok(Value::Null)
         })
         .on_action("WRAP", |room, _, payload| {
@@ -209,7 +209,7 @@ pub fn arena(hooks: &Hooks) -> RoomBuilder {
         })
         .on_action("WRAP_SERVER", |room, _, payload| {
             let levels = payload["levels"].as_u64().unwrap_or(1);
-            room.set_server_state(|s| wrap(s, levels));
+            room.set_server_state(|s| wrap(s, levels))?;
             Ok(Value::Null)
         })
         .on_action("ECHO", |_, _, payload| Ok(payload))
@@ -256,7 +256,7 @@ pub fn arena(hooks: &Hooks) -> RoomBuilder {
             Ok(json!(room.elapsed().as_millis() as u64))
         })
         .on_action("META", |room, _, payload| {
-            room.set_metadata(payload);
+            room.set_metadata(payload)?;
             Ok(Value::Null)
         })
         .on_action("LOCK", |room, _, _| {
@@ -280,7 +280,7 @@ pub fn arena(hooks: &Hooks) -> RoomBuilder {
         .on_action("TIMER", |room, _, payload| {
             let name = text(&payload, "name")?;
             let ms = payload["ms"].as_u64().unwrap_or(0);
-            room.set_timer(&name, Duration::from_millis(ms), payload["data"].clone());
+            room.set_timer(&name, Duration::from_millis(ms), payload["data"].clone())?;
             Ok(Value::Null)
         })
 }
