@@ -445,8 +445,17 @@ impl GameApp {
     }
 
     pub async fn start_with(settings: Settings) -> GameApp {
+        GameApp::start_builder(ServerBuilder::new(settings)).await
+    }
+
+    /// A server on `storage` (a test double standing in for a backend).
+    pub async fn start_on(storage: Arc<dyn weft::storage::Storage>) -> GameApp {
+        GameApp::start_builder(ServerBuilder::new(test_settings()).storage(storage)).await
+    }
+
+    async fn start_builder(builder: ServerBuilder) -> GameApp {
         let (hooks, gate) = (Hooks::default(), Gate::default());
-        let app = with_namespaces(ServerBuilder::new(settings), &hooks, &gate)
+        let app = with_namespaces(builder, &hooks, &gate)
             .build()
             .expect("server builds");
         GameApp {
