@@ -18,6 +18,7 @@ use super::record::{saved_player, unix_ms, Entry, Op, RoomRecord, SavedSender, S
 use crate::engine::state::{StateBatch, StateDoc, Writes};
 use crate::engine::tree;
 use crate::ids::RecordKey;
+use crate::metrics::Metrics;
 use crate::protocol::game::{self as wire, ServerFrame};
 use crate::rooms::{CloseReason, Journal, Outbox};
 use crate::storage::StorageError;
@@ -275,7 +276,6 @@ impl RoomContext {
             .or_insert_with(Tracked::empty);
         let others = total - player.size;
         update_tracked(player, others, max, update)
-
     }
 
     /// Ids of the players holding a seat (joined, or within their reconnect grace period).
@@ -424,7 +424,12 @@ impl RoomContext {
     /// Schedules the named timer (replacing one of the same name): `on_timer(name, data)` runs
     /// after `delay`. Timers are saved with the state and fire after a restart. Refused if
     /// `data` nests deeper than [`MAX_STATE_DEPTH`].
-    pub fn set_timer(&mut self, name: &str, delay: Duration, data: Value) -> Result<(), StateError> {
+    pub fn set_timer(
+        &mut self,
+        name: &str,
+        delay: Duration,
+        data: Value,
+    ) -> Result<(), StateError> {
         check_depth(&data)?;
         let due = unix_ms().saturating_add(delay.as_millis() as u64);
         let timer = SavedTimer { due_ms: due, data };
@@ -740,6 +745,19 @@ impl RoomContext {
         let seq = self.journal.last() + 1;
         self.journal.append(seq, bytes);
         Ok(())
+    }
+
+    /// A connection joined.
+    pub(super) fn add_connection(&mut self, id: String, connection: Connection) {
+        Metrics::inc(&self.journal.metrics().sessions_active);
+        self.connections.insert(id, connection);
+    }
+
+    /// A connection leaves the room (its outbox is the caller's to close or drop).
+    pub(super) fn remove_connection(&mut self, id: &str) -> Option<Connection> {
+        let connection = self.connections.shift_remove(id)?;
+        Metrics::dec(&self.journal.metrics().sessions_active);
+        Some(connection)
     }
 
     /// Sends the frames whose writes are durable now.

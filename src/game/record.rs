@@ -254,22 +254,47 @@ fn loadable_json(value: &impl Serialize) -> Result<Vec<u8>, RecordTooDeep> {
 pub enum Op {
     /// `on_create` ran.
     Created,
-    Shared { batch: StateBatch },
+    Shared {
+        batch: StateBatch,
+    },
     /// A player's state (created empty at version 0 if the player has none).
-    Player { user: String, batch: StateBatch },
+    Player {
+        user: String,
+        batch: StateBatch,
+    },
     /// A player took (or, with a refreshed token, kept) a seat.
-    Seated { user: String, sender: SavedSender },
+    Seated {
+        user: String,
+        sender: SavedSender,
+    },
     /// A player gave up its seat; its state is gone.
-    Left { user: String },
-    Server { batch: StateBatch },
-    Metadata { batch: StateBatch },
+    Left {
+        user: String,
+    },
+    Server {
+        batch: StateBatch,
+    },
+    Metadata {
+        batch: StateBatch,
+    },
     /// A named timer was set (or replaced).
-    Timer { name: String, timer: SavedTimer },
+    Timer {
+        name: String,
+        timer: SavedTimer,
+    },
     /// A named timer fired or was cleared.
-    TimerDone { name: String },
-    Locked { locked: bool },
-    Private { private: bool },
-    MaxPlayers { max: usize },
+    TimerDone {
+        name: String,
+    },
+    Locked {
+        locked: bool,
+    },
+    Private {
+        private: bool,
+    },
+    MaxPlayers {
+        max: usize,
+    },
 }
 
 /// One log entry: what one event of the room wrote, and when.
@@ -711,8 +736,11 @@ mod tests {
         let base = Restored::from_record(RoomRecord::decode(FORMAT1_BATTLE).expect("loads"))
             .expect("docs");
         // What the live room did after the record: its documents as the room has them.
-        let (mut shared, mut server, mut metadata) =
-            (base.shared.clone(), base.server.clone(), base.metadata.clone());
+        let (mut shared, mut server, mut metadata) = (
+            base.shared.clone(),
+            base.server.clone(),
+            base.metadata.clone(),
+        );
         let mut carol = StateDoc::new(empty_object(), 0);
         let sender = SavedSender {
             role: "user".into(),
@@ -799,8 +827,8 @@ mod tests {
         assert_eq!(room.max_players, Some(3));
 
         let bytes = room.to_record().encode().expect("encodes");
-        let folded = Restored::from_record(RoomRecord::decode(&bytes).expect("decodes"))
-            .expect("docs");
+        let folded =
+            Restored::from_record(RoomRecord::decode(&bytes).expect("decodes")).expect("docs");
         assert_eq!(folded, room);
     }
 
@@ -821,7 +849,13 @@ mod tests {
             room.apply(1, &gap),
             Err(RecordError::Replay { seq: 1, .. })
         ));
-        assert_eq!(room, Restored { saved_at_ms: room.saved_at_ms, ..Restored::empty() });
+        assert_eq!(
+            room,
+            Restored {
+                saved_at_ms: room.saved_at_ms,
+                ..Restored::empty()
+            }
+        );
     }
 
     /// Loading reads the record and the log through storage; a log entry that does not apply
@@ -834,7 +868,15 @@ mod tests {
         let room_key = RoomKey::Game(key.clone());
         assert_eq!(load(&storage, &key).expect("load"), None);
         let mut shared = StateDoc::new(empty_object(), 0);
-        let first = entry(vec![Op::Created, Op::Shared { batch: write(&mut shared, json!({"a": 1})) }], 10);
+        let first = entry(
+            vec![
+                Op::Created,
+                Op::Shared {
+                    batch: write(&mut shared, json!({"a": 1})),
+                },
+            ],
+            10,
+        );
         crate::storage::contract::append_sync(&storage, &room_key, 1, &first).expect("append");
         let room = load(&storage, &key).expect("load").expect("stored");
         assert!(room.created);
@@ -850,7 +892,10 @@ mod tests {
     #[test]
     fn entries_that_would_not_load_are_refused() {
         let mut server = StateDoc::new(empty_object(), 0);
-        let batch = write(&mut server, json!({"deep": nested(MAX_RECORD_DEPTH, json!(1))}));
+        let batch = write(
+            &mut server,
+            json!({"deep": nested(MAX_RECORD_DEPTH, json!(1))}),
+        );
         let entry = Entry {
             ops: vec![Op::Server { batch }],
             at_ms: 1,

@@ -14,6 +14,7 @@ use super::logic::{HandlerError, HandlerResult, LeaveReason, RoomLogic, Sender};
 use super::manager::{GameRooms, Namespace, RoomHandle, RoomStatus};
 use super::record::{self, unix_ms, Op};
 use crate::ids::{RecordKey, RoomKey};
+use crate::metrics::Metrics;
 use crate::protocol::game::{close, ErrorCode, ServerFrame};
 use crate::rooms::{panicked, CloseReason, Journal, JournalEvent, Outbox};
 use crate::storage::StorageError;
@@ -143,7 +144,14 @@ async fn guarded<T>(
 }
 
 impl Room {
-    async fn run(mut self) {
+    async fn run(self) {
+        let metrics = self.ctx.journal.metrics().clone();
+        Metrics::inc(&metrics.rooms_active);
+        self.serve().await;
+        Metrics::dec(&metrics.rooms_active);
+    }
+
+    async fn serve(mut self) {
         if let Err(message) = self.load().await {
             error!(error = %message, "game room could not be loaded");
             self.refuse_all(JoinRefused::Unavailable(message)).await;
@@ -220,7 +228,9 @@ impl Room {
         ctx.timers = restored.timers;
         ctx.resume_clock(Duration::from_millis(restored.elapsed_ms));
         ctx.status.locked.store(restored.locked, Ordering::Relaxed);
-        ctx.status.private.store(restored.private, Ordering::Relaxed);
+        ctx.status
+            .private
+            .store(restored.private, Ordering::Relaxed);
         if let Some(max) = restored.max_players {
             let max = max.clamp(1, ctx.options.max_players);
             ctx.status.max_players.store(max, Ordering::Relaxed);
@@ -228,7 +238,13 @@ impl Room {
         let grace = Instant::now() + ctx.options.reconnect_timeout;
         for (user, saved) in restored.players {
             // A seat saved before its player had any state has no state document.
-            if saved.state.clock() > 0 || saved.state.value().as_object().is_some_and(|m| !m.is_empty()) {
+            if saved.state.clock() > 0
+                || saved
+                    .state
+                    .value()
+                    .as_object()
+                    .is_some_and(|m| !m.is_empty())
+            {
                 ctx.players.insert(user.clone(), Tracked::new(saved.state));
             }
             let sender = saved.sender.map_or_else(
@@ -319,14 +335,14 @@ impl Room {
                     .await;
             }
             Command::Leave { connection_id } => {
-                if let Some(connection) = self.ctx.connections.shift_remove(&connection_id) {
+                if let Some(connection) = self.ctx.remove_connection(&connection_id) {
                     let reason = CloseReason::new(close::LEFT, "left the room");
                     self.ctx.journal.let_go(connection.outbox, Some(reason));
                     self.connection_gone(&connection.user_id, true).await;
                 }
             }
             Command::Disconnected { connection_id } => {
-                if let Some(connection) = self.ctx.connections.shift_remove(&connection_id) {
+                if let Some(connection) = self.ctx.remove_connection(&connection_id) {
                     self.connection_gone(&connection.user_id, false).await;
                 }
             }
@@ -367,7 +383,7 @@ impl Room {
         // then the messages sent to it while it was joining.
         self.ctx.flush();
         let connection_id = sender.connection_id.clone();
-        self.ctx.connections.insert(
+        self.ctx.add_connection(
             connection_id.clone(),
             Connection {
                 user_id: user,
@@ -458,6 +474,7 @@ impl Room {
             ..seat.sender.clone()
         };
         let timeout = self.ctx.options.handler_timeout;
+        Metrics::inc(&self.ctx.journal.metrics().game_actions);
         let result = guarded(
             timeout,
             self.logic
@@ -541,7 +558,7 @@ impl Room {
             .collect();
         for id in ids {
             self.ctx.deliver(&id, &kicked);
-            if let Some(connection) = self.ctx.connections.shift_remove(&id) {
+            if let Some(connection) = self.ctx.remove_connection(&id) {
                 let reason = CloseReason::new(close::KICKED, "kicked");
                 self.ctx.journal.let_go(connection.outbox, Some(reason));
             }
@@ -615,7 +632,8 @@ impl Room {
                 break;
             }
             for id in slow {
-                if let Some(connection) = self.ctx.connections.shift_remove(&id) {
+                Metrics::inc(&self.ctx.journal.metrics().slow_clients_disconnected);
+                if let Some(connection) = self.ctx.remove_connection(&id) {
                     self.connection_gone(&connection.user_id, false).await;
                 }
             }
@@ -695,8 +713,11 @@ impl Room {
         } else {
             CloseReason::room_closed()
         };
-        for (_, mut connection) in self.ctx.connections.drain(..) {
-            connection.outbox.close(reason.clone());
+        let ids: Vec<String> = self.ctx.connections.keys().cloned().collect();
+        for id in ids {
+            if let Some(mut connection) = self.ctx.remove_connection(&id) {
+                connection.outbox.close(reason.clone());
+            }
         }
         let snapshot = self.ctx.record().encode().ok();
         let result = self.ctx.journal.close(|| snapshot).await;

@@ -116,6 +116,10 @@ impl Journal {
         &self.config.storage
     }
 
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.config.metrics
+    }
+
     /// After a load: everything up to `seq` is stored.
     pub(crate) fn resume(&mut self, seq: u64) {
         self.last = seq;
@@ -351,11 +355,8 @@ impl Journal {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (storage, key, bytes) = (
-                self.config.storage.clone(),
-                self.key.clone(),
-                bytes.clone(),
-            );
+            let (storage, key, bytes) =
+                (self.config.storage.clone(), self.key.clone(), bytes.clone());
             let result = tokio::task::spawn_blocking(move || storage.fold(&key, seq, &bytes))
                 .await
                 .unwrap_or_else(|e| Err(panicked(&self.key, e)));

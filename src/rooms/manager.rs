@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::journal::JournalConfig;
 use super::room::{Room, RoomHandle};
 use super::session::{CloseReason, NewSession};
 use super::tasks::Tasks;
 use crate::engine::{LimitError, Limits};
 use crate::ids::{RoomId, SessionId};
 use crate::metrics::Metrics;
-use super::journal::JournalConfig;
 use crate::storage::{Storage, StorageError, WriteBudget};
 
 /// Settings every room runs with.

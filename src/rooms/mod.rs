@@ -10,8 +10,8 @@ mod room;
 mod session;
 mod tasks;
 
-pub(crate) use journal::{panicked, Journal, JournalEvent};
 pub use journal::JournalConfig;
+pub(crate) use journal::{panicked, Journal, JournalEvent};
 pub use manager::{JoinError, RoomConfig, RoomManager, DEFAULT_STORAGE_QUEUE_BYTES};
 pub(crate) use room::send_command;
 pub use room::RoomHandle;

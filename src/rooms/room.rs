@@ -673,8 +673,7 @@ impl Room {
         let timestamp = document.as_ref().map(|d| {
             Metrics::inc(&self.metrics.patches_applied);
             let clock = self.doc.apply(&d.parsed, &self.config.limits);
-            self.journal
-                .append(clock, d.raw.get().as_bytes().to_vec());
+            self.journal.append(clock, d.raw.get().as_bytes().to_vec());
             clock
         });
         if let Some(eph) = &ephemeral {

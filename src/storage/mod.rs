@@ -27,9 +27,9 @@ pub use memory::MemoryStorage;
 pub use rocks::RocksStorage;
 
 use crate::engine::{replay, Document, Limits, ReplayError, SnapshotError};
-use crate::ids::{RoomId, RoomKey};
 #[cfg(test)]
 use crate::ids::RecordKey;
+use crate::ids::{RoomId, RoomKey};
 
 /// A failure of the storage layer. Never swallowed: the caller logs it, counts it, and retries.
 #[derive(Debug, thiserror::Error)]

@@ -113,8 +113,14 @@ async fn an_actions_frames_wait_until_its_writes_are_durable() {
         async move { held == 1 }
     })
     .await;
-    assert!(a.silent_for(QUIET).await, "the actor saw its action before it was stored");
-    assert!(b.silent_for(QUIET).await, "a peer saw the action before it was stored");
+    assert!(
+        a.silent_for(QUIET).await,
+        "the actor saw its action before it was stored"
+    );
+    assert!(
+        b.silent_for(QUIET).await,
+        "a peer saw the action before it was stored"
+    );
 
     storage.release();
     let frames = a.until_answer("m").await;
