@@ -3,12 +3,12 @@
 //! matchmaking, deletes expired saved state, and wakes saved rooms whose timers fall due.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use super::logic::{LogicFactory, Sender};
@@ -18,7 +18,7 @@ use super::room::{self, Command, JoinRefused};
 use super::wakeups::Wakeups;
 use crate::ids::{RecordKey, RoomId, RoomKey};
 use crate::protocol::game::ErrorCode;
-use crate::rooms::{panicked, JournalConfig, Outbox, SessionLink, Tasks};
+use crate::rooms::{panicked, ClosingGuard, JournalConfig, Outbox, Registry, SessionLink, Tasks};
 use crate::storage::{Storage, StorageError};
 
 /// A registered namespace.
@@ -226,15 +226,6 @@ pub enum JoinOutcome {
     ShuttingDown,
 }
 
-enum Slot {
-    Live {
-        handle: RoomHandle,
-        generation: u64,
-    },
-    /// Saving for the last time; the sender flips to `true` when done.
-    Closing(watch::Receiver<bool>),
-}
-
 /// The game rooms of one server. Cheap to clone.
 #[derive(Clone)]
 pub struct GameRooms {
@@ -249,10 +240,7 @@ struct Inner {
     namespaces: Namespaces,
     /// Storage, write budget and metrics, shared with the canvas rooms.
     journal: JournalConfig,
-    slots: Mutex<HashMap<RecordKey, Slot>>,
-    closing: Mutex<HashMap<RecordKey, watch::Sender<bool>>>,
-    generations: AtomicU64,
-    shutting_down: AtomicBool,
+    rooms: Registry<RoomHandle>,
 }
 
 /// Why a room could not be reached.
@@ -282,10 +270,7 @@ impl GameRooms {
                 wakeups: Wakeups::default(),
                 namespaces,
                 journal,
-                slots: Mutex::new(HashMap::new()),
-                closing: Mutex::new(HashMap::new()),
-                generations: AtomicU64::new(0),
-                shutting_down: AtomicBool::new(false),
+                rooms: Registry::default(),
             }),
         }
     }
@@ -306,55 +291,28 @@ impl GameRooms {
         &self.inner.tasks
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<RecordKey, Slot>> {
-        self.inner.slots.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The live room's status, without loading it.
     pub fn status(&self, key: &RecordKey) -> Option<Arc<RoomStatus>> {
-        match self.slots().get(key) {
-            Some(Slot::Live { handle, .. }) => Some(handle.status.clone()),
-            _ => None,
-        }
+        let handle = self.inner.rooms.existing(&RoomKey::Game(key.clone()))?;
+        Some(handle.status)
     }
 
     /// The room's handle, loading the room if it is not live. Waits for a closing room's final
-    /// save first, so a room is never live twice.
+    /// fold first, so a room is never live twice.
     pub async fn handle(&self, key: &RecordKey) -> Result<RoomHandle, RoomUnavailable> {
-        loop {
-            if self.inner.shutting_down.load(Ordering::SeqCst) {
-                return Err(RoomUnavailable::ShuttingDown);
-            }
-            let mut wait = {
-                let mut slots = self.slots();
-                match slots.get(key) {
-                    Some(Slot::Live { handle, .. }) => return Ok(handle.clone()),
-                    Some(Slot::Closing(done)) => done.clone(),
-                    None => {
-                        let namespace = self
-                            .inner
-                            .namespaces
-                            .get(key.namespace.as_str())
-                            .ok_or_else(|| {
-                                RoomUnavailable::UnknownNamespace(key.namespace.to_string())
-                            })?
-                            .clone();
-                        let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
-                        let handle = room::spawn(self.clone(), key.clone(), namespace, generation);
-                        slots.insert(
-                            key.clone(),
-                            Slot::Live {
-                                handle: handle.clone(),
-                                generation,
-                            },
-                        );
-                        return Ok(handle);
-                    }
-                }
-            };
-            // The sender is dropped (or flips) when the final save is done.
-            let _ = wait.wait_for(|done| *done).await;
-        }
+        let namespace = self
+            .inner
+            .namespaces
+            .get(key.namespace.as_str())
+            .ok_or_else(|| RoomUnavailable::UnknownNamespace(key.namespace.to_string()))?
+            .clone();
+        let spawn =
+            |generation| room::spawn(self.clone(), key.clone(), namespace.clone(), generation);
+        self.inner
+            .rooms
+            .get_or_spawn(&RoomKey::Game(key.clone()), spawn)
+            .await
+            .map_err(|_| RoomUnavailable::ShuttingDown)
     }
 
     /// Joins a player's connection to the room (loading it if needed).
@@ -398,36 +356,19 @@ impl GameRooms {
         JoinOutcome::Unavailable("the room is restarting; retry".into())
     }
 
-    /// The room is about to save for the last time: no new handles until [`Self::closed`].
-    pub(super) fn closing(&self, key: &RecordKey, generation: u64) {
-        let mut slots = self.slots();
-        if matches!(slots.get(key), Some(Slot::Live { generation: g, .. }) if *g == generation) {
-            let (tx, rx) = watch::channel(false);
-            slots.insert(key.clone(), Slot::Closing(rx));
-            self.inner
-                .closing
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key.clone(), tx);
-        }
+    /// The room is about to fold for the last time: no new handle until the guard is dropped.
+    pub(super) fn closing(&self, key: &RecordKey, generation: u64) -> ClosingGuard {
+        self.inner
+            .rooms
+            .begin_close(&RoomKey::Game(key.clone()), generation)
     }
 
-    /// The room's final save is done (or failed and was logged); it may be loaded again.
-    pub(super) fn closed(&self, key: &RecordKey) {
-        let mut slots = self.slots();
-        if matches!(slots.get(key), Some(Slot::Closing(_))) {
-            slots.remove(key);
-        }
-        drop(slots);
-        if let Some(tx) = self
-            .inner
-            .closing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key)
-        {
-            let _ = tx.send(true);
-        }
+    /// The room's final fold is done (or failed and was logged); it may be loaded again once
+    /// its guard is dropped.
+    pub(super) fn closed(&self, key: &RecordKey, generation: u64) {
+        self.inner
+            .rooms
+            .finish_close(&RoomKey::Game(key.clone()), generation);
     }
 
     /// Public metadata of a room: live, saved (within its TTL), or `{}`.
@@ -463,18 +404,14 @@ impl GameRooms {
             .namespaces
             .get(namespace)
             .ok_or_else(|| RoomUnavailable::UnknownNamespace(namespace.to_owned()))?;
-        {
-            let slots = self.slots();
-            for (key, slot) in slots.iter() {
-                if let Slot::Live { handle, .. } = slot {
-                    if key.namespace == ns.name && handle.status.try_reserve() {
-                        return Ok(Match {
-                            namespace: namespace.to_owned(),
-                            id: key.id.to_string(),
-                            created: false,
-                        });
-                    }
-                }
+        for (key, handle) in self.inner.rooms.open() {
+            let Some(key) = key.game() else { continue };
+            if key.namespace == ns.name && handle.status.try_reserve() {
+                return Ok(Match {
+                    namespace: namespace.to_owned(),
+                    id: key.id.to_string(),
+                    created: false,
+                });
             }
         }
         let id = RoomId::parse(&uuid::Uuid::new_v4().to_string())
@@ -555,45 +492,21 @@ impl GameRooms {
     /// Shutdown: refuses new rooms, closes every session (1001) and saves every room. Returns
     /// the rooms that could not be saved.
     pub async fn close_all(&self) -> Vec<String> {
-        self.inner.shutting_down.store(true, Ordering::SeqCst);
-        let handles: Vec<(RecordKey, RoomHandle)> = self
-            .slots()
-            .iter()
-            .filter_map(|(k, s)| match s {
-                Slot::Live { handle, .. } => Some((k.clone(), handle.clone())),
-                Slot::Closing(_) => None,
-            })
-            .collect();
-        let mut failed = Vec::new();
-        for (key, handle) in handles {
+        let close = |key: RoomKey, handle: RoomHandle| async move {
             let (tx, rx) = oneshot::channel();
             if handle.send(Command::Shutdown { done: tx }).await {
                 if let Ok(Err(e)) = rx.await {
                     error!(room = %key, error = %e, "game room could not be saved at shutdown");
-                    failed.push(key.to_string());
+                    return Err(key.to_string());
                 }
             }
-        }
-        // Rooms that were already closing finish their own save.
-        let waits: Vec<watch::Receiver<bool>> = self
-            .slots()
-            .values()
-            .filter_map(|s| match s {
-                Slot::Closing(rx) => Some(rx.clone()),
-                Slot::Live { .. } => None,
-            })
-            .collect();
-        for mut rx in waits {
-            let _ = rx.wait_for(|done| *done).await;
-        }
-        failed
+            Ok(())
+        };
+        self.inner.rooms.close_all(close).await
     }
 
     /// Live rooms (for metrics and health).
     pub fn live_rooms(&self) -> usize {
-        self.slots()
-            .values()
-            .filter(|s| matches!(s, Slot::Live { .. }))
-            .count()
+        self.inner.rooms.open().len()
     }
 }

@@ -682,7 +682,7 @@ impl Room {
     /// connections close and the log is folded (unless a write failed: then storage keeps what
     /// it has, and nothing unstored is shown); then the room may load again.
     async fn finish(mut self) {
-        self.rooms.closing(&self.ctx.key, self.generation);
+        let closing = self.rooms.closing(&self.ctx.key, self.generation);
         self.commands.close();
         while let Ok(command) = self.commands.try_recv() {
             match command {
@@ -727,7 +727,8 @@ impl Room {
         if let Some(done) = self.shutdown.take() {
             let _ = done.send(result);
         }
-        self.rooms.closed(&self.ctx.key);
+        self.rooms.closed(&self.ctx.key, self.generation);
+        drop(closing);
         if let Some(due) = self.ctx.timers.values().map(|t| t.due_ms).min() {
             self.rooms.wake_at(self.ctx.key.clone(), due);
         }
@@ -736,7 +737,7 @@ impl Room {
 
     /// The room could not load: refuse whatever arrives until the manager forgets it.
     async fn refuse_all(mut self, reason: JoinRefused) {
-        self.rooms.closing(&self.ctx.key, self.generation);
+        let closing = self.rooms.closing(&self.ctx.key, self.generation);
         self.commands.close();
         while let Some(command) = self.commands.recv().await {
             match command {
@@ -749,11 +750,11 @@ impl Room {
                 _ => {}
             }
         }
-        self.rooms.closed(&self.ctx.key);
+        self.rooms.closed(&self.ctx.key, self.generation);
+        drop(closing);
     }
 }
 
-/// Publishes the seat counts the manager and the upgrade check read.
 /// The next patch-rate slot after `now`. Flushes keep a fixed cadence from the room's start (as
 /// Colyseus's patch interval does), not "one rate after the first change since the last flush",
 /// which stretched a 100 ms rate to 150 ms whenever a change came just after a flush.
@@ -764,6 +765,7 @@ fn next_flush(started: Instant, rate: Duration, now: Instant) -> Instant {
     started + Duration::from_nanos(offset)
 }
 
+/// Publishes the seat counts the manager and the upgrade check read.
 fn publish_counts(ctx: &RoomContext) {
     let connected = ctx.seats.values().filter(|s| s.connections > 0).count();
     ctx.status.players.store(ctx.seats.len(), Ordering::Relaxed);

@@ -6,6 +6,7 @@
 
 mod journal;
 mod manager;
+mod registry;
 mod room;
 mod session;
 mod tasks;
@@ -13,6 +14,8 @@ mod tasks;
 pub use journal::JournalConfig;
 pub(crate) use journal::{panicked, Journal, JournalEvent};
 pub use manager::{JoinError, RoomConfig, RoomManager, DEFAULT_STORAGE_QUEUE_BYTES};
+pub use registry::ShuttingDown;
+pub(crate) use registry::{ClosingGuard, Registry};
 pub(crate) use room::send_command;
 pub use room::RoomHandle;
 pub(crate) use session::Delivery;

@@ -76,7 +76,6 @@ pub(crate) async fn send_command<T>(tx: &mpsc::Sender<T>, command: T) -> bool {
 #[derive(Clone)]
 pub struct RoomHandle {
     pub(crate) id: RoomId,
-    pub(crate) generation: u64,
     pub(crate) tx: mpsc::Sender<RoomCommand>,
 }
 
@@ -258,7 +257,7 @@ impl Room {
         // A root span: the room outlives the connection that happened to create it.
         let span = tracing::info_span!(parent: None, "room", room = %id);
         tasks.spawn(tracing::Instrument::instrument(room.run(rx), span));
-        RoomHandle { id, generation, tx }
+        RoomHandle { id, tx }
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<RoomCommand>) {
