@@ -16,7 +16,7 @@ use super::record::{self, unix_ms, Op};
 use crate::ids::{RecordKey, RoomKey};
 use crate::metrics::Metrics;
 use crate::protocol::game::{close, ErrorCode, ServerFrame};
-use crate::rooms::{panicked, CloseReason, Journal, JournalEvent, Outbox};
+use crate::rooms::{self, panicked, CloseReason, Journal, Outbox, RoomTask, Step};
 use crate::storage::StorageError;
 
 /// Commands queued per room before senders wait.
@@ -93,7 +93,6 @@ pub(super) fn spawn(
                 ctx,
                 rooms,
                 generation,
-                commands: rx,
                 last_tick: Instant::now(),
                 started: Instant::now(),
                 flush_at: None,
@@ -102,7 +101,7 @@ pub(super) fn spawn(
                 had_players: false,
                 stop: false,
             };
-            room.run().await;
+            room.run(rx).await;
         }
         .instrument(span),
     );
@@ -114,7 +113,6 @@ struct Room {
     ctx: RoomContext,
     rooms: GameRooms,
     generation: u64,
-    commands: mpsc::Receiver<Command>,
     last_tick: Instant,
     /// Patch-rate flushes fall on a fixed grid from here.
     started: Instant,
@@ -144,17 +142,18 @@ async fn guarded<T>(
 }
 
 impl Room {
-    async fn run(self) {
+    async fn run(self, commands: mpsc::Receiver<Command>) {
         let metrics = self.ctx.journal.metrics().clone();
         Metrics::inc(&metrics.rooms_active);
-        self.serve().await;
+        self.serve(commands).await;
         Metrics::dec(&metrics.rooms_active);
     }
 
-    async fn serve(mut self) {
+    async fn serve(mut self, mut commands: mpsc::Receiver<Command>) {
         if let Err(message) = self.load().await {
             error!(error = %message, "game room could not be loaded");
-            self.refuse_all(JoinRefused::Unavailable(message)).await;
+            self.refuse_all(commands, JoinRefused::Unavailable(message))
+                .await;
             return;
         }
         let timeout = self.ctx.options.handler_timeout;
@@ -164,35 +163,9 @@ impl Room {
         if self.ctx.seats.is_empty() {
             self.empty_since = Some(Instant::now());
         }
-        while !self.stop && !self.ctx.journal.failed() {
-            let deadline = self.next_deadline();
-            // Storage first; while a batch waits for the write budget, no new event starts.
-            let accepting = self.ctx.journal.accepting();
-            tokio::select! {
-                biased;
-                event = self.ctx.journal.next() => match event {
-                    Ok(JournalEvent::Durable) => self.ctx.release_held(),
-                    Ok(JournalEvent::FoldDue) => self.fold(),
-                    Ok(JournalEvent::Accepting) => {}
-                    Err(_) => break,
-                },
-                command = self.commands.recv(), if accepting => match command {
-                    Some(command) => self.handle(command).await,
-                    None => break,
-                },
-                _ = sleep_until(deadline), if accepting => self.on_deadline().await,
-            }
-            self.after_event().await;
-        }
-        self.finish().await;
-    }
-
-    /// Starts folding the room's log into a new record.
-    fn fold(&mut self) {
-        match self.ctx.record().encode() {
-            Ok(bytes) => self.ctx.journal.fold(self.ctx.journal.last(), bytes),
-            Err(e) => error!(error = %e, "the room cannot be folded; its log keeps growing"),
-        }
+        // However it ended, `finish` sees why: a failed write, a stop, or no handle left.
+        let _ = rooms::serve(&mut self, &mut commands).await;
+        self.finish(commands).await;
     }
 
     /// Restores the stored room (record + log), unless it has expired (then it is deleted and
@@ -289,7 +262,7 @@ impl Room {
         })
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
+    fn earliest_deadline(&self) -> Option<Instant> {
         let now = Instant::now();
         let timer = self
             .ctx
@@ -566,7 +539,7 @@ impl Room {
         self.remove_player(user, LeaveReason::Kicked).await;
     }
 
-    async fn on_deadline(&mut self) {
+    async fn run_due(&mut self) {
         let now = Instant::now();
         let timeout = self.ctx.options.handler_timeout;
         // Named timers that are due, earliest first.
@@ -622,9 +595,9 @@ impl Room {
         }
     }
 
-    /// After every event: carry out kicks, drop slow connections, schedule flush and save,
-    /// and notice an emptied room.
-    async fn after_event(&mut self) {
+    /// After every event: carry out kicks, drop slow connections, schedule the flush, notice an
+    /// emptied room, and append what the event wrote as one log entry.
+    async fn settle_event(&mut self) {
         loop {
             let effects = std::mem::take(&mut self.ctx.effects);
             let slow = std::mem::take(&mut self.ctx.slow);
@@ -681,10 +654,10 @@ impl Room {
     /// Leaves the manager's map: no new commands; the frames of stored writes go out, then the
     /// connections close and the log is folded (unless a write failed: then storage keeps what
     /// it has, and nothing unstored is shown); then the room may load again.
-    async fn finish(mut self) {
+    async fn finish(mut self, mut commands: mpsc::Receiver<Command>) {
         let closing = self.rooms.closing(&self.ctx.key, self.generation);
-        self.commands.close();
-        while let Ok(command) = self.commands.try_recv() {
+        commands.close();
+        while let Ok(command) = commands.try_recv() {
             match command {
                 Command::Join { reply, .. } => {
                     let _ = reply.send(Err(JoinRefused::Retry));
@@ -736,10 +709,10 @@ impl Room {
     }
 
     /// The room could not load: refuse whatever arrives until the manager forgets it.
-    async fn refuse_all(mut self, reason: JoinRefused) {
+    async fn refuse_all(self, mut commands: mpsc::Receiver<Command>, reason: JoinRefused) {
         let closing = self.rooms.closing(&self.ctx.key, self.generation);
-        self.commands.close();
-        while let Some(command) = self.commands.recv().await {
+        commands.close();
+        while let Some(command) = commands.recv().await {
             match command {
                 Command::Join { reply, .. } => {
                     let _ = reply.send(Err(reason.clone()));
@@ -779,10 +752,47 @@ fn denied(code: ErrorCode, message: &str) -> JoinRefused {
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
+impl RoomTask for Room {
+    type Command = Command;
+    type Stop = ();
+
+    fn journal(&mut self) -> &mut Journal {
+        &mut self.ctx.journal
+    }
+
+    fn released(&mut self) {
+        self.ctx.release_held();
+    }
+
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        self.ctx
+            .record()
+            .encode()
+            .map_err(|e| error!(error = %e, "the room cannot be folded; its log keeps growing"))
+            .ok()
+    }
+
+    fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        self.earliest_deadline().map(tokio::time::Instant::from_std)
+    }
+
+    async fn on_command(&mut self, command: Command) -> Step<()> {
+        self.handle(command).await;
+        Step::Continue
+    }
+
+    async fn on_deadline(&mut self) -> Step<()> {
+        self.run_due().await;
+        Step::Continue
+    }
+
+    async fn after_event(&mut self) -> Step<()> {
+        self.settle_event().await;
+        if self.stop {
+            Step::Stop(())
+        } else {
+            Step::Continue
+        }
     }
 }
 

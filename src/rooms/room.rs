@@ -7,11 +7,12 @@ use std::sync::{Arc, Weak};
 use bytestring::ByteString;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::journal::{self, Journal, JournalConfig, JournalEvent};
+use super::journal::{self, Journal, JournalConfig};
 use super::manager::{Inner, JoinError, RoomConfig};
+use super::runtime::{self, Ended, RoomTask, Step};
 use super::session::{CloseReason, Delivery, NewSession, Outbox, SessionInfo};
 use super::tasks::Tasks;
 use crate::auth::{Grant, Permission};
@@ -221,13 +222,11 @@ pub(crate) struct Room {
     load_failure: Option<JoinError>,
 }
 
-enum Flow {
-    Continue,
-    Close {
-        reason: CloseReason,
-        reply: Option<oneshot::Sender<Result<(), StorageError>>>,
-    },
-}
+/// Why a room stops, and whom to tell when it is closed.
+type Stop = (
+    CloseReason,
+    Option<oneshot::Sender<Result<(), StorageError>>>,
+);
 
 impl Room {
     pub(crate) fn spawn(
@@ -267,7 +266,14 @@ impl Room {
                 // Counted from the end of the load, however long it took: a room nobody joins
                 // (its first connect failed) is evicted like an emptied one.
                 self.idle_at = Some(Instant::now() + self.config.idle_timeout);
-                self.serve(&mut rx).await
+                match runtime::serve(&mut self, &mut rx).await {
+                    Ended::Stopped(stop) => stop,
+                    Ended::Unreachable => (CloseReason::room_closed(), None),
+                    Ended::WriteFailed => (
+                        CloseReason::new(1011, "storage write failed; reconnect to retry"),
+                        None,
+                    ),
+                }
             }
             Err(StorageError::OverLimit { source, .. }) => {
                 error!(error = %source, "stored room is over the limits; refusing it until they are raised");
@@ -308,51 +314,7 @@ impl Room {
         Ok(())
     }
 
-    /// Processes commands until the room is closed; returns why, and whom to tell.
-    async fn serve(
-        &mut self,
-        rx: &mut mpsc::Receiver<RoomCommand>,
-    ) -> (
-        CloseReason,
-        Option<oneshot::Sender<Result<(), StorageError>>>,
-    ) {
-        loop {
-            // Biased: storage first (rare, and must not starve), then commands, and idle
-            // eviction last, so a join already queued keeps the room.
-            tokio::select! {
-                biased;
-                event = self.journal.next() => match event {
-                    Ok(JournalEvent::Durable) => {
-                        self.made_durable();
-                        self.disconnect_overflowed();
-                    }
-                    Ok(JournalEvent::FoldDue) => {
-                        self.journal.fold(self.doc.clock(), self.doc.encode_snapshot());
-                    }
-                    Ok(JournalEvent::Accepting) => {}
-                    Err(_) => {
-                        return (CloseReason::new(1011, "storage write failed; reconnect to retry"), None);
-                    }
-                },
-                cmd = rx.recv(), if self.journal.accepting() => {
-                    let Some(cmd) = cmd else {
-                        return (CloseReason::room_closed(), None);
-                    };
-                    let flow = self.handle(cmd);
-                    self.disconnect_overflowed();
-                    if let Flow::Close { reason, reply } = flow {
-                        return (reason, reply);
-                    }
-                }
-                _ = sleep_until(self.idle_at.unwrap_or_else(Instant::now)), if self.idle_at.is_some() => {
-                    info!("room idle, evicting");
-                    return (CloseReason::room_closed(), None);
-                }
-            }
-        }
-    }
-
-    fn handle(&mut self, cmd: RoomCommand) -> Flow {
+    fn handle(&mut self, cmd: RoomCommand) -> Step<Stop> {
         match cmd {
             RoomCommand::Join { id, session, reply } => {
                 self.join(id, session);
@@ -396,14 +358,9 @@ impl Room {
             RoomCommand::Document { reply } => {
                 let _ = reply.send(self.doc.clone());
             }
-            RoomCommand::Close { reason, reply } => {
-                return Flow::Close {
-                    reason,
-                    reply: Some(reply),
-                }
-            }
+            RoomCommand::Close { reason, reply } => return Step::Stop((reason, Some(reply))),
         }
-        Flow::Continue
+        Step::Continue
     }
 
     fn session_infos(&self) -> Vec<SessionInfo> {
@@ -736,6 +693,46 @@ impl Room {
         drop(closing);
         info!(clock = self.doc.clock(), "room closed");
         result
+    }
+}
+
+impl RoomTask for Room {
+    type Command = RoomCommand;
+    type Stop = Stop;
+
+    fn journal(&mut self) -> &mut Journal {
+        &mut self.journal
+    }
+
+    fn released(&mut self) {
+        self.made_durable();
+        self.disconnect_overflowed();
+    }
+
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        Some(self.doc.encode_snapshot())
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.idle_at
+    }
+
+    async fn on_command(&mut self, command: RoomCommand) -> Step<Stop> {
+        let step = self.handle(command);
+        self.disconnect_overflowed();
+        step
+    }
+
+    async fn on_deadline(&mut self) -> Step<Stop> {
+        if self.idle_at.is_some_and(|at| at <= Instant::now()) {
+            info!("room idle, evicting");
+            return Step::Stop((CloseReason::room_closed(), None));
+        }
+        Step::Continue
+    }
+
+    async fn after_event(&mut self) -> Step<Stop> {
+        Step::Continue
     }
 }
 
