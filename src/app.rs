@@ -131,7 +131,7 @@ impl Application {
             metrics.clone(),
             tasks.clone(),
         );
-        let games = GameRooms::new(namespaces, storage.clone(), tasks.clone());
+        let games = GameRooms::new(namespaces, manager.journal_config(), tasks.clone());
         let limits = &settings.limits;
         let state = web::Data::new(AppState {
             manager,

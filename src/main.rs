@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use weft::config::{Overrides, Settings};
-use weft::snapshot_cli::SnapshotCommand;
+
+mod cli;
+use cli::snapshot::{self, SnapshotCommand};
 
 #[derive(Parser)]
 #[command(
@@ -42,13 +44,10 @@ fn main() -> anyhow::Result<ExitCode> {
             runtime.block_on(weft::app::serve(settings))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Snapshot(command) => match weft::snapshot_cli::run(command) {
+        Command::Snapshot(command) => match snapshot::run(command) {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(e) => {
-                eprintln!(
-                    "weft snapshot: error: {}",
-                    weft::snapshot_cli::error_chain(&e)
-                );
+                eprintln!("weft snapshot: error: {}", snapshot::error_chain(&e));
                 Ok(ExitCode::FAILURE)
             }
         },

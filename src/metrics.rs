@@ -36,9 +36,9 @@ metrics! {
     connections_refused: "counter",
     /// Connects refused by the authorizer or for bad query parameters.
     connects_denied: "counter",
-    /// Rooms loaded in memory.
+    /// Rooms loaded in memory (canvas and game rooms).
     rooms_active: "gauge",
-    /// Sessions joined to a room.
+    /// Sessions joined to a room (canvas and game rooms).
     sessions_active: "gauge",
     /// Frames received from clients.
     frames_received: "counter",
@@ -52,6 +52,8 @@ metrics! {
     rate_limited: "counter",
     /// Requests whose document patches were applied.
     patches_applied: "counter",
+    /// Game actions handled (answered with `action_result` or `action_error`).
+    game_actions: "counter",
     /// Sessions closed (1009) for a request that would take the document or their presence
     /// past a limit (`max_document_bytes`, `max_request_values`, ...).
     requests_over_limit: "counter",
@@ -88,6 +90,7 @@ mod tests {
         Metrics::inc(&m.frames_received);
         let text = m.render();
         assert!(text.contains("# TYPE weft_frames_received counter\nweft_frames_received 1\n"));
-        assert!(text.contains("# HELP weft_rooms_active Rooms loaded in memory."));
+        assert!(text
+            .contains("# HELP weft_rooms_active Rooms loaded in memory (canvas and game rooms)."));
     }
 }

@@ -14,18 +14,20 @@ use serde_json::{Map, Value};
 use super::logic::Sender;
 use super::manager::RoomStatus;
 use super::options::NamespaceOptions;
-use super::record::{unix_ms, RoomRecord, SavedPlayer, SavedSender, SavedTimer};
+use super::record::{saved_player, unix_ms, Entry, Op, RoomRecord, SavedSender, SavedTimer};
 use crate::engine::state::{StateBatch, StateDoc, Writes};
 use crate::engine::tree;
 use crate::ids::RecordKey;
+use crate::metrics::Metrics;
 use crate::protocol::game::{self as wire, ServerFrame};
-use crate::rooms::{CloseReason, Outbox};
-use crate::storage::{Storage, StorageError};
+use crate::rooms::{CloseReason, Journal, Outbox};
+use crate::storage::StorageError;
 
-/// How deeply the shared state or a player's state may nest arrays and objects (counted as
-/// [`wire::depth`]). Room records nest a state 3 levels deeper and the SDKs echo it 2 levels
-/// deep in their `join` frames, both read with serde_json's limit of 127 levels; a handler that
-/// keeps nesting payloads (at most [`wire::MAX_VALUE_DEPTH`] each) is stopped well before that.
+/// How deeply any state (shared, a player's, server-only, metadata) or a timer's data may nest
+/// arrays and objects (counted as [`wire::depth`]). Log entries nest a value 7 levels deeper,
+/// records 3, and the SDKs echo a state 2 levels deep in their `join` frames, all read with
+/// serde_json's limit of 127 levels; a handler that keeps nesting payloads (at most
+/// [`wire::MAX_VALUE_DEPTH`] each) is stopped well before that.
 pub const MAX_STATE_DEPTH: usize = 64;
 
 /// Why a state mutation was refused; nothing was changed.
@@ -153,7 +155,8 @@ pub struct ClockId(u64);
 pub struct RoomContext {
     pub(super) key: RecordKey,
     pub(super) options: Arc<NamespaceOptions>,
-    pub(super) storage: Arc<dyn Storage>,
+    /// Where the room's writes go; frames wait there until the writes they show are durable.
+    pub(super) journal: Journal,
     pub(super) status: Arc<RoomStatus>,
     pub(super) shared: Tracked,
     pub(super) players: IndexMap<String, Tracked>,
@@ -168,8 +171,9 @@ pub struct RoomContext {
     pub(super) joining: Option<Joining>,
     /// Connections whose outbox overflowed: the room closes them after the current event.
     pub(super) slow: Vec<String>,
-    /// State, metadata or timers changed since the last save.
-    pub(super) unsaved: bool,
+    /// What the current event wrote, appended as one log entry when it ends
+    /// ([`RoomContext::write_log`]).
+    pub(super) log: Vec<Op>,
     pub(super) created: bool,
     pub(super) auto_dispose: bool,
     pub(super) simulation: Option<Duration>,
@@ -183,7 +187,7 @@ impl RoomContext {
     pub(super) fn new(
         key: RecordKey,
         options: Arc<NamespaceOptions>,
-        storage: Arc<dyn Storage>,
+        journal: Journal,
         status: Arc<RoomStatus>,
     ) -> RoomContext {
         RoomContext {
@@ -191,7 +195,7 @@ impl RoomContext {
             auto_dispose: options.auto_dispose,
             patch_rate: options.patch_rate,
             options,
-            storage,
+            journal,
             status,
             shared: Tracked::empty(),
             players: IndexMap::new(),
@@ -203,7 +207,7 @@ impl RoomContext {
             effects: Vec::new(),
             joining: None,
             slow: Vec::new(),
-            unsaved: false,
+            log: Vec::new(),
             created: false,
             simulation: None,
             clock: BTreeMap::new(),
@@ -239,7 +243,6 @@ impl RoomContext {
             self.options.max_state_size,
             update,
         )?;
-        self.unsaved = true;
         Ok(())
     }
 
@@ -272,9 +275,7 @@ impl RoomContext {
             .entry(user_id.to_owned())
             .or_insert_with(Tracked::empty);
         let others = total - player.size;
-        update_tracked(player, others, max, update)?;
-        self.unsaved = true;
-        Ok(())
+        update_tracked(player, others, max, update)
     }
 
     /// Ids of the players holding a seat (joined, or within their reconnect grace period).
@@ -304,13 +305,17 @@ impl RoomContext {
     }
 
     /// Changes the server state (an object: anything else becomes `{}`; `null` members are
-    /// removed, as in the shared state).
-    pub fn set_server_state(&mut self, update: impl FnOnce(&mut Value)) {
+    /// removed, as in the shared state); refused (and nothing changed) if the result would nest
+    /// deeper than [`MAX_STATE_DEPTH`].
+    pub fn set_server_state(&mut self, update: impl FnOnce(&mut Value)) -> Result<(), StateError> {
         let mut next = self.server.value().clone();
         update(&mut next);
         tree::normalize_root(&mut next);
-        self.server.apply(next);
-        self.unsaved = true;
+        check_depth(&next)?;
+        if let Some(batch) = self.server.apply(next) {
+            self.log.push(Op::Server { batch });
+        }
+        Ok(())
     }
 
     // --- metadata -------------------------------------------------------------------------
@@ -320,13 +325,17 @@ impl RoomContext {
         self.metadata.value()
     }
 
-    /// Replaces the metadata (`null` members are removed, as in the states).
-    pub fn set_metadata(&mut self, metadata: Value) {
+    /// Replaces the metadata (`null` members are removed, as in the states); refused if it
+    /// nests deeper than [`MAX_STATE_DEPTH`].
+    pub fn set_metadata(&mut self, metadata: Value) -> Result<(), StateError> {
         let mut metadata = metadata;
         tree::strip_nulls(&mut metadata);
-        self.metadata.apply(metadata);
+        check_depth(&metadata)?;
+        if let Some(batch) = self.metadata.apply(metadata) {
+            self.log.push(Op::Metadata { batch });
+        }
         self.status.set_metadata(self.metadata.value());
-        self.unsaved = true;
+        Ok(())
     }
 
     // --- messages -------------------------------------------------------------------------
@@ -393,47 +402,51 @@ impl RoomContext {
         self.effects.push(Effect::DisconnectAll);
     }
 
-    /// Saves the room now; returns once storage holds it. A record that would not load again
-    /// is refused (and the last saved one kept).
+    /// Returns once storage holds every change made so far (they are sent to clients first,
+    /// so the versions stored are the ones clients saw). Every change is stored anyway before
+    /// any frame that shows it leaves; this waits for it inside a handler.
     pub async fn save_state(&mut self) -> Result<(), StorageError> {
-        // Changes go out first, so the saved versions are the ones clients saw for this state.
         self.flush();
-        let key = self.key.clone();
-        let bytes = self
-            .record()
-            .encode()
-            .map_err(|e| StorageError::Unloadable {
-                room: key.to_string(),
-                reason: e.to_string(),
-            })?;
-        let storage = self.storage.clone();
-        let result = tokio::task::spawn_blocking(move || storage.save_record(&key, &bytes))
-            .await
-            .unwrap_or_else(|e| {
-                Err(StorageError::Io {
-                    room: self.key.to_string(),
-                    source: std::io::Error::other(format!("save task failed: {e}")),
-                })
-            });
-        if result.is_ok() {
-            self.unsaved = false;
+        let written = self.write_log();
+        let settled = self.journal.settle().await;
+        self.release_held();
+        written?;
+        if settled {
+            Ok(())
+        } else {
+            Err(StorageError::Io {
+                room: self.key.to_string(),
+                source: std::io::Error::other("the room's writes were not stored"),
+            })
         }
-        result
     }
 
     /// Schedules the named timer (replacing one of the same name): `on_timer(name, data)` runs
-    /// after `delay`. Timers are saved with the state and fire after a restart.
-    pub fn set_timer(&mut self, name: &str, delay: Duration, data: Value) {
+    /// after `delay`. Timers are saved with the state and fire after a restart. Refused if
+    /// `data` nests deeper than [`MAX_STATE_DEPTH`].
+    pub fn set_timer(
+        &mut self,
+        name: &str,
+        delay: Duration,
+        data: Value,
+    ) -> Result<(), StateError> {
+        check_depth(&data)?;
         let due = unix_ms().saturating_add(delay.as_millis() as u64);
-        self.timers
-            .insert(name.to_owned(), SavedTimer { due_ms: due, data });
-        self.unsaved = true;
+        let timer = SavedTimer { due_ms: due, data };
+        self.timers.insert(name.to_owned(), timer.clone());
+        self.log.push(Op::Timer {
+            name: name.to_owned(),
+            timer,
+        });
+        Ok(())
     }
 
     /// Cancels a named timer; no-op if it is not set.
     pub fn clear_timer(&mut self, name: &str) {
         if self.timers.remove(name).is_some() {
-            self.unsaved = true;
+            self.log.push(Op::TimerDone {
+                name: name.to_owned(),
+            });
         }
     }
 
@@ -457,11 +470,17 @@ impl RoomContext {
 
     /// Removes the room from matchmaking and refuses new players (reconnects still work).
     pub fn lock(&mut self) {
-        self.status.locked.store(true, Ordering::Relaxed);
+        self.set_locked(true);
     }
 
     pub fn unlock(&mut self) {
-        self.status.locked.store(false, Ordering::Relaxed);
+        self.set_locked(false);
+    }
+
+    fn set_locked(&mut self, locked: bool) {
+        if self.status.locked.swap(locked, Ordering::Relaxed) != locked {
+            self.log.push(Op::Locked { locked });
+        }
     }
 
     pub fn is_locked(&self) -> bool {
@@ -470,13 +489,17 @@ impl RoomContext {
 
     /// A private room is never handed out by matchmaking; joining it by id still works.
     pub fn set_private(&mut self, private: bool) {
-        self.status.private.store(private, Ordering::Relaxed);
+        if self.status.private.swap(private, Ordering::Relaxed) != private {
+            self.log.push(Op::Private { private });
+        }
     }
 
     /// Lowers (or restores) the player limit of this room, within the namespace's.
     pub fn set_max_players(&mut self, max: usize) {
         let max = max.clamp(1, self.options.max_players);
-        self.status.max_players.store(max, Ordering::Relaxed);
+        if self.status.max_players.swap(max, Ordering::Relaxed) != max {
+            self.log.push(Op::MaxPlayers { max });
+        }
     }
 
     pub fn max_players(&self) -> usize {
@@ -582,23 +605,21 @@ impl RoomContext {
     /// flushed delta, never for a no-op.
     pub(super) fn flush(&mut self) {
         if let Some(batch) = self.shared.commit() {
-            match &batch.writes {
-                Writes::Paths(delta) => {
-                    let frame = ServerFrame::SharedDelta {
+            let delta = match &batch.writes {
+                Writes::Paths(delta) => Some(
+                    ServerFrame::SharedDelta {
                         delta,
                         version: batch.clock,
                     }
-                    .encode();
-                    for id in self.recipients(StateId::Shared) {
-                        self.deliver(&id, &frame);
-                    }
-                }
-                Writes::Whole(_) => {
-                    for id in self.recipients(StateId::Shared) {
-                        let frame = self.sync_frame_for(&id);
-                        self.deliver(&id, &frame);
-                    }
-                }
+                    .encode(),
+                ),
+                Writes::Whole(_) => None,
+            };
+            // Logged before the frames that show it are made: they wait until it is durable.
+            self.log.push(Op::Shared { batch });
+            for id in self.recipients(StateId::Shared) {
+                let frame = delta.clone().unwrap_or_else(|| self.sync_frame_for(&id));
+                self.deliver(&id, &frame);
             }
         }
         let dirty: Vec<String> = self
@@ -625,6 +646,10 @@ impl RoomContext {
                 }
                 .encode(),
             };
+            self.log.push(Op::Player {
+                user: user.clone(),
+                batch,
+            });
             for id in self.recipients(StateId::Player(&user)) {
                 self.deliver(&id, &frame);
             }
@@ -664,12 +689,20 @@ impl RoomContext {
         .encode()
     }
 
+    /// The log entry a frame made now shows: the one the current event will append if it wrote
+    /// anything, else the last one.
+    fn tag(&self) -> u64 {
+        self.journal.last() + u64::from(!self.log.is_empty())
+    }
+
+    /// Queues a frame for a connection; it leaves once every write made before it is durable.
     pub(super) fn deliver(&mut self, connection_id: &str, frame: &ByteString) {
         use crate::rooms::Delivery;
+        let tag = self.tag();
         let Some(connection) = self.connections.get_mut(connection_id) else {
             return;
         };
-        if connection.outbox.send(frame, 0, 0) == Delivery::Full {
+        if self.journal.send(&mut connection.outbox, frame, tag) == Delivery::Full {
             connection.outbox.close(CloseReason::slow_client());
             self.slow.push(connection_id.to_owned());
         }
@@ -687,8 +720,82 @@ impl RoomContext {
         }
     }
 
-    /// The room as saved (the committed states: [`RoomContext::save_state`] flushes first).
+    /// Appends what the current event wrote as one log entry. An entry that would not load
+    /// again is refused: the room must then close without storing more (its frames held for
+    /// the entry never leave).
+    pub(super) fn write_log(&mut self) -> Result<(), StorageError> {
+        if self.log.is_empty() {
+            return Ok(());
+        }
+        let entry = Entry {
+            ops: std::mem::take(&mut self.log),
+            at_ms: unix_ms(),
+            elapsed_ms: u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
+        let bytes = match entry.encode() {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.journal.fail();
+                return Err(StorageError::Unloadable {
+                    room: self.key.to_string(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let seq = self.journal.last() + 1;
+        self.journal.append(seq, bytes);
+        Ok(())
+    }
+
+    /// A connection joined.
+    pub(super) fn add_connection(&mut self, id: String, connection: Connection) {
+        Metrics::inc(&self.journal.metrics().sessions_active);
+        self.connections.insert(id, connection);
+    }
+
+    /// A connection leaves the room (its outbox is the caller's to close or drop).
+    pub(super) fn remove_connection(&mut self, id: &str) -> Option<Connection> {
+        let connection = self.connections.shift_remove(id)?;
+        Metrics::dec(&self.journal.metrics().sessions_active);
+        Some(connection)
+    }
+
+    /// Sends the frames whose writes are durable now.
+    pub(super) fn release_held(&mut self) {
+        for connection in self.connections.values_mut() {
+            self.journal.release(&mut connection.outbox);
+        }
+    }
+
+    /// Records that a player took (or kept, with a refreshed token) its seat.
+    pub(super) fn log_seat(&mut self, sender: &Sender) {
+        self.log.push(Op::Seated {
+            user: sender.user_id.clone(),
+            sender: SavedSender::from(sender),
+        });
+    }
+
+    /// The room as a record after the last log entry (the committed states, as clients have
+    /// them). Every seat is saved, with its player's state or an empty one.
     pub(super) fn record(&self) -> RoomRecord {
+        let empty = StateDoc::new(Value::Object(Map::new()), 0);
+        let mut players: IndexMap<String, _> = self
+            .seats
+            .iter()
+            .map(|(user, seat)| {
+                let state = self.players.get(user).map_or(&empty, |p| &p.doc);
+                (
+                    user.clone(),
+                    saved_player(state, Some(SavedSender::from(&seat.sender))),
+                )
+            })
+            .collect();
+        for (user, player) in &self.players {
+            if !players.contains_key(user) {
+                players.insert(user.clone(), saved_player(&player.doc, None));
+            }
+        }
+        let max_players = self.max_players();
         RoomRecord {
             format: RoomRecord::FORMAT,
             created: self.created,
@@ -696,21 +803,7 @@ impl RoomContext {
             shared: self.shared.doc.value().clone(),
             shared_version: self.shared.doc.clock(),
             shared_stamps: Some(self.shared.doc.stamps().clone()),
-            players: self
-                .players
-                .iter()
-                .map(|(id, p)| {
-                    (
-                        id.clone(),
-                        SavedPlayer {
-                            state: p.doc.value().clone(),
-                            version: p.doc.clock(),
-                            stamps: Some(p.doc.stamps().clone()),
-                            sender: self.seats.get(id).map(|s| SavedSender::from(&s.sender)),
-                        },
-                    )
-                })
-                .collect(),
+            players,
             server: self.server.value().clone(),
             server_version: self.server.clock(),
             server_stamps: Some(self.server.stamps().clone()),
@@ -721,6 +814,8 @@ impl RoomContext {
             locked: self.is_locked(),
             private: self.status.private.load(Ordering::Relaxed),
             elapsed_ms: u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX),
+            seq: self.journal.last(),
+            max_players: (max_players != self.options.max_players).then_some(max_players),
         }
     }
 }
@@ -730,6 +825,18 @@ fn message_frame(message_type: &str, data: &Value) -> ByteString {
     let empty = Value::Object(Map::new());
     let data = if data.is_null() { &empty } else { data };
     ServerFrame::Message { message_type, data }.encode()
+}
+
+/// Refuses a value nested deeper than [`MAX_STATE_DEPTH`]: whatever a room stores (its log
+/// entries and records nest a value a few levels deeper) must load again.
+fn check_depth(value: &Value) -> Result<(), StateError> {
+    match wire::depth(value) {
+        depth if depth > MAX_STATE_DEPTH => Err(StateError::TooDeep {
+            depth,
+            max: MAX_STATE_DEPTH,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Applies an updater to a copy, normalizes it, checks the size and depth limits, and keeps it if
@@ -750,13 +857,7 @@ fn update_tracked(
             max,
         });
     }
-    let depth = wire::depth(&next);
-    if depth > MAX_STATE_DEPTH {
-        return Err(StateError::TooDeep {
-            depth,
-            max: MAX_STATE_DEPTH,
-        });
-    }
+    check_depth(&next)?;
     // An unchanged value schedules no flush (the flush times its patch rate from the first
     // change after the last one).
     if next != *tracked.value() {

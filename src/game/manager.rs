@@ -3,22 +3,22 @@
 //! matchmaking, deletes expired saved state, and wakes saved rooms whose timers fall due.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use super::logic::{LogicFactory, Sender};
 use super::options::NamespaceOptions;
-use super::record::{unix_ms, RoomRecord};
+use super::record::{self, unix_ms};
 use super::room::{self, Command, JoinRefused};
 use super::wakeups::Wakeups;
-use crate::ids::{RecordKey, RoomId};
+use crate::ids::{RecordKey, RoomId, RoomKey};
 use crate::protocol::game::ErrorCode;
-use crate::rooms::{Outbox, SessionLink, Tasks};
+use crate::rooms::{panicked, ClosingGuard, JournalConfig, Outbox, Registry, SessionLink, Tasks};
 use crate::storage::{Storage, StorageError};
 
 /// A registered namespace.
@@ -226,15 +226,6 @@ pub enum JoinOutcome {
     ShuttingDown,
 }
 
-enum Slot {
-    Live {
-        handle: RoomHandle,
-        generation: u64,
-    },
-    /// Saving for the last time; the sender flips to `true` when done.
-    Closing(watch::Receiver<bool>),
-}
-
 /// The game rooms of one server. Cheap to clone.
 #[derive(Clone)]
 pub struct GameRooms {
@@ -247,11 +238,9 @@ struct Inner {
     tasks: Tasks,
     wakeups: Wakeups,
     namespaces: Namespaces,
-    storage: Arc<dyn Storage>,
-    slots: Mutex<HashMap<RecordKey, Slot>>,
-    closing: Mutex<HashMap<RecordKey, watch::Sender<bool>>>,
-    generations: AtomicU64,
-    shutting_down: AtomicBool,
+    /// Storage, write budget and metrics, shared with the canvas rooms.
+    journal: JournalConfig,
+    rooms: Registry<RoomHandle>,
 }
 
 /// Why a room could not be reached.
@@ -274,17 +263,14 @@ pub struct Match {
 
 impl GameRooms {
     /// Game rooms whose tasks (rooms, wake-ups, the expiry sweep) run as `tasks`.
-    pub fn new(namespaces: Namespaces, storage: Arc<dyn Storage>, tasks: Tasks) -> GameRooms {
+    pub fn new(namespaces: Namespaces, journal: JournalConfig, tasks: Tasks) -> GameRooms {
         GameRooms {
             inner: Arc::new(Inner {
                 tasks,
                 wakeups: Wakeups::default(),
                 namespaces,
-                storage,
-                slots: Mutex::new(HashMap::new()),
-                closing: Mutex::new(HashMap::new()),
-                generations: AtomicU64::new(0),
-                shutting_down: AtomicBool::new(false),
+                journal,
+                rooms: Registry::default(),
             }),
         }
     }
@@ -294,62 +280,39 @@ impl GameRooms {
     }
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
-        &self.inner.storage
+        &self.inner.journal.storage
+    }
+
+    pub(super) fn journal_config(&self) -> &JournalConfig {
+        &self.inner.journal
     }
 
     pub(super) fn tasks(&self) -> &Tasks {
         &self.inner.tasks
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<RecordKey, Slot>> {
-        self.inner.slots.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The live room's status, without loading it.
     pub fn status(&self, key: &RecordKey) -> Option<Arc<RoomStatus>> {
-        match self.slots().get(key) {
-            Some(Slot::Live { handle, .. }) => Some(handle.status.clone()),
-            _ => None,
-        }
+        let handle = self.inner.rooms.existing(&RoomKey::Game(key.clone()))?;
+        Some(handle.status)
     }
 
     /// The room's handle, loading the room if it is not live. Waits for a closing room's final
-    /// save first, so a room is never live twice.
+    /// fold first, so a room is never live twice.
     pub async fn handle(&self, key: &RecordKey) -> Result<RoomHandle, RoomUnavailable> {
-        loop {
-            if self.inner.shutting_down.load(Ordering::SeqCst) {
-                return Err(RoomUnavailable::ShuttingDown);
-            }
-            let mut wait = {
-                let mut slots = self.slots();
-                match slots.get(key) {
-                    Some(Slot::Live { handle, .. }) => return Ok(handle.clone()),
-                    Some(Slot::Closing(done)) => done.clone(),
-                    None => {
-                        let namespace = self
-                            .inner
-                            .namespaces
-                            .get(key.namespace.as_str())
-                            .ok_or_else(|| {
-                                RoomUnavailable::UnknownNamespace(key.namespace.to_string())
-                            })?
-                            .clone();
-                        let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
-                        let handle = room::spawn(self.clone(), key.clone(), namespace, generation);
-                        slots.insert(
-                            key.clone(),
-                            Slot::Live {
-                                handle: handle.clone(),
-                                generation,
-                            },
-                        );
-                        return Ok(handle);
-                    }
-                }
-            };
-            // The sender is dropped (or flips) when the final save is done.
-            let _ = wait.wait_for(|done| *done).await;
-        }
+        let namespace = self
+            .inner
+            .namespaces
+            .get(key.namespace.as_str())
+            .ok_or_else(|| RoomUnavailable::UnknownNamespace(key.namespace.to_string()))?
+            .clone();
+        let spawn =
+            |generation| room::spawn(self.clone(), key.clone(), namespace.clone(), generation);
+        self.inner
+            .rooms
+            .get_or_spawn(&RoomKey::Game(key.clone()), spawn)
+            .await
+            .map_err(|_| RoomUnavailable::ShuttingDown)
     }
 
     /// Joins a player's connection to the room (loading it if needed).
@@ -393,36 +356,19 @@ impl GameRooms {
         JoinOutcome::Unavailable("the room is restarting; retry".into())
     }
 
-    /// The room is about to save for the last time: no new handles until [`Self::closed`].
-    pub(super) fn closing(&self, key: &RecordKey, generation: u64) {
-        let mut slots = self.slots();
-        if matches!(slots.get(key), Some(Slot::Live { generation: g, .. }) if *g == generation) {
-            let (tx, rx) = watch::channel(false);
-            slots.insert(key.clone(), Slot::Closing(rx));
-            self.inner
-                .closing
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key.clone(), tx);
-        }
+    /// The room is about to fold for the last time: no new handle until the guard is dropped.
+    pub(super) fn closing(&self, key: &RecordKey, generation: u64) -> ClosingGuard {
+        self.inner
+            .rooms
+            .begin_close(&RoomKey::Game(key.clone()), generation)
     }
 
-    /// The room's final save is done (or failed and was logged); it may be loaded again.
-    pub(super) fn closed(&self, key: &RecordKey) {
-        let mut slots = self.slots();
-        if matches!(slots.get(key), Some(Slot::Closing(_))) {
-            slots.remove(key);
-        }
-        drop(slots);
-        if let Some(tx) = self
-            .inner
-            .closing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key)
-        {
-            let _ = tx.send(true);
-        }
+    /// The room's final fold is done (or failed and was logged); it may be loaded again once
+    /// its guard is dropped.
+    pub(super) fn closed(&self, key: &RecordKey, generation: u64) {
+        self.inner
+            .rooms
+            .finish_close(&RoomKey::Game(key.clone()), generation);
     }
 
     /// Public metadata of a room: live, saved (within its TTL), or `{}`.
@@ -435,18 +381,19 @@ impl GameRooms {
             .namespaces
             .get(key.namespace.as_str())
             .map_or(u64::MAX, |n| n.options.state_ttl.as_millis() as u64);
-        let storage = self.inner.storage.clone();
-        let k = key.clone();
-        let bytes = tokio::task::spawn_blocking(move || storage.load_record(&k))
-            .await
-            .map_err(|e| StorageError::Io {
-                room: key.to_string(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
-        Ok(bytes
-            .and_then(|b| RoomRecord::decode(&b).ok())
+        let restored = self.restore(key).await?;
+        Ok(restored
             .filter(|r| !r.expired(ttl, unix_ms()))
-            .map_or_else(|| Value::Object(Map::new()), |r| r.metadata))
+            .map_or_else(|| Value::Object(Map::new()), |r| r.metadata.value().clone()))
+    }
+
+    /// A stored room read back (record + log), off the async workers.
+    async fn restore(&self, key: &RecordKey) -> Result<Option<record::Restored>, StorageError> {
+        let storage = self.storage().clone();
+        let k = key.clone();
+        tokio::task::spawn_blocking(move || record::load(&*storage, &k))
+            .await
+            .unwrap_or_else(|e| Err(panicked(&RoomKey::Game(key.clone()), e)))
     }
 
     /// Join-or-create: a live room of the namespace that is not locked, private or full (a seat
@@ -457,18 +404,14 @@ impl GameRooms {
             .namespaces
             .get(namespace)
             .ok_or_else(|| RoomUnavailable::UnknownNamespace(namespace.to_owned()))?;
-        {
-            let slots = self.slots();
-            for (key, slot) in slots.iter() {
-                if let Slot::Live { handle, .. } = slot {
-                    if key.namespace == ns.name && handle.status.try_reserve() {
-                        return Ok(Match {
-                            namespace: namespace.to_owned(),
-                            id: key.id.to_string(),
-                            created: false,
-                        });
-                    }
-                }
+        for (key, handle) in self.inner.rooms.open() {
+            let Some(key) = key.game() else { continue };
+            if key.namespace == ns.name && handle.status.try_reserve() {
+                return Ok(Match {
+                    namespace: namespace.to_owned(),
+                    id: key.id.to_string(),
+                    created: false,
+                });
             }
         }
         let id = RoomId::parse(&uuid::Uuid::new_v4().to_string())
@@ -506,7 +449,7 @@ impl GameRooms {
     }
 
     async fn sweep(&self) {
-        let storage = self.inner.storage.clone();
+        let storage = self.storage().clone();
         let keys = match tokio::task::spawn_blocking(move || storage.list()).await {
             Ok(Ok(keys)) => keys.into_iter().filter_map(|k| k.game().cloned()),
             Ok(Err(e)) => {
@@ -522,23 +465,20 @@ impl GameRooms {
             if self.status(&key).is_some() {
                 continue;
             }
-            let storage = self.inner.storage.clone();
-            let k = key.clone();
-            let Ok(Ok(Some(bytes))) =
-                tokio::task::spawn_blocking(move || storage.load_record(&k)).await
-            else {
-                continue;
+            let restored = match self.restore(&key).await {
+                Ok(Some(restored)) => restored,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(room = %key, error = %e, "saved game room is unreadable; left as it is");
+                    continue;
+                }
             };
-            let Ok(record) = RoomRecord::decode(&bytes) else {
-                warn!(room = %key, "saved game room is unreadable; left as it is");
-                continue;
-            };
-            if record.expired(ns.options.state_ttl.as_millis() as u64, unix_ms()) {
+            if restored.expired(ns.options.state_ttl.as_millis() as u64, unix_ms()) {
                 info!(room = %key, "saved game room expired; deleting it");
-                let storage = self.inner.storage.clone();
-                let k = key.clone();
-                let _ = tokio::task::spawn_blocking(move || storage.delete_record(&k)).await;
-            } else if let Some(due) = record.timers.values().map(|t| t.due_ms).min() {
+                let storage = self.storage().clone();
+                let k = RoomKey::Game(key.clone());
+                let _ = tokio::task::spawn_blocking(move || storage.delete(&k)).await;
+            } else if let Some(due) = restored.timers.values().map(|t| t.due_ms).min() {
                 self.wake_at(key, due);
             }
         }
@@ -552,45 +492,21 @@ impl GameRooms {
     /// Shutdown: refuses new rooms, closes every session (1001) and saves every room. Returns
     /// the rooms that could not be saved.
     pub async fn close_all(&self) -> Vec<String> {
-        self.inner.shutting_down.store(true, Ordering::SeqCst);
-        let handles: Vec<(RecordKey, RoomHandle)> = self
-            .slots()
-            .iter()
-            .filter_map(|(k, s)| match s {
-                Slot::Live { handle, .. } => Some((k.clone(), handle.clone())),
-                Slot::Closing(_) => None,
-            })
-            .collect();
-        let mut failed = Vec::new();
-        for (key, handle) in handles {
+        let close = |key: RoomKey, handle: RoomHandle| async move {
             let (tx, rx) = oneshot::channel();
             if handle.send(Command::Shutdown { done: tx }).await {
                 if let Ok(Err(e)) = rx.await {
                     error!(room = %key, error = %e, "game room could not be saved at shutdown");
-                    failed.push(key.to_string());
+                    return Err(key.to_string());
                 }
             }
-        }
-        // Rooms that were already closing finish their own save.
-        let waits: Vec<watch::Receiver<bool>> = self
-            .slots()
-            .values()
-            .filter_map(|s| match s {
-                Slot::Closing(rx) => Some(rx.clone()),
-                Slot::Live { .. } => None,
-            })
-            .collect();
-        for mut rx in waits {
-            let _ = rx.wait_for(|done| *done).await;
-        }
-        failed
+            Ok(())
+        };
+        self.inner.rooms.close_all(close).await
     }
 
     /// Live rooms (for metrics and health).
     pub fn live_rooms(&self) -> usize {
-        self.slots()
-            .values()
-            .filter(|s| matches!(s, Slot::Live { .. }))
-            .count()
+        self.inner.rooms.open().len()
     }
 }

@@ -24,4 +24,7 @@ pub use manager::{
     GameRooms, JoinOutcome, Match, Namespace, Namespaces, RoomHandle, RoomStatus, RoomUnavailable,
 };
 pub use options::NamespaceOptions;
-pub use record::{RoomRecord, MAX_RECORD_DEPTH};
+pub use record::{
+    load as load_stored_room, Entry, Op, RecordError, Restored, RestoredPlayer, RoomRecord,
+    SavedSender, SavedTimer, MAX_RECORD_DEPTH,
+};

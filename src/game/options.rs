@@ -17,7 +17,8 @@ pub struct NamespaceOptions {
     pub reconnect_timeout: Duration,
     /// `send` calls per second per connection (token bucket, capacity = rate; default 10).
     pub actions_per_second: u32,
-    /// How often a changed room is saved (default 60 s).
+    /// How often a changed room's log is folded into its record (default 60 s). Every write is
+    /// appended to the log before clients see it, whatever this is.
     pub state_save_interval: Duration,
     /// How long saved state stays valid (default 24 h); older state is deleted, not restored.
     pub state_ttl: Duration,

@@ -12,11 +12,11 @@ use tracing::{debug, error, info, warn, Instrument};
 use super::context::{Connection, Effect, Joining, RoomContext, Seat, Tracked};
 use super::logic::{HandlerError, HandlerResult, LeaveReason, RoomLogic, Sender};
 use super::manager::{GameRooms, Namespace, RoomHandle, RoomStatus};
-use super::record::{state_doc, unix_ms, RoomRecord};
-use crate::engine::state::StampError;
-use crate::ids::RecordKey;
+use super::record::{self, unix_ms, Op};
+use crate::ids::{RecordKey, RoomKey};
+use crate::metrics::Metrics;
 use crate::protocol::game::{close, ErrorCode, ServerFrame};
-use crate::rooms::{CloseReason, Outbox};
+use crate::rooms::{self, panicked, CloseReason, Journal, Outbox, RoomTask, Step};
 use crate::storage::StorageError;
 
 /// Commands queued per room before senders wait.
@@ -82,27 +82,26 @@ pub(super) fn spawn(
     let tasks = rooms.tasks().clone();
     tasks.spawn(
         async move {
-            let ctx = RoomContext::new(
-                key.clone(),
-                namespace.options.clone(),
-                rooms.storage().clone(),
-                status,
+            let journal = Journal::new(
+                RoomKey::Game(key.clone()),
+                rooms.journal_config().clone(),
+                namespace.options.state_save_interval,
             );
+            let ctx = RoomContext::new(key.clone(), namespace.options.clone(), journal, status);
             let room = Room {
                 logic: (namespace.factory)(),
                 ctx,
                 rooms,
                 generation,
-                commands: rx,
                 last_tick: Instant::now(),
                 started: Instant::now(),
                 flush_at: None,
-                save_at: None,
+                shutdown: None,
                 empty_since: None,
                 had_players: false,
                 stop: false,
             };
-            room.run().await;
+            room.run(rx).await;
         }
         .instrument(span),
     );
@@ -114,14 +113,13 @@ struct Room {
     ctx: RoomContext,
     rooms: GameRooms,
     generation: u64,
-    commands: mpsc::Receiver<Command>,
     last_tick: Instant,
     /// Patch-rate flushes fall on a fixed grid from here.
     started: Instant,
     /// When changes made outside a client request are flushed.
     flush_at: Option<Instant>,
-    /// When unsaved changes are saved.
-    save_at: Option<Instant>,
+    /// Server shutdown asked the room to close; told once its final fold is done.
+    shutdown: Option<oneshot::Sender<Result<(), StorageError>>>,
     /// Since when the room has had no seats and no connections.
     empty_since: Option<Instant>,
     /// Some player held a seat since the last `on_destroy`.
@@ -144,10 +142,18 @@ async fn guarded<T>(
 }
 
 impl Room {
-    async fn run(mut self) {
+    async fn run(self, commands: mpsc::Receiver<Command>) {
+        let metrics = self.ctx.journal.metrics().clone();
+        Metrics::inc(&metrics.rooms_active);
+        self.serve(commands).await;
+        Metrics::dec(&metrics.rooms_active);
+    }
+
+    async fn serve(mut self, mut commands: mpsc::Receiver<Command>) {
         if let Err(message) = self.load().await {
             error!(error = %message, "game room could not be loaded");
-            self.refuse_all(JoinRefused::Unavailable(message)).await;
+            self.refuse_all(commands, JoinRefused::Unavailable(message))
+                .await;
             return;
         }
         let timeout = self.ctx.options.handler_timeout;
@@ -157,68 +163,63 @@ impl Room {
         if self.ctx.seats.is_empty() {
             self.empty_since = Some(Instant::now());
         }
-        while !self.stop {
-            let deadline = self.next_deadline();
-            tokio::select! {
-                command = self.commands.recv() => match command {
-                    Some(command) => self.handle(command).await,
-                    None => break,
-                },
-                _ = sleep_until(deadline) => self.on_deadline().await,
-            }
-            self.after_event().await;
-        }
-        self.finish().await;
+        // However it ended, `finish` sees why: a failed write, a stop, or no handle left.
+        let _ = rooms::serve(&mut self, &mut commands).await;
+        self.finish(commands).await;
     }
 
-    /// Restores the saved room, unless it has expired (then it is deleted and starts fresh).
+    /// Restores the stored room (record + log), unless it has expired (then it is deleted and
+    /// starts fresh).
     async fn load(&mut self) -> Result<(), String> {
-        let storage = self.ctx.storage.clone();
+        let storage = self.ctx.journal.storage().clone();
         let key = self.ctx.key.clone();
-        let bytes = tokio::task::spawn_blocking(move || storage.load_record(&key))
+        let room_key = self.ctx.journal.key().clone();
+        let restored = tokio::task::spawn_blocking(move || record::load(&*storage, &key))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let Some(bytes) = bytes else { return Ok(()) };
-        let record = RoomRecord::decode(&bytes)
-            .map_err(|e| format!("saved game room is unreadable (left untouched): {e}"))?;
-        if record.expired(self.ctx.options.state_ttl.as_millis() as u64, unix_ms()) {
+            .unwrap_or_else(|e| Err(panicked(&room_key, e)))
+            .map_err(|e| format!("{e} (left untouched)"))?;
+        let Some(restored) = restored else {
+            return Ok(());
+        };
+        if restored.expired(self.ctx.options.state_ttl.as_millis() as u64, unix_ms()) {
             info!("saved state expired (stateTTL); starting fresh");
-            let storage = self.ctx.storage.clone();
-            let key = self.ctx.key.clone();
-            tokio::task::spawn_blocking(move || storage.delete_record(&key))
+            let storage = self.ctx.journal.storage().clone();
+            let key = self.ctx.journal.key().clone();
+            tokio::task::spawn_blocking(move || storage.delete(&key))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
             return Ok(());
         }
-        let unreadable = |state: &str, e: StampError| {
-            format!("saved game room is unreadable (left untouched): the stamps of {state}: {e}")
-        };
         let ctx = &mut self.ctx;
-        ctx.created = record.created;
-        ctx.shared = Tracked::new(
-            state_doc(record.shared, record.shared_version, record.shared_stamps)
-                .map_err(|e| unreadable("the shared state", e))?,
-        );
-        ctx.server = state_doc(record.server, record.server_version, record.server_stamps)
-            .map_err(|e| unreadable("the server state", e))?;
-        ctx.metadata = state_doc(
-            record.metadata,
-            record.metadata_version,
-            record.metadata_stamps,
-        )
-        .map_err(|e| unreadable("the metadata", e))?;
+        ctx.journal.resume(restored.seq);
+        ctx.created = restored.created;
+        ctx.shared = Tracked::new(restored.shared);
+        ctx.server = restored.server;
+        ctx.metadata = restored.metadata;
         ctx.status.set_metadata(ctx.metadata.value());
-        ctx.timers = record.timers;
-        ctx.resume_clock(Duration::from_millis(record.elapsed_ms));
-        ctx.status.locked.store(record.locked, Ordering::Relaxed);
-        ctx.status.private.store(record.private, Ordering::Relaxed);
+        ctx.timers = restored.timers;
+        ctx.resume_clock(Duration::from_millis(restored.elapsed_ms));
+        ctx.status.locked.store(restored.locked, Ordering::Relaxed);
+        ctx.status
+            .private
+            .store(restored.private, Ordering::Relaxed);
+        if let Some(max) = restored.max_players {
+            let max = max.clamp(1, ctx.options.max_players);
+            ctx.status.max_players.store(max, Ordering::Relaxed);
+        }
         let grace = Instant::now() + ctx.options.reconnect_timeout;
-        for (user, saved) in record.players {
-            let doc = state_doc(saved.state, saved.version, saved.stamps)
-                .map_err(|e| unreadable(&format!("player {user:?}"), e))?;
-            ctx.players.insert(user.clone(), Tracked::new(doc));
+        for (user, saved) in restored.players {
+            // A seat saved before its player had any state has no state document.
+            if saved.state.clock() > 0
+                || saved
+                    .state
+                    .value()
+                    .as_object()
+                    .is_some_and(|m| !m.is_empty())
+            {
+                ctx.players.insert(user.clone(), Tracked::new(saved.state));
+            }
             let sender = saved.sender.map_or_else(
                 || Sender {
                     user_id: user.clone(),
@@ -241,10 +242,10 @@ impl Room {
         }
         self.had_players = !ctx.seats.is_empty();
         publish_counts(ctx);
-        ctx.unsaved = false;
         info!(
             players = ctx.seats.len(),
             timers = ctx.timers.len(),
+            seq = ctx.journal.last(),
             "restored from storage"
         );
         Ok(())
@@ -261,7 +262,7 @@ impl Room {
         })
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
+    fn earliest_deadline(&self) -> Option<Instant> {
         let now = Instant::now();
         let timer = self
             .ctx
@@ -280,7 +281,6 @@ impl Room {
             linger,
             self.ctx.next_clock_due(),
             self.flush_at,
-            self.save_at,
         ]
         .into_iter()
         .flatten()
@@ -308,15 +308,14 @@ impl Room {
                     .await;
             }
             Command::Leave { connection_id } => {
-                if let Some(mut connection) = self.ctx.connections.shift_remove(&connection_id) {
-                    connection
-                        .outbox
-                        .close(CloseReason::new(close::LEFT, "left the room"));
+                if let Some(connection) = self.ctx.remove_connection(&connection_id) {
+                    let reason = CloseReason::new(close::LEFT, "left the room");
+                    self.ctx.journal.let_go(connection.outbox, Some(reason));
                     self.connection_gone(&connection.user_id, true).await;
                 }
             }
             Command::Disconnected { connection_id } => {
-                if let Some(connection) = self.ctx.connections.shift_remove(&connection_id) {
+                if let Some(connection) = self.ctx.remove_connection(&connection_id) {
                     self.connection_gone(&connection.user_id, false).await;
                 }
             }
@@ -326,16 +325,13 @@ impl Room {
                         connection_id: seat.sender.connection_id.clone(),
                         ..sender
                     };
+                    let sender = seat.sender.clone();
+                    self.ctx.log_seat(&sender);
                 }
             }
             Command::Wake => {}
             Command::Shutdown { done } => {
-                self.ctx.flush();
-                for (_, mut connection) in self.ctx.connections.drain(..) {
-                    connection.outbox.close(CloseReason::shutting_down());
-                }
-                let result = self.ctx.save_state().await;
-                let _ = done.send(result);
+                self.shutdown = Some(done);
                 self.stop = true;
             }
         }
@@ -360,7 +356,7 @@ impl Room {
         // then the messages sent to it while it was joining.
         self.ctx.flush();
         let connection_id = sender.connection_id.clone();
-        self.ctx.connections.insert(
+        self.ctx.add_connection(
             connection_id.clone(),
             Connection {
                 user_id: user,
@@ -400,7 +396,7 @@ impl Room {
                     return Err(denied(ErrorCode::JoinDenied, &e.message));
                 }
                 self.ctx.created = true;
-                self.ctx.unsaved = true;
+                self.ctx.log.push(Op::Created);
             }
             self.ctx.seats.insert(
                 user.clone(),
@@ -410,10 +406,12 @@ impl Room {
                     grace_until: None,
                 },
             );
+            self.ctx.log_seat(sender);
             let joined = guarded(timeout, self.logic.on_join(&mut self.ctx, sender, options)).await;
             if let Err(e) = joined {
                 self.ctx.seats.shift_remove(&user);
                 self.ctx.players.shift_remove(&user);
+                self.ctx.log.push(Op::Left { user });
                 self.ctx.flush();
                 return Err(denied(ErrorCode::JoinDenied, &e.message));
             }
@@ -449,6 +447,7 @@ impl Room {
             ..seat.sender.clone()
         };
         let timeout = self.ctx.options.handler_timeout;
+        Metrics::inc(&self.ctx.journal.metrics().game_actions);
         let result = guarded(
             timeout,
             self.logic
@@ -514,7 +513,9 @@ impl Room {
             warn!(user, error = %e, "on_leave failed");
         }
         self.ctx.players.shift_remove(user);
-        self.ctx.unsaved = true;
+        self.ctx.log.push(Op::Left {
+            user: user.to_owned(),
+        });
         self.ctx.flush();
         publish_counts(&self.ctx);
     }
@@ -530,16 +531,15 @@ impl Room {
             .collect();
         for id in ids {
             self.ctx.deliver(&id, &kicked);
-            if let Some(mut connection) = self.ctx.connections.shift_remove(&id) {
-                connection
-                    .outbox
-                    .close(CloseReason::new(close::KICKED, "kicked"));
+            if let Some(connection) = self.ctx.remove_connection(&id) {
+                let reason = CloseReason::new(close::KICKED, "kicked");
+                self.ctx.journal.let_go(connection.outbox, Some(reason));
             }
         }
         self.remove_player(user, LeaveReason::Kicked).await;
     }
 
-    async fn on_deadline(&mut self) {
+    async fn run_due(&mut self) {
         let now = Instant::now();
         let timeout = self.ctx.options.handler_timeout;
         // Named timers that are due, earliest first.
@@ -556,7 +556,7 @@ impl Room {
             let Some(timer) = self.ctx.timers.remove(&name) else {
                 continue;
             };
-            self.ctx.unsaved = true;
+            self.ctx.log.push(Op::TimerDone { name: name.clone() });
             if let Err(e) = guarded(
                 timeout,
                 self.logic.on_timer(&mut self.ctx, &name, timer.data),
@@ -590,18 +590,14 @@ impl Room {
             self.flush_at = None;
             self.ctx.flush();
         }
-        if self.save_at.is_some_and(|t| t <= now) {
-            self.save_at = None;
-            self.save().await;
-        }
         if self.disposal_due().is_some_and(|t| t <= now) {
             self.stop = true;
         }
     }
 
-    /// After every event: carry out kicks, drop slow connections, schedule flush and save,
-    /// and notice an emptied room.
-    async fn after_event(&mut self) {
+    /// After every event: carry out kicks, drop slow connections, schedule the flush, notice an
+    /// emptied room, and append what the event wrote as one log entry.
+    async fn settle_event(&mut self) {
         loop {
             let effects = std::mem::take(&mut self.ctx.effects);
             let slow = std::mem::take(&mut self.ctx.slow);
@@ -609,7 +605,8 @@ impl Room {
                 break;
             }
             for id in slow {
-                if let Some(connection) = self.ctx.connections.shift_remove(&id) {
+                Metrics::inc(&self.ctx.journal.metrics().slow_clients_disconnected);
+                if let Some(connection) = self.ctx.remove_connection(&id) {
                     self.connection_gone(&connection.user_id, false).await;
                 }
             }
@@ -635,9 +632,6 @@ impl Room {
             let rate = self.ctx.patch_rate;
             self.flush_at = Some(next_flush(self.started, rate, Instant::now()));
         }
-        if self.ctx.unsaved && self.save_at.is_none() {
-            self.save_at = Some(Instant::now() + self.ctx.options.state_save_interval);
-        }
         let empty = self.ctx.seats.is_empty() && self.ctx.connections.is_empty();
         if empty && self.had_players {
             self.had_players = false;
@@ -646,29 +640,24 @@ impl Room {
                 warn!(error = %e, "on_destroy failed");
             }
             self.ctx.flush();
-            self.save().await;
         }
         if !empty {
             self.empty_since = None;
         } else if self.empty_since.is_none() {
             self.empty_since = Some(Instant::now());
         }
-    }
-
-    async fn save(&mut self) {
-        if let Err(e) = self.ctx.save_state().await {
-            error!(error = %e, "saving the game room failed; retrying later");
-            self.save_at = Some(Instant::now() + Duration::from_secs(1));
-        } else {
-            self.save_at = None;
+        if let Err(e) = self.ctx.write_log() {
+            error!(error = %e, "the room's writes cannot be stored; closing it");
         }
     }
 
-    /// Leaves the manager's map: no new commands, a final save, then the room may load again.
-    async fn finish(mut self) {
-        self.rooms.closing(&self.ctx.key, self.generation);
-        self.commands.close();
-        while let Ok(command) = self.commands.try_recv() {
+    /// Leaves the manager's map: no new commands; the frames of stored writes go out, then the
+    /// connections close and the log is folded (unless a write failed: then storage keeps what
+    /// it has, and nothing unstored is shown); then the room may load again.
+    async fn finish(mut self, mut commands: mpsc::Receiver<Command>) {
+        let closing = self.rooms.closing(&self.ctx.key, self.generation);
+        commands.close();
+        while let Ok(command) = commands.try_recv() {
             match command {
                 Command::Join { reply, .. } => {
                     let _ = reply.send(Err(JoinRefused::Retry));
@@ -679,13 +668,40 @@ impl Room {
                 _ => {}
             }
         }
-        if self.ctx.unsaved || !self.ctx.timers.is_empty() {
-            self.save().await;
+        let failed = self.ctx.journal.failed();
+        if !failed {
+            self.ctx.flush();
+            if let Err(e) = self.ctx.write_log() {
+                error!(error = %e, "the room's last writes cannot be stored");
+            }
         }
-        for (_, mut connection) in self.ctx.connections.drain(..) {
-            connection.outbox.close(CloseReason::room_closed());
+        if !self.ctx.journal.settle().await && !failed {
+            warn!("writes still unconfirmed at close; their frames are dropped");
         }
-        self.rooms.closed(&self.ctx.key);
+        self.ctx.release_held();
+        let reason = if self.ctx.journal.failed() {
+            CloseReason::new(1011, "storage write failed; reconnect to retry")
+        } else if self.shutdown.is_some() {
+            CloseReason::shutting_down()
+        } else {
+            CloseReason::room_closed()
+        };
+        let ids: Vec<String> = self.ctx.connections.keys().cloned().collect();
+        for id in ids {
+            if let Some(mut connection) = self.ctx.remove_connection(&id) {
+                connection.outbox.close(reason.clone());
+            }
+        }
+        let snapshot = self.ctx.record().encode().ok();
+        let result = self.ctx.journal.close(|| snapshot).await;
+        if let Err(e) = &result {
+            error!(error = %e, "the game room's final fold failed; its log keeps its writes");
+        }
+        if let Some(done) = self.shutdown.take() {
+            let _ = done.send(result);
+        }
+        self.rooms.closed(&self.ctx.key, self.generation);
+        drop(closing);
         if let Some(due) = self.ctx.timers.values().map(|t| t.due_ms).min() {
             self.rooms.wake_at(self.ctx.key.clone(), due);
         }
@@ -693,10 +709,10 @@ impl Room {
     }
 
     /// The room could not load: refuse whatever arrives until the manager forgets it.
-    async fn refuse_all(mut self, reason: JoinRefused) {
-        self.rooms.closing(&self.ctx.key, self.generation);
-        self.commands.close();
-        while let Some(command) = self.commands.recv().await {
+    async fn refuse_all(self, mut commands: mpsc::Receiver<Command>, reason: JoinRefused) {
+        let closing = self.rooms.closing(&self.ctx.key, self.generation);
+        commands.close();
+        while let Some(command) = commands.recv().await {
             match command {
                 Command::Join { reply, .. } => {
                     let _ = reply.send(Err(reason.clone()));
@@ -707,11 +723,11 @@ impl Room {
                 _ => {}
             }
         }
-        self.rooms.closed(&self.ctx.key);
+        self.rooms.closed(&self.ctx.key, self.generation);
+        drop(closing);
     }
 }
 
-/// Publishes the seat counts the manager and the upgrade check read.
 /// The next patch-rate slot after `now`. Flushes keep a fixed cadence from the room's start (as
 /// Colyseus's patch interval does), not "one rate after the first change since the last flush",
 /// which stretched a 100 ms rate to 150 ms whenever a change came just after a flush.
@@ -722,6 +738,7 @@ fn next_flush(started: Instant, rate: Duration, now: Instant) -> Instant {
     started + Duration::from_nanos(offset)
 }
 
+/// Publishes the seat counts the manager and the upgrade check read.
 fn publish_counts(ctx: &RoomContext) {
     let connected = ctx.seats.values().filter(|s| s.connections > 0).count();
     ctx.status.players.store(ctx.seats.len(), Ordering::Relaxed);
@@ -735,10 +752,47 @@ fn denied(code: ErrorCode, message: &str) -> JoinRefused {
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
+impl RoomTask for Room {
+    type Command = Command;
+    type Stop = ();
+
+    fn journal(&mut self) -> &mut Journal {
+        &mut self.ctx.journal
+    }
+
+    fn released(&mut self) {
+        self.ctx.release_held();
+    }
+
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        self.ctx
+            .record()
+            .encode()
+            .map_err(|e| error!(error = %e, "the room cannot be folded; its log keeps growing"))
+            .ok()
+    }
+
+    fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        self.earliest_deadline().map(tokio::time::Instant::from_std)
+    }
+
+    async fn on_command(&mut self, command: Command) -> Step<()> {
+        self.handle(command).await;
+        Step::Continue
+    }
+
+    async fn on_deadline(&mut self) -> Step<()> {
+        self.run_due().await;
+        Step::Continue
+    }
+
+    async fn after_event(&mut self) -> Step<()> {
+        self.settle_event().await;
+        if self.stop {
+            Step::Stop(())
+        } else {
+            Step::Continue
+        }
     }
 }
 

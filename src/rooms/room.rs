@@ -3,16 +3,16 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use bytestring::ByteString;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use super::journal::{self, Journal, JournalConfig};
 use super::manager::{Inner, JoinError, RoomConfig};
+use super::runtime::{self, Ended, RoomTask, Step};
 use super::session::{CloseReason, Delivery, NewSession, Outbox, SessionInfo};
 use super::tasks::Tasks;
 use crate::auth::{Grant, Permission};
@@ -20,14 +20,7 @@ use crate::engine::{Document, Ephemeral, LimitError};
 use crate::ids::{ClientId, RoomId, RoomKey, SessionId};
 use crate::metrics::Metrics;
 use crate::protocol::canvas::{self, ClientFrame, Patches, ServerFrame};
-use crate::storage::{self, BudgetPermit, Storage, StorageError};
-
-/// Appends a room may have in flight before it stops taking commands (backpressure to clients).
-const MAX_APPENDS_IN_FLIGHT: usize = 1024;
-
-/// How long a closing room waits for its appends in flight, so that the acks they hold reach
-/// their clients before the close (a storage that takes longer has failed them anyway).
-const SETTLE_APPENDS_LIMIT: Duration = Duration::from_secs(5);
+use crate::storage::{self, StorageError};
 
 /// Commands a room task processes, in arrival order.
 pub(crate) enum RoomCommand {
@@ -84,7 +77,6 @@ pub(crate) async fn send_command<T>(tx: &mpsc::Sender<T>, command: T) -> bool {
 #[derive(Clone)]
 pub struct RoomHandle {
     pub(crate) id: RoomId,
-    pub(crate) generation: u64,
     pub(crate) tx: mpsc::Sender<RoomCommand>,
 }
 
@@ -212,32 +204,10 @@ struct Session {
     diff_sent_from: Option<u64>,
 }
 
-/// Fold schedule: one fold per interval while the room changes, one in flight at a time,
-/// retried after failures.
-#[derive(Default)]
-struct SaveState {
-    /// The document changed since the last fold started.
-    dirty: bool,
-    /// When the next fold starts.
-    at: Option<Instant>,
-    in_flight: Option<JoinHandle<Result<(), StorageError>>>,
-    /// Consecutive failures, for the retry backoff.
-    failures: u32,
-}
-
-/// A batch waiting for room in the write budget before it is appended.
-struct WaitingAppend {
-    clock: u64,
-    bytes: Vec<u8>,
-    permit: std::pin::Pin<Box<dyn std::future::Future<Output = BudgetPermit> + Send>>,
-}
-
 pub(crate) struct Room {
     id: RoomId,
-    key: RoomKey,
     generation: u64,
     config: RoomConfig,
-    storage: Arc<dyn Storage>,
     metrics: Arc<Metrics>,
     manager: Weak<Inner>,
     doc: Document,
@@ -245,88 +215,65 @@ pub(crate) struct Room {
     sessions: HashMap<SessionId, Session>,
     /// Sessions whose queue overflowed during the current command; removed right after it.
     overflowed: Vec<SessionId>,
-    /// Outboxes of sessions that left with frames still held (acks of applied writes), kept
-    /// until those are durable and released: the connection sends them before its close.
-    leaving: Vec<Outbox>,
-    save: SaveState,
+    /// Each write is appended under the clock it moved the document to.
+    journal: Journal,
     idle_at: Option<Instant>,
     /// Loading failed: joins are refused with this rather than served an empty document.
     load_failure: Option<JoinError>,
-    /// Clock up to which every write is durable; frames made later wait (see [`Outbox`]).
-    durable: u64,
-    /// Appends queued and not yet confirmed, and where confirmations arrive.
-    appending: usize,
-    /// The append waiting for room in the write budget: while there is one, the room reads no
-    /// commands (so a flood of writes waits in the room's bounded queue, not in memory).
-    waiting: Option<WaitingAppend>,
-    durable_tx: mpsc::Sender<Result<u64, StorageError>>,
-    /// An append failed: the in-memory state is ahead of storage and is dropped.
-    write_failed: bool,
 }
 
-enum Flow {
-    Continue,
-    Close {
-        reason: CloseReason,
-        reply: Option<oneshot::Sender<Result<(), StorageError>>>,
-    },
-}
+/// Why a room stops, and whom to tell when it is closed.
+type Stop = (
+    CloseReason,
+    Option<oneshot::Sender<Result<(), StorageError>>>,
+);
 
 impl Room {
     pub(crate) fn spawn(
         id: RoomId,
         generation: u64,
         config: RoomConfig,
-        storage: Arc<dyn Storage>,
-        metrics: Arc<Metrics>,
+        journal: JournalConfig,
         manager: Weak<Inner>,
         tasks: &Tasks,
     ) -> RoomHandle {
         let (tx, rx) = mpsc::channel(config.command_queue.max(1));
-        let (durable_tx, durable_rx) = mpsc::channel(MAX_APPENDS_IN_FLIGHT);
+        let key = RoomKey::Canvas(id.clone());
         let room = Room {
-            key: RoomKey::Canvas(id.clone()),
             id: id.clone(),
             generation,
+            metrics: journal.metrics.clone(),
+            journal: Journal::new(key, journal, config.fold_interval),
             config,
-            storage,
-            metrics,
             manager,
             doc: Document::default(),
             ephemeral: Ephemeral::default(),
             sessions: HashMap::new(),
             overflowed: Vec::new(),
-            leaving: Vec::new(),
-            save: SaveState::default(),
             idle_at: None,
             load_failure: None,
-            durable: 0,
-            appending: 0,
-            waiting: None,
-            durable_tx,
-            write_failed: false,
         };
         // A root span: the room outlives the connection that happened to create it.
         let span = tracing::info_span!(parent: None, "room", room = %id);
-        tasks.spawn(tracing::Instrument::instrument(
-            room.run(rx, durable_rx),
-            span,
-        ));
-        RoomHandle { id, generation, tx }
+        tasks.spawn(tracing::Instrument::instrument(room.run(rx), span));
+        RoomHandle { id, tx }
     }
 
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<RoomCommand>,
-        mut durable_rx: mpsc::Receiver<Result<u64, StorageError>>,
-    ) {
+    async fn run(mut self, mut rx: mpsc::Receiver<RoomCommand>) {
         Metrics::inc(&self.metrics.rooms_active);
         let (reason, reply) = match self.load().await {
             Ok(()) => {
                 // Counted from the end of the load, however long it took: a room nobody joins
                 // (its first connect failed) is evicted like an emptied one.
                 self.idle_at = Some(Instant::now() + self.config.idle_timeout);
-                self.serve(&mut rx, &mut durable_rx).await
+                match runtime::serve(&mut self, &mut rx).await {
+                    Ended::Stopped(stop) => stop,
+                    Ended::Unreachable => (CloseReason::room_closed(), None),
+                    Ended::WriteFailed => (
+                        CloseReason::new(1011, "storage write failed; reconnect to retry"),
+                        None,
+                    ),
+                }
             }
             Err(StorageError::OverLimit { source, .. }) => {
                 error!(error = %source, "stored room is over the limits; refusing it until they are raised");
@@ -340,7 +287,7 @@ impl Room {
                 (CloseReason::storage_unavailable(), None)
             }
         };
-        let result = self.shut(reason, &mut rx, &mut durable_rx).await;
+        let result = self.shut(reason, &mut rx).await;
         if let Some(reply) = reply {
             let _ = reply.send(result);
         }
@@ -348,88 +295,26 @@ impl Room {
     }
 
     async fn load(&mut self) -> Result<(), StorageError> {
-        let storage = self.storage.clone();
+        let storage = self.journal.storage().clone();
         let id = self.id.clone();
         let limits = self.config.limits;
         let loaded =
             tokio::task::spawn_blocking(move || storage::load_document(&*storage, &id, &limits))
                 .await
-                .unwrap_or_else(|e| Err(panicked(&self.id, e)))?;
+                .unwrap_or_else(|e| Err(journal::panicked(self.journal.key(), e)))?;
         if let Some(doc) = loaded {
             info!(
                 clock = doc.clock(),
                 components = doc.live_components(),
                 "room loaded"
             );
-            self.durable = doc.clock();
+            self.journal.resume(doc.clock());
             self.doc = doc;
         }
         Ok(())
     }
 
-    /// Processes commands until the room is closed; returns why, and whom to tell.
-    async fn serve(
-        &mut self,
-        rx: &mut mpsc::Receiver<RoomCommand>,
-        durable_rx: &mut mpsc::Receiver<Result<u64, StorageError>>,
-    ) -> (
-        CloseReason,
-        Option<oneshot::Sender<Result<(), StorageError>>>,
-    ) {
-        loop {
-            // No fold while an applied write waits to be appended: the fold must follow it.
-            let save_at = self
-                .save
-                .at
-                .filter(|_| self.save.in_flight.is_none() && self.waiting.is_none());
-            // Biased: storage results and due saves first (they are rare and must not starve),
-            // then commands, and idle eviction last, so a join already queued keeps the room.
-            tokio::select! {
-                biased;
-                Some(result) = durable_rx.recv(), if self.appending > 0 => {
-                    self.appending -= 1;
-                    match result {
-                        Ok(clock) => self.made_durable(clock),
-                        Err(e) => {
-                            error!(error = %e, "append failed; dropping unsaved state and closing the room");
-                            Metrics::inc(&self.metrics.storage_errors);
-                            self.write_failed = true;
-                            return (CloseReason::new(1011, "storage write failed; reconnect to retry"), None);
-                        }
-                    }
-                    self.disconnect_overflowed();
-                }
-                result = wait_save(&mut self.save.in_flight), if self.save.in_flight.is_some() => {
-                    self.save.in_flight = None;
-                    self.saved(result);
-                }
-                permit = wait_for_budget(&mut self.waiting), if self.waiting.is_some() => {
-                    if let Some(waiting) = self.waiting.take() {
-                        self.append(waiting.clock, waiting.bytes, permit);
-                    }
-                }
-                _ = sleep_until(save_at.unwrap_or_else(Instant::now)), if save_at.is_some() => {
-                    self.start_save();
-                }
-                cmd = rx.recv(), if self.appending < MAX_APPENDS_IN_FLIGHT && self.waiting.is_none() => {
-                    let Some(cmd) = cmd else {
-                        return (CloseReason::room_closed(), None);
-                    };
-                    let flow = self.handle(cmd);
-                    self.disconnect_overflowed();
-                    if let Flow::Close { reason, reply } = flow {
-                        return (reason, reply);
-                    }
-                }
-                _ = sleep_until(self.idle_at.unwrap_or_else(Instant::now)), if self.idle_at.is_some() => {
-                    info!("room idle, evicting");
-                    return (CloseReason::room_closed(), None);
-                }
-            }
-        }
-    }
-
-    fn handle(&mut self, cmd: RoomCommand) -> Flow {
+    fn handle(&mut self, cmd: RoomCommand) -> Step<Stop> {
         match cmd {
             RoomCommand::Join { id, session, reply } => {
                 self.join(id, session);
@@ -473,14 +358,9 @@ impl Room {
             RoomCommand::Document { reply } => {
                 let _ = reply.send(self.doc.clone());
             }
-            RoomCommand::Close { reason, reply } => {
-                return Flow::Close {
-                    reason,
-                    reply: Some(reply),
-                }
-            }
+            RoomCommand::Close { reason, reply } => return Step::Stop((reason, Some(reply))),
         }
-        Flow::Continue
+        Step::Continue
     }
 
     fn session_infos(&self) -> Vec<SessionInfo> {
@@ -540,8 +420,7 @@ impl Room {
             Some(reason) => session.outbox.close(reason),
             // The connection ends the session (and may close it itself, after the frames still
             // queued): the acks of writes it made still reach it once durable.
-            None if session.outbox.has_held() => self.leaving.push(session.outbox),
-            None => {}
+            None => self.journal.let_go(session.outbox, None),
         }
         if let Some(deletions) = self.ephemeral.remove(id.0) {
             let raw = canvas::single_patch(&deletions);
@@ -570,9 +449,9 @@ impl Room {
     }
 
     fn send(&mut self, id: SessionId, frame: &ByteString) {
-        let (tag, durable) = (self.doc.clock(), self.durable);
+        let tag = self.doc.clock();
         if let Some(session) = self.sessions.get_mut(&id) {
-            if session.outbox.send(frame, tag, durable) == Delivery::Full {
+            if self.journal.send(&mut session.outbox, frame, tag) == Delivery::Full {
                 self.overflowed.push(id);
             }
         }
@@ -580,29 +459,22 @@ impl Room {
 
     /// Sends to every session but `except`; with `live_only`, only to sessions already synced.
     fn broadcast(&mut self, except: Option<SessionId>, frame: &ByteString, live_only: bool) {
-        let (tag, durable) = (self.doc.clock(), self.durable);
+        let tag = self.doc.clock();
         for (id, session) in &mut self.sessions {
             if Some(*id) == except || (live_only && !session.live) {
                 continue;
             }
-            if session.outbox.send(frame, tag, durable) == Delivery::Full {
+            if self.journal.send(&mut session.outbox, frame, tag) == Delivery::Full {
                 self.overflowed.push(*id);
             }
         }
     }
 
-    /// Writes up to `clock` are durable: frames waiting for them leave.
-    fn made_durable(&mut self, clock: u64) {
-        self.durable = self.durable.max(clock);
+    /// More writes are durable: frames waiting for them leave.
+    fn made_durable(&mut self) {
         for session in self.sessions.values_mut() {
-            if session.outbox.has_held() {
-                session.outbox.release(self.durable);
-            }
+            self.journal.release(&mut session.outbox);
         }
-        // A left session's outbox is dropped once it holds nothing: its connection then closes.
-        let durable = self.durable;
-        self.leaving
-            .retain_mut(|outbox| outbox.release(durable) == Delivery::Queued && outbox.has_held());
     }
 
     fn broadcast_client_count(&mut self) {
@@ -757,7 +629,7 @@ impl Room {
         let timestamp = document.as_ref().map(|d| {
             Metrics::inc(&self.metrics.patches_applied);
             let clock = self.doc.apply(&d.parsed, &self.config.limits);
-            self.persist(clock, d);
+            self.journal.append(clock, d.raw.get().as_bytes().to_vec());
             clock
         });
         if let Some(eph) = &ephemeral {
@@ -770,106 +642,24 @@ impl Room {
             timestamp,
         };
         self.broadcast(Some(id), &frame.encode(), true);
-        if document.is_some() {
-            self.mark_dirty();
-        }
         Ok(())
     }
 
-    // --- Persistence ----------------------------------------------------------------------------
-
-    /// Makes the write that moved the clock to `clock` durable: appended to the room's log once
-    /// the write budget has room for it; frames made from now on wait until it is durable.
-    fn persist(&mut self, clock: u64, patches: &Patches) {
-        let bytes = patches.raw.get().as_bytes().to_vec();
-        // Only one command's batch can wait: the room reads no command while one does.
-        match self.config.write_budget.try_acquire(bytes.len()) {
-            Some(permit) => self.append(clock, bytes, permit),
-            None => {
-                Metrics::inc(&self.metrics.appends_waited);
-                self.waiting = Some(WaitingAppend {
-                    clock,
-                    permit: Box::pin(self.config.write_budget.acquire(bytes.len())),
-                    bytes,
-                });
-            }
-        }
-    }
-
-    /// Queues the batch; its room in the budget is given back once it is written (or failed).
-    fn append(&mut self, clock: u64, bytes: Vec<u8>, permit: BudgetPermit) {
-        self.appending += 1;
-        let durable_tx = self.durable_tx.clone();
-        self.storage.append(
-            &self.key,
-            clock,
-            bytes,
-            Box::new(move |result| {
-                drop(permit);
-                // Capacity equals the in-flight limit, so this never finds the channel full.
-                let _ = durable_tx.try_send(result.map(|()| clock));
-            }),
-        );
-    }
-
-    fn mark_dirty(&mut self) {
-        self.save.dirty = true;
-        if self.save.at.is_none() {
-            self.save.at = Some(Instant::now() + self.config.fold_interval);
-        }
-    }
-
-    /// Folds the document into a new snapshot, which trims the log.
-    fn start_save(&mut self) {
-        self.save.at = None;
-        self.save.dirty = false;
-        let (clock, bytes) = (self.doc.clock(), self.doc.encode_snapshot());
-        let storage = self.storage.clone();
-        let key = self.key.clone();
-        self.save.in_flight = Some(tokio::task::spawn_blocking(move || {
-            storage.fold(&key, clock, &bytes)
-        }));
-    }
-
-    fn saved(&mut self, result: Result<(), StorageError>) {
-        match result {
-            Ok(()) => {
-                Metrics::inc(&self.metrics.snapshots_saved);
-                self.save.failures = 0;
-                if self.save.dirty && self.save.at.is_none() {
-                    self.save.at = Some(Instant::now() + self.config.fold_interval);
-                }
-            }
-            Err(e) => {
-                Metrics::inc(&self.metrics.storage_errors);
-                self.save.failures += 1;
-                let retry = retry_delay(self.save.failures);
-                error!(error = %e, retry_in = ?retry, "folding room failed; its log keeps the writes; retrying");
-                self.save.dirty = true;
-                self.save.at = Some(Instant::now() + retry);
-            }
-        }
-    }
+    // --- Closing --------------------------------------------------------------------------------
 
     /// Ends the room: closes its sessions so nothing more is acked (after the acks of writes
-    /// already applied, once durable), then saves what changed.
+    /// already applied, once durable), then folds what changed.
     async fn shut(
         &mut self,
         reason: CloseReason,
         rx: &mut mpsc::Receiver<RoomCommand>,
-        durable_rx: &mut mpsc::Receiver<Result<u64, StorageError>>,
     ) -> Result<(), StorageError> {
         let manager = self.manager.upgrade();
         let closing = manager
             .as_ref()
             .map(|m| m.begin_close(&self.id, self.generation));
-        if tokio::time::timeout(SETTLE_APPENDS_LIMIT, self.settle_appends(durable_rx))
-            .await
-            .is_err()
-        {
-            warn!("appends still in flight at close; their frames are dropped");
-        }
-        self.leaving.clear();
+        self.journal.settle().await;
+        self.made_durable();
         let ids: Vec<_> = self.sessions.keys().copied().collect();
         for id in ids {
             if let Some(mut session) = self.sessions.remove(&id) {
@@ -877,17 +667,12 @@ impl Room {
                 Metrics::dec(&self.metrics.sessions_active);
             }
         }
-        let mut result = Ok(());
-        if let Some(in_flight) = self.save.in_flight.take() {
-            result = wait_save(&mut Some(in_flight)).await;
-            if result.is_ok() {
-                Metrics::inc(&self.metrics.snapshots_saved);
-            }
-        }
-        if self.load_failure.is_none() && !self.write_failed && (self.save.dirty || result.is_err())
-        {
-            result = self.final_save().await;
-        }
+        let doc = &self.doc;
+        let loaded = self.load_failure.is_none();
+        let result = self
+            .journal
+            .close(|| loaded.then(|| doc.encode_snapshot()))
+            .await;
         // Whoever still holds the old handle learns the room is gone and asks the manager again.
         rx.close();
         while let Some(cmd) = rx.recv().await {
@@ -909,97 +694,48 @@ impl Room {
         info!(clock = self.doc.clock(), "room closed");
         result
     }
-
-    /// Appends the batch waiting for budget, waits for the appends in flight and releases the
-    /// frames they hold. After a failed append nothing more is released: a later batch's success
-    /// does not make the failed one durable.
-    async fn settle_appends(&mut self, durable_rx: &mut mpsc::Receiver<Result<u64, StorageError>>) {
-        if let Some(mut waiting) = self.waiting.take() {
-            let permit = waiting.permit.as_mut().await;
-            self.append(waiting.clock, waiting.bytes, permit);
-        }
-        while self.appending > 0 && !self.write_failed {
-            let Some(result) = durable_rx.recv().await else {
-                return;
-            };
-            self.appending -= 1;
-            match result {
-                Ok(clock) => self.made_durable(clock),
-                Err(e) => {
-                    error!(error = %e, "append failed while closing");
-                    Metrics::inc(&self.metrics.storage_errors);
-                    self.write_failed = true;
-                }
-            }
-        }
-    }
-
-    /// The last fold of a closing room, retried a few times (its log holds the writes anyway).
-    async fn final_save(&mut self) -> Result<(), StorageError> {
-        let bytes = Arc::new(self.doc.encode_snapshot());
-        let clock = self.doc.clock();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let (storage, key, bytes) = (self.storage.clone(), self.key.clone(), bytes.clone());
-            let result = tokio::task::spawn_blocking(move || storage.fold(&key, clock, &bytes))
-                .await
-                .unwrap_or_else(|e| Err(panicked(&self.id, e)));
-            match result {
-                Ok(()) => {
-                    Metrics::inc(&self.metrics.snapshots_saved);
-                    self.save.dirty = false;
-                    return Ok(());
-                }
-                Err(e) if attempt < 3 => {
-                    Metrics::inc(&self.metrics.storage_errors);
-                    warn!(error = %e, attempt, "final fold failed, retrying");
-                    tokio::time::sleep(retry_delay(attempt)).await;
-                }
-                Err(e) => {
-                    Metrics::inc(&self.metrics.storage_errors);
-                    error!(error = %e, "final fold failed; the room's log still holds its writes");
-                    return Err(e);
-                }
-            }
-        }
-    }
 }
 
-/// The write budget's answer for the waiting batch (pending forever when none waits).
-async fn wait_for_budget(waiting: &mut Option<WaitingAppend>) -> BudgetPermit {
-    match waiting.as_mut() {
-        Some(waiting) => waiting.permit.as_mut().await,
-        None => std::future::pending().await,
+impl RoomTask for Room {
+    type Command = RoomCommand;
+    type Stop = Stop;
+
+    fn journal(&mut self) -> &mut Journal {
+        &mut self.journal
+    }
+
+    fn released(&mut self) {
+        self.made_durable();
+        self.disconnect_overflowed();
+    }
+
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        Some(self.doc.encode_snapshot())
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.idle_at
+    }
+
+    async fn on_command(&mut self, command: RoomCommand) -> Step<Stop> {
+        let step = self.handle(command);
+        self.disconnect_overflowed();
+        step
+    }
+
+    async fn on_deadline(&mut self) -> Step<Stop> {
+        if self.idle_at.is_some_and(|at| at <= Instant::now()) {
+            info!("room idle, evicting");
+            return Step::Stop((CloseReason::room_closed(), None));
+        }
+        Step::Continue
+    }
+
+    async fn after_event(&mut self) -> Step<Stop> {
+        Step::Continue
     }
 }
 
 fn has_entries(patch: &Value) -> bool {
     patch.as_object().is_some_and(|m| !m.is_empty())
-}
-
-async fn wait_save(
-    in_flight: &mut Option<JoinHandle<Result<(), StorageError>>>,
-) -> Result<(), StorageError> {
-    match in_flight.as_mut() {
-        Some(handle) => handle.await.unwrap_or_else(|e| {
-            Err(StorageError::Io {
-                room: String::new(),
-                source: std::io::Error::other(format!("save task failed: {e}")),
-            })
-        }),
-        None => std::future::pending().await,
-    }
-}
-
-fn panicked(room: &RoomId, e: tokio::task::JoinError) -> StorageError {
-    StorageError::Io {
-        room: room.to_string(),
-        source: std::io::Error::other(format!("storage task failed: {e}")),
-    }
-}
-
-/// Backoff after `failures` consecutive storage failures: 0.5 s doubling, at most 30 s.
-fn retry_delay(failures: u32) -> Duration {
-    Duration::from_millis(500u64.saturating_mul(1 << failures.min(6)).min(30_000))
 }

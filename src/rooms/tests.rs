@@ -151,9 +151,11 @@ async fn concurrent_first_connects_share_one_load() {
     }
     assert_eq!(storage.loads.load(Ordering::SeqCst), 1);
     assert_eq!(manager.room_ids(), vec![room("race")]);
-    let generations: std::collections::HashSet<_> =
-        sessions.iter().map(|s| s.handle.generation).collect();
-    assert_eq!(generations.len(), 1, "every session is in the same room");
+    let first = &sessions[0].handle.tx;
+    assert!(
+        sessions.iter().all(|s| s.handle.tx.same_channel(first)),
+        "every session is in the same room"
+    );
 }
 
 /// An emptied room is saved and evicted after the idle timeout (30 s by default); a join before

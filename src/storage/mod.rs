@@ -27,7 +27,9 @@ pub use memory::MemoryStorage;
 pub use rocks::RocksStorage;
 
 use crate::engine::{replay, Document, Limits, ReplayError, SnapshotError};
-use crate::ids::{RecordKey, RoomId, RoomKey};
+#[cfg(test)]
+use crate::ids::RecordKey;
+use crate::ids::{RoomId, RoomKey};
 
 /// A failure of the storage layer. Never swallowed: the caller logs it, counts it, and retries.
 #[derive(Debug, thiserror::Error)]
@@ -166,27 +168,6 @@ pub fn load_document(
         },
     })?;
     Ok(replayed.map(|r| r.doc))
-}
-
-/// Game rooms keep their record as the snapshot of their [`RoomKey::Game`], with no log
-/// entries: these read and write it through the storage contract.
-impl dyn Storage {
-    /// The game room's record, or `None`.
-    pub fn load_record(&self, key: &RecordKey) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self
-            .load(&RoomKey::Game(key.clone()))?
-            .and_then(|s| s.snapshot))
-    }
-
-    /// Replaces the game room's record atomically.
-    pub fn save_record(&self, key: &RecordKey, bytes: &[u8]) -> Result<(), StorageError> {
-        self.fold(&RoomKey::Game(key.clone()), 0, bytes)
-    }
-
-    /// Removes the game room's record; removing a missing one is fine.
-    pub fn delete_record(&self, key: &RecordKey) -> Result<(), StorageError> {
-        self.delete(&RoomKey::Game(key.clone()))
-    }
 }
 
 /// How many of `log`'s entries (in seq order) continue one another without a gap: the rest

@@ -412,9 +412,9 @@ mod tests {
             Some(doc)
         );
         let game = RecordKey::parse("battle/r1").expect("key");
-        let storage: &dyn Storage = &storage;
+        let stored = storage.load(&RoomKey::Game(game.clone())).expect("load");
         assert_eq!(
-            storage.load_record(&game).expect("load").as_deref(),
+            stored.and_then(|s| s.snapshot).as_deref(),
             Some(&b"{\"v\":1}"[..])
         );
         let mut keys = storage.list().expect("list");

@@ -199,7 +199,7 @@ pub fn arena(hooks: &Hooks) -> RoomBuilder {
             Ok(Value::Null)
         })
         .on_action("SERVER", |room, _, payload| {
-            room.set_server_state(|s| *s = payload);
+            room.set_server_state(|s| *s = payload)?;
             Ok(Value::Null)
         })
         .on_action("WRAP", |room, _, payload| {
@@ -209,7 +209,7 @@ pub fn arena(hooks: &Hooks) -> RoomBuilder {
         })
         .on_action("WRAP_SERVER", |room, _, payload| {
             let levels = payload["levels"].as_u64().unwrap_or(1);
-            room.set_server_state(|s| wrap(s, levels));
+            room.set_server_state(|s| wrap(s, levels))?;
             Ok(Value::Null)
         })
         .on_action("ECHO", |_, _, payload| Ok(payload))
@@ -256,7 +256,7 @@ pub fn arena(hooks: &Hooks) -> RoomBuilder {
             Ok(json!(room.elapsed().as_millis() as u64))
         })
         .on_action("META", |room, _, payload| {
-            room.set_metadata(payload);
+            room.set_metadata(payload)?;
             Ok(Value::Null)
         })
         .on_action("LOCK", |room, _, _| {
@@ -280,7 +280,7 @@ pub fn arena(hooks: &Hooks) -> RoomBuilder {
         .on_action("TIMER", |room, _, payload| {
             let name = text(&payload, "name")?;
             let ms = payload["ms"].as_u64().unwrap_or(0);
-            room.set_timer(&name, Duration::from_millis(ms), payload["data"].clone());
+            room.set_timer(&name, Duration::from_millis(ms), payload["data"].clone())?;
             Ok(Value::Null)
         })
 }
@@ -445,8 +445,17 @@ impl GameApp {
     }
 
     pub async fn start_with(settings: Settings) -> GameApp {
+        GameApp::start_builder(ServerBuilder::new(settings)).await
+    }
+
+    /// A server on `storage` (a test double standing in for a backend).
+    pub async fn start_on(storage: Arc<dyn weft::storage::Storage>) -> GameApp {
+        GameApp::start_builder(ServerBuilder::new(test_settings()).storage(storage)).await
+    }
+
+    async fn start_builder(builder: ServerBuilder) -> GameApp {
         let (hooks, gate) = (Hooks::default(), Gate::default());
-        let app = with_namespaces(ServerBuilder::new(settings), &hooks, &gate)
+        let app = with_namespaces(builder, &hooks, &gate)
             .build()
             .expect("server builds");
         GameApp {
@@ -553,6 +562,21 @@ impl GameApp {
             .await;
         assert_eq!(status, 200, "{body}");
         body
+    }
+
+    /// The value of a metric at `GET /metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        let (status, body) = raw_http::exchange(self.addr, &request, WAIT).await;
+        assert_eq!(status, 200);
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("metric {name} in {body}"))
+            .parse()
+            .expect("numeric metric")
     }
 
     async fn http(&self, request: &str) -> (u16, Value) {

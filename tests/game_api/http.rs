@@ -379,3 +379,19 @@ async fn a_matchmade_room_keeps_its_reserved_seat() {
         json!({"namespace": "arena", "id": id, "created": false})
     );
 }
+
+/// Game rooms count in the server's metrics as canvas rooms do: the room loaded, its joined
+/// session, and each action handled; the session stops counting when it leaves.
+#[tokio::test]
+async fn game_rooms_are_counted_in_the_metrics() {
+    let app = GameApp::start().await;
+    let (mut a, _) = app.joined("arena", "counted", "alice").await;
+    a.action("ECHO", json!(1), "e1").await;
+    a.action("FAIL", json!({"message": "no"}), "e2").await;
+    assert_eq!(app.metric("weft_rooms_active").await, 1);
+    assert_eq!(app.metric("weft_sessions_active").await, 1);
+    assert_eq!(app.metric("weft_game_actions").await, 2);
+    a.send(json!({"type": "leave"})).await;
+    a.frames_until_close().await;
+    assert_eq!(app.metric("weft_sessions_active").await, 0);
+}

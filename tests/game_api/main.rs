@@ -9,11 +9,14 @@
 //!   timeouts, the token bucket, `maxStateSize`.
 //! - `rooms`: join and `sync`, deltas and versions, player and server state, messages, leave,
 //!   kick, reconnect within the grace period, eviction and restore, timers.
+//! - `durability`: frames wait until the writes they show are stored; a failed write is never
+//!   acked.
 //! - `http`: the upgrade's refusals (404, 400, ROOM_FULL 403), ROOM_FULL and JOIN_DENIED at join,
 //!   the metadata endpoint, matchmaking.
 
 mod actions;
 mod connection;
+mod durability;
 mod helpers;
 mod http;
 mod rooms;

@@ -672,12 +672,12 @@ async fn state_nested_past_the_depth_limit_is_refused_and_the_room_loads() {
     assert_eq!(restored["sharedState"], expected);
 }
 
-/// A record that would not load again is never saved. Server-only state has no depth check of
-/// its own: a handler nesting it past what a record can hold keeps running, but its room's save
-/// is refused, and after eviction the room loads from its last good save instead of answering
-/// every join with ROOM_UNAVAILABLE.
+/// What a room could not load again is never accepted. Server-only state nested past
+/// `MAX_STATE_DEPTH` (its log entries and records nest it deeper, up to what a reader reads) is
+/// refused like shared state: `action_error STATE_TOO_LARGE`, nothing changed; the room keeps
+/// running and stores every acked write, so after eviction it loads with all of them.
 #[tokio::test]
-async fn a_record_too_deep_to_load_is_never_saved() {
+async fn server_state_too_deep_to_load_is_refused() {
     let app = GameApp::start().await;
     let room = "deep-record";
     let (mut a, _) = app.joined("arena", room, "alice").await;
@@ -686,8 +686,11 @@ async fn a_record_too_deep_to_load_is_never_saved() {
     a.frames_until_close().await;
     wait_evicted(&app, "arena", room).await;
     let (mut a, _) = app.joined("arena", room, "alice").await;
-    a.action("WRAP_SERVER", json!({"levels": MAX_RECORD_DEPTH}), "w")
+    let refused = a
+        .answer("WRAP_SERVER", json!({"levels": MAX_RECORD_DEPTH}), "w")
         .await;
+    assert_eq!(refused["type"], "action_error", "{refused}");
+    assert_eq!(refused["code"], "STATE_TOO_LARGE", "{refused}");
     a.action("MERGE", json!({"score": 2}), "m2").await;
     a.send(json!({"type": "leave"})).await;
     a.frames_until_close().await;
@@ -695,7 +698,7 @@ async fn a_record_too_deep_to_load_is_never_saved() {
     let (_b, restored) = app.joined("arena", room, "bob").await;
     assert_eq!(
         restored["sharedState"],
-        json!({"players": ["bob"], "score": 1})
+        json!({"players": ["bob"], "score": 2})
     );
 }
 

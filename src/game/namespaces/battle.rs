@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::game::{
     HandlerError, HandlerResult, LeaveReason, LogicFactory, NamespaceOptions, RoomContext,
-    RoomLogic, Sender,
+    RoomLogic, Sender, StateError,
 };
 
 pub fn options() -> NamespaceOptions {
@@ -43,18 +43,18 @@ fn random() -> f64 {
     bits as f64 / (1u64 << 53) as f64
 }
 
-fn adjust_player_count(room: &mut RoomContext, by: i64) {
+fn adjust_player_count(room: &mut RoomContext, by: i64) -> Result<(), StateError> {
     let mut meta = room.metadata().clone();
     meta["playerCount"] = json!((int(&meta["playerCount"]) + by).max(0));
-    room.set_metadata(meta);
+    room.set_metadata(meta)
 }
 
 #[async_trait]
 impl RoomLogic for Battle {
     async fn on_create(&mut self, room: &mut RoomContext, _options: &Value) -> HandlerResult {
         room.set_shared(|s| *s = json!({"round": 0, "phase": "waiting", "players": []}))?;
-        room.set_server_state(|s| *s = json!({"seed": random()}));
-        room.set_metadata(json!({"mode": "battle", "playerCount": 0}));
+        room.set_server_state(|s| *s = json!({"seed": random()}))?;
+        room.set_metadata(json!({"mode": "battle", "playerCount": 0}))?;
         Ok(())
     }
 
@@ -76,7 +76,7 @@ impl RoomLogic for Battle {
         room.set_player(&sender.user_id, |p| {
             *p = json!({"hp": 100, "position": {"x": 0, "y": 0}})
         })?;
-        adjust_player_count(room, 1);
+        adjust_player_count(room, 1)?;
         Ok(())
     }
 
@@ -95,7 +95,7 @@ impl RoomLogic for Battle {
             s["players"] = Value::Array(players);
             s["lastLeave"] = json!({"userId": id, "reason": reason.as_str()});
         })?;
-        adjust_player_count(room, -1);
+        adjust_player_count(room, -1)?;
         Ok(())
     }
 
@@ -163,7 +163,7 @@ impl RoomLogic for Battle {
                     s["round"] = json!(int(&s["round"]) + 1);
                     s["phase"] = json!("playing");
                 })?;
-                room.set_timer("turnEnd", TURN, Value::Null);
+                room.set_timer("turnEnd", TURN, Value::Null)?;
                 Ok(Value::Null)
             }
             "CRITICAL_UPDATE" => {

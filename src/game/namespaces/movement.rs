@@ -113,8 +113,8 @@ impl RoomLogic for Movement {
 
     async fn on_create(&mut self, room: &mut RoomContext, _options: &Value) -> HandlerResult {
         room.set_shared(|s| *s = json!({"positions": {}, "tick": 0, "elapsedSeconds": 0}))?;
-        room.set_server_state(|s| *s = json!({"velocities": {}, "spawned": 0}));
-        room.set_metadata(json!({"mode": "movement", "players": 0}));
+        room.set_server_state(|s| *s = json!({"velocities": {}, "spawned": 0}))?;
+        room.set_metadata(json!({"mode": "movement", "players": 0}))?;
         Ok(())
     }
 
@@ -128,8 +128,8 @@ impl RoomLogic for Movement {
         let (x, y) = spawn_point(n);
         let id = sender.user_id.clone();
         room.set_shared(|s| s["positions"][id.as_str()] = json!({"x": x, "y": y}))?;
-        room.set_server_state(|s| s["spawned"] = json!(n + 1));
-        room.set_metadata(json!({"mode": "movement", "players": room.player_count()}));
+        room.set_server_state(|s| s["spawned"] = json!(n + 1))?;
+        room.set_metadata(json!({"mode": "movement", "players": room.player_count()}))?;
         Ok(())
     }
 
@@ -144,13 +144,13 @@ impl RoomLogic for Movement {
             if let Some(v) = s["velocities"].as_object_mut() {
                 v.remove(id);
             }
-        });
+        })?;
         room.set_shared(|s| {
             if let Some(p) = s["positions"].as_object_mut() {
                 p.remove(id);
             }
         })?;
-        room.set_metadata(json!({"mode": "movement", "players": room.player_count()}));
+        room.set_metadata(json!({"mode": "movement", "players": room.player_count()}))?;
         Ok(())
     }
 
@@ -176,7 +176,7 @@ impl RoomLogic for Movement {
                             v.insert(id.to_owned(), json!([dx, dy]));
                         }
                     }
-                });
+                })?;
                 Ok(json!({"dx": dx, "dy": dy}))
             }
             other => Err(HandlerError::no_handler(other)),

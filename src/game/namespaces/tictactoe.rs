@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 
 use crate::game::{
     HandlerError, HandlerResult, LeaveReason, LogicFactory, NamespaceOptions, RoomContext,
-    RoomLogic, Sender,
+    RoomLogic, Sender, StateError,
 };
 
 pub fn options() -> NamespaceOptions {
@@ -364,11 +364,11 @@ fn server_turn_seconds(room: &RoomContext) -> u64 {
 
 /// Sets the deadline of the current turn and (re)arms its timer (`set_timer` replaces the
 /// previous one); clears it when the game is not being played.
-fn arm_turn_timer(room: &mut RoomContext, game: &mut Game) {
+fn arm_turn_timer(room: &mut RoomContext, game: &mut Game) -> Result<(), StateError> {
     if game.phase != Phase::Playing {
         game.turn_deadline = None;
         room.clear_timer(TURN_TIMER);
-        return;
+        return Ok(());
     }
     let secs = server_turn_seconds(room);
     game.turn_deadline = Some(unix_ms() + secs * 1000);
@@ -376,33 +376,34 @@ fn arm_turn_timer(room: &mut RoomContext, game: &mut Game) {
         TURN_TIMER,
         Duration::from_secs(secs),
         json!({"turn": game.turn, "moves": game.moves}),
-    );
+    )
 }
 
 /// Starts a game (both seats taken), alternating who moves first from game to game.
-fn start_game(room: &mut RoomContext, game: &mut Game) {
+fn start_game(room: &mut RoomContext, game: &mut Game) -> Result<(), StateError> {
     let first = match room.server_state()["nextFirst"].as_str() {
         Some("O") => Mark::O,
         _ => Mark::X,
     };
-    room.set_server_state(|s| s["nextFirst"] = json!(first.other()));
+    room.set_server_state(|s| s["nextFirst"] = json!(first.other()))?;
     game.start(first);
-    arm_turn_timer(room, game);
+    arm_turn_timer(room, game)
 }
 
 /// Lobby metadata, and the lock: a room with both seats taken is out of matchmaking.
-fn publish(room: &mut RoomContext, game: &Game) {
+fn publish(room: &mut RoomContext, game: &Game) -> Result<(), StateError> {
     room.set_metadata(json!({
         "mode": "tictactoe",
         "players": room.player_count(),
         "phase": game.phase,
         "turnSeconds": server_turn_seconds(room),
-    }));
+    }))?;
     if game.is_full() {
         room.lock();
     } else {
         room.unlock();
     }
+    Ok(())
 }
 
 struct TicTacToe;
@@ -411,10 +412,10 @@ struct TicTacToe;
 impl RoomLogic for TicTacToe {
     async fn on_create(&mut self, room: &mut RoomContext, options: &Value) -> HandlerResult {
         let secs = turn_seconds(options)?;
-        room.set_server_state(|s| *s = json!({"turnSeconds": secs, "nextFirst": "X"}));
+        room.set_server_state(|s| *s = json!({"turnSeconds": secs, "nextFirst": "X"}))?;
         let game = Game::default();
         store(room, &game)?;
-        publish(room, &game);
+        publish(room, &game)?;
         Ok(())
     }
 
@@ -431,10 +432,10 @@ impl RoomLogic for TicTacToe {
         room.set_player(&sender.user_id, |p| *p = json!({"mark": mark}))?;
         let started = game.is_full() && game.phase != Phase::Playing;
         if started {
-            start_game(room, &mut game);
+            start_game(room, &mut game)?;
         }
         store(room, &game)?;
-        publish(room, &game);
+        publish(room, &game)?;
         if started {
             room.send_message("game_started", json!({"first": game.turn}), &[]);
         }
@@ -454,10 +455,10 @@ impl RoomLogic for TicTacToe {
         let forfeit = game.phase == Phase::Playing;
         if forfeit {
             game.finish(mark.other().into(), Reason::Forfeit);
-            arm_turn_timer(room, &mut game);
+            arm_turn_timer(room, &mut game)?;
         }
         store(room, &game)?;
-        publish(room, &game);
+        publish(room, &game)?;
         if forfeit {
             room.send_message(
                 "opponent_left",
@@ -479,7 +480,7 @@ impl RoomLogic for TicTacToe {
         room.clear_timer(TURN_TIMER);
         let game = Game::default();
         store(room, &game)?;
-        publish(room, &game);
+        publish(room, &game)?;
         Ok(())
     }
 
@@ -497,7 +498,7 @@ impl RoomLogic for TicTacToe {
         }
         let loser = game.time_out();
         store(room, &game)?;
-        publish(room, &game);
+        publish(room, &game)?;
         let user = game.seat(loser).unwrap_or_default().to_owned();
         room.send_message(
             "turn_timeout",
@@ -522,10 +523,10 @@ impl RoomLogic for TicTacToe {
             "MOVE" => {
                 let cell = parse_cell(&payload)?;
                 game.play(mark, cell)?;
-                arm_turn_timer(room, &mut game);
+                arm_turn_timer(room, &mut game)?;
                 store(room, &game)?;
                 if game.phase == Phase::Finished {
-                    publish(room, &game);
+                    publish(room, &game)?;
                 }
                 Ok(json!({
                     "cell": cell,
@@ -543,9 +544,9 @@ impl RoomLogic for TicTacToe {
                     }
                     Phase::Finished => {}
                 }
-                start_game(room, &mut game);
+                start_game(room, &mut game)?;
                 store(room, &game)?;
-                publish(room, &game);
+                publish(room, &game)?;
                 room.send_message("game_started", json!({"first": game.turn}), &[]);
                 Ok(json!({"first": game.turn}))
             }

@@ -5,6 +5,10 @@
 //! - `import FILE... [--room ID] [--force]`: snapshot files into storage, every file checked
 //!   before any is written;
 //! - `inspect FILE [--json]`: what a snapshot file holds;
+//!
+//! Game rooms go by `NAMESPACE/ID` (`export battle/r1`, `import FILE --room battle/r1`): their
+//! file is the room's record (the format `weft` stores, with its log folded in), and `inspect`
+//! recognises one.
 //! - `restore DIR [--force]`: every `*.json` of a reference server's data directory into storage,
 //!   one file at a time, with progress on stderr and a summary on stdout.
 //!
@@ -26,10 +30,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::config::{ConfigError, Overrides, Settings, StorageArgs};
-use crate::engine::{Document, Limits, SnapshotError};
-use crate::ids::{IdError, RoomId, RoomKey};
-use crate::storage::{self, Storage, StorageError, StorageKind};
+use weft::config::{ConfigError, Overrides, Settings, StorageArgs};
+use weft::engine::{Document, Limits, SnapshotError};
+use weft::game::{load_stored_room, RecordError, Restored, RoomRecord};
+use weft::ids::{IdError, RecordKey, RoomId, RoomKey};
+use weft::storage::{self, Storage, StorageError, StorageKind};
 
 /// How many of the largest components `inspect` lists.
 const LARGEST: usize = 5;
@@ -74,7 +79,7 @@ fn settings(storage: &StorageArgs) -> Result<Settings, ConfigError> {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// Room id.
+    /// Room id, or NAMESPACE/ID for a game room.
     pub room: String,
     /// Write to this file instead of stdout (replaced if it exists).
     #[arg(short, long, value_name = "FILE")]
@@ -88,7 +93,8 @@ pub struct ImportArgs {
     /// Snapshot files, each named `<roomId>.json`.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
-    /// Room id to import into, instead of the file name (only with exactly one FILE).
+    /// Room id to import into, instead of the file name (only with exactly one FILE). A
+    /// NAMESPACE/ID imports a game room record instead.
     #[arg(long, value_name = "ID")]
     pub room: Option<String>,
     /// Replace rooms that already exist in storage.
@@ -148,6 +154,20 @@ pub enum CliError {
         id: String,
         #[source]
         source: IdError,
+    },
+    #[error("{} is not a valid game room record", .path.display())]
+    CorruptRecord {
+        path: PathBuf,
+        #[source]
+        source: RecordError,
+    },
+    #[error("game room {key} already exists in storage; pass --force to replace it")]
+    GameExists { key: RecordKey },
+    #[error("game room {key} is not in {kind} storage in {}", .path.display())]
+    GameNotFound {
+        key: RecordKey,
+        kind: &'static str,
+        path: PathBuf,
     },
     #[error("{}: the file name must be `<roomId>.json` (or pass --room with one file)", .path.display())]
     NotJsonName { path: PathBuf },
@@ -390,7 +410,32 @@ fn stdout_error(source: io::Error) -> CliError {
     }
 }
 
+/// The game room `arg` names (`NAMESPACE/ID`, each a valid room id), if it names one; anything
+/// else is taken as a canvas room id (and refused as one if it is not).
+fn game_key(arg: &str) -> Option<RecordKey> {
+    RecordKey::parse(arg)
+}
+
+/// Writes `bytes` to the file, or to stdout.
+fn write_out(output: Option<&Path>, bytes: &[u8]) -> Result<(), CliError> {
+    match output {
+        Some(path) => fs::write(path, bytes).map_err(|source| CliError::Write {
+            target: path.display().to_string(),
+            source,
+        }),
+        None => {
+            let mut out = io::stdout().lock();
+            out.write_all(bytes)
+                .and_then(|()| out.flush())
+                .map_err(stdout_error)
+        }
+    }
+}
+
 fn export(args: &ExportArgs) -> Result<(), CliError> {
+    if let Some(key) = game_key(&args.room) {
+        return export_game(args, &key);
+    }
     let room = parse_room(&args.room)?;
     let opened = open_storage(&settings(&args.storage)?, false)?;
     // An operator's export reads whatever is stored, over the limits or not.
@@ -400,32 +445,91 @@ fn export(args: &ExportArgs) -> Result<(), CliError> {
             kind: opened.kind,
             path: opened.data_dir.clone(),
         })?;
-    let bytes = doc.encode_snapshot();
-    match &args.output {
-        Some(path) => {
-            fs::write(path, &bytes).map_err(|source| CliError::Write {
-                target: path.display().to_string(),
-                source,
-            })?;
-            eprintln!(
-                "exported room {room} ({}) to {}",
-                describe(&doc),
-                path.display()
-            );
-        }
-        None => {
-            let mut out = io::stdout().lock();
-            out.write_all(&bytes)
-                .and_then(|()| out.flush())
-                .map_err(stdout_error)?;
-        }
+    write_out(args.output.as_deref(), &doc.encode_snapshot())?;
+    if let Some(path) = &args.output {
+        eprintln!(
+            "exported room {room} ({}) to {}",
+            describe(&doc),
+            path.display()
+        );
     }
+    Ok(())
+}
+
+/// A stored game room (its record with the log after it folded in) as a record file.
+fn export_game(args: &ExportArgs, key: &RecordKey) -> Result<(), CliError> {
+    let opened = open_storage(&settings(&args.storage)?, false)?;
+    let room =
+        load_stored_room(opened.storage.as_ref(), key)?.ok_or_else(|| CliError::GameNotFound {
+            key: key.clone(),
+            kind: opened.kind,
+            path: opened.data_dir.clone(),
+        })?;
+    // Stored records load, so their encoding does too.
+    let bytes = room.to_record().encode().unwrap_or_default();
+    write_out(args.output.as_deref(), &bytes)?;
+    if let Some(path) = &args.output {
+        eprintln!(
+            "exported game room {key} ({}) to {}",
+            describe_game(&room),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn describe_game(room: &Restored) -> String {
+    format!(
+        "shared version {}, players {}, timers {}",
+        room.shared.clock(),
+        room.players.len(),
+        room.timers.len()
+    )
+}
+
+/// Reads and validates a game room record file.
+fn read_record(path: &Path) -> Result<Restored, CliError> {
+    let bytes = read_file(path)?;
+    RoomRecord::decode(&bytes)
+        .and_then(Restored::from_record)
+        .map_err(|source| CliError::CorruptRecord {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Saves a record file as the game room `key`, replacing a stored one (and its log) only when
+/// forced.
+fn import_game(args: &ImportArgs, key: &RecordKey) -> Result<(), CliError> {
+    let path = &args.files[0];
+    let room = read_record(path)?;
+    let opened = open_storage(&settings(&args.storage)?, true)?;
+    let storage = opened.storage.as_ref();
+    let room_key = RoomKey::Game(key.clone());
+    let replacing = storage.list()?.contains(&room_key);
+    if replacing && !args.force {
+        return Err(CliError::GameExists { key: key.clone() });
+    }
+    if replacing {
+        storage.delete(&room_key)?;
+    }
+    let bytes = room.to_record().encode().unwrap_or_default();
+    storage.fold(&room_key, room.seq, &bytes)?;
+    let verb = if replacing { "replaced" } else { "imported" };
+    println!(
+        "{verb} game room {key} from {} ({})",
+        path.display(),
+        describe_game(&room)
+    );
     Ok(())
 }
 
 fn import(args: &ImportArgs) -> Result<(), CliError> {
     if args.room.is_some() && args.files.len() != 1 {
         return Err(CliError::RoomNeedsOneFile(args.files.len()));
+    }
+    if let Some(key) = args.room.as_deref().and_then(game_key) {
+        return import_game(args, &key);
     }
     let forced = match &args.room {
         Some(id) => Some(parse_room(id)?),
@@ -523,6 +627,12 @@ struct Inspection {
     largest: Vec<ComponentSize>,
 }
 
+/// The `format` member of a game room record.
+#[derive(serde::Deserialize)]
+struct RecordFormat {
+    format: Option<u32>,
+}
+
 /// The file's components as written, for their sizes.
 #[derive(serde::Deserialize)]
 struct RawState {
@@ -568,17 +678,136 @@ fn inspect_file(path: &Path) -> Result<Inspection, CliError> {
     })
 }
 
+/// A state document's share of a game room record.
+#[derive(Debug, Serialize)]
+struct StateSize {
+    version: u64,
+    /// Bytes of its value as compact JSON.
+    bytes: usize,
+}
+
+impl StateSize {
+    fn of(doc: &weft::engine::state::StateDoc) -> StateSize {
+        StateSize {
+            version: doc.clock(),
+            bytes: serde_json::to_vec(doc.value()).map_or(0, |b| b.len()),
+        }
+    }
+}
+
+/// What `inspect` reports of a game room record.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GameInspection {
+    file: String,
+    format: u32,
+    created: bool,
+    /// The last log entry the record holds.
+    seq: u64,
+    saved_at_ms: u64,
+    elapsed_ms: u64,
+    shared: StateSize,
+    players: IndexMap<String, StateSize>,
+    server: StateSize,
+    metadata: serde_json::Value,
+    /// Each pending timer's due time, in Unix milliseconds.
+    timers: IndexMap<String, u64>,
+    locked: bool,
+    private: bool,
+    file_bytes: usize,
+}
+
+fn inspect_game(path: &Path, bytes: &[u8], format: u32) -> Result<GameInspection, CliError> {
+    let room = read_record(path)?;
+    Ok(GameInspection {
+        file: path.display().to_string(),
+        format,
+        created: room.created,
+        seq: room.seq,
+        saved_at_ms: room.saved_at_ms,
+        elapsed_ms: room.elapsed_ms,
+        shared: StateSize::of(&room.shared),
+        players: room
+            .players
+            .iter()
+            .map(|(user, p)| (user.clone(), StateSize::of(&p.state)))
+            .collect(),
+        server: StateSize::of(&room.server),
+        metadata: room.metadata.value().clone(),
+        timers: room
+            .timers
+            .iter()
+            .map(|(name, t)| (name.clone(), t.due_ms))
+            .collect(),
+        locked: room.locked,
+        private: room.private,
+        file_bytes: bytes.len(),
+    })
+}
+
+fn game_inspection_table(r: &GameInspection) -> String {
+    let state = |s: &StateSize| format!("version {}, {}", s.version, human_bytes(s.bytes as u64));
+    let mut rows = vec![
+        ("file", r.file.clone()),
+        ("game room", format!("record format {}", r.format)),
+        ("created", r.created.to_string()),
+        ("log entries in", r.seq.to_string()),
+        ("saved at (ms)", r.saved_at_ms.to_string()),
+        ("room clock (ms)", r.elapsed_ms.to_string()),
+        ("shared state", state(&r.shared)),
+        ("server state", state(&r.server)),
+        ("metadata", r.metadata.to_string()),
+        ("locked", r.locked.to_string()),
+        ("private", r.private.to_string()),
+        ("file size", human_bytes(r.file_bytes as u64)),
+    ];
+    rows.push(("players", r.players.len().to_string()));
+    let mut text = String::new();
+    for (name, value) in rows {
+        text.push_str(&format!("{name:<16} {value}\n"));
+    }
+    for (user, s) in &r.players {
+        text.push_str(&format!("  player {user}: {}\n", state(s)));
+    }
+    text.push_str(&format!("{:<16} {}\n", "timers", r.timers.len()));
+    for (name, due) in &r.timers {
+        text.push_str(&format!("  timer {name}: due at {due} ms\n"));
+    }
+    text
+}
+
+fn pretty_json(report: &impl Serialize) -> Result<String, CliError> {
+    let mut json = serde_json::to_string_pretty(report).map_err(|e| CliError::Write {
+        target: "stdout".into(),
+        source: e.into(),
+    })?;
+    json.push('\n');
+    Ok(json)
+}
+
 fn inspect(args: &InspectArgs) -> Result<(), CliError> {
-    let report = inspect_file(&args.file)?;
-    let text = if args.json {
-        let mut json = serde_json::to_string_pretty(&report).map_err(|e| CliError::Write {
-            target: "stdout".into(),
-            source: e.into(),
-        })?;
-        json.push('\n');
-        json
-    } else {
-        inspection_table(&report)
+    // A game room record says its format; a canvas snapshot has none.
+    let bytes = read_file(&args.file)?;
+    let format = serde_json::from_slice::<RecordFormat>(&bytes)
+        .ok()
+        .and_then(|r| r.format);
+    let text = match format {
+        Some(format) => {
+            let report = inspect_game(&args.file, &bytes, format)?;
+            if args.json {
+                pretty_json(&report)?
+            } else {
+                game_inspection_table(&report)
+            }
+        }
+        None => {
+            let report = inspect_file(&args.file)?;
+            if args.json {
+                pretty_json(&report)?
+            } else {
+                inspection_table(&report)
+            }
+        }
     };
     let mut out = io::stdout().lock();
     out.write_all(text.as_bytes())

@@ -1,0 +1,108 @@
+//! The one shape of a live room, whatever its protocol: a task that owns its state and waits on
+//! three things, in this order: its [`Journal`] (writes made durable, a fold due, room in the
+//! write budget), its commands (only while the journal accepts more), and its next deadline.
+//! One event is handled at a time; after each, the room settles what the event left to do.
+//! Canvas rooms and game rooms implement [`RoomTask`]; [`serve`] is the loop both run.
+
+use std::future::Future;
+
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+
+use super::journal::{Journal, JournalEvent};
+
+/// What a handled event asks of the loop.
+pub(crate) enum Step<S> {
+    Continue,
+    /// The room ends, for this reason.
+    Stop(S),
+}
+
+/// Why [`serve`] returned.
+pub(crate) enum Ended<S> {
+    /// The room stopped itself.
+    Stopped(S),
+    /// Every handle is gone: nobody can send it commands any more.
+    Unreachable,
+    /// A write could not be stored: the room's state is ahead of storage and must be dropped.
+    WriteFailed,
+}
+
+/// A room's protocol side, as the loop drives it.
+pub(crate) trait RoomTask: Send {
+    type Command: Send;
+    /// Why the room stops (the protocol's close reason, and whom to tell).
+    type Stop: Send;
+
+    fn journal(&mut self) -> &mut Journal;
+
+    /// Writes became durable: send the frames held for them.
+    fn released(&mut self);
+
+    /// The room as a snapshot after the last appended batch (what a due fold stores).
+    fn snapshot(&self) -> Option<Vec<u8>>;
+
+    /// When the room next has something to do on its own (timers, ticks, eviction).
+    fn next_deadline(&self) -> Option<Instant>;
+
+    fn on_command(
+        &mut self,
+        command: Self::Command,
+    ) -> impl Future<Output = Step<Self::Stop>> + Send;
+
+    /// The deadline came (it may have moved since: check what is due).
+    fn on_deadline(&mut self) -> impl Future<Output = Step<Self::Stop>> + Send;
+
+    /// After every event: carry out what it left to do (disconnect slow clients, append the
+    /// event's writes).
+    fn after_event(&mut self) -> impl Future<Output = Step<Self::Stop>> + Send;
+}
+
+/// Runs the room until it stops, its handles are gone, or a write fails.
+pub(crate) async fn serve<R: RoomTask>(
+    room: &mut R,
+    commands: &mut mpsc::Receiver<R::Command>,
+) -> Ended<R::Stop> {
+    loop {
+        let deadline = room.next_deadline();
+        // While a batch waits for the write budget (or too many are in flight), no new event
+        // starts: a flood waits in the room's bounded command queue.
+        let accepting = room.journal().accepting();
+        // Biased: storage first (rare, and must not starve), then commands, then deadlines, so
+        // a join already queued keeps a room its idle deadline would evict.
+        let step = tokio::select! {
+            biased;
+            event = room.journal().next() => match event {
+                Ok(JournalEvent::Durable) => {
+                    room.released();
+                    Step::Continue
+                }
+                Ok(JournalEvent::FoldDue) => {
+                    if let Some(snapshot) = room.snapshot() {
+                        let seq = room.journal().last();
+                        room.journal().fold(seq, snapshot);
+                    }
+                    Step::Continue
+                }
+                Ok(JournalEvent::Accepting) => Step::Continue,
+                Err(_) => return Ended::WriteFailed,
+            },
+            command = commands.recv(), if accepting => match command {
+                Some(command) => room.on_command(command).await,
+                None => return Ended::Unreachable,
+            },
+            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if accepting && deadline.is_some() => {
+                room.on_deadline().await
+            }
+        };
+        if let Step::Stop(reason) = step {
+            return Ended::Stopped(reason);
+        }
+        if let Step::Stop(reason) = room.after_event().await {
+            return Ended::Stopped(reason);
+        }
+        if room.journal().failed() {
+            return Ended::WriteFailed;
+        }
+    }
+}
