@@ -71,7 +71,7 @@ struct Seen {
 
 type SharedSeen = Arc<Mutex<Seen>>;
 
-fn seen(shared: &SharedSeen) -> MutexGuard<'_, Seen> {
+fn lock(shared: &SharedSeen) -> MutexGuard<'_, Seen> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -102,7 +102,7 @@ struct Versions(HashMap<String, u64>);
 
 impl Versions {
     fn now(shared: &SharedSeen) -> Versions {
-        Versions(seen(shared).highest.clone())
+        Versions(lock(shared).highest.clone())
     }
 
     fn of(&self, state: &str) -> u64 {
@@ -227,7 +227,7 @@ impl Conn {
                     self.apply(&frame);
                     return Ok(frame);
                 }
-                Err(e) => seen(&self.seen)
+                Err(e) => lock(&self.seen)
                     .errors
                     .push(format!("{}: a frame is not JSON ({e}): {text}", self.who)),
             }
@@ -239,7 +239,7 @@ impl Conn {
         let shared = format!("{} shared", self.room);
         let player = format!("{} player {}", self.room, self.user);
         let kind = frame["type"].as_str().unwrap_or_default();
-        let mut seen = seen(&self.seen);
+        let mut seen = lock(&self.seen);
         let version = |field: &str| frame[field].as_u64();
         let by = format!("{} in its {kind}", self.who);
         match (kind, version("version"), frame["delta"].as_object()) {
@@ -646,7 +646,7 @@ fn reconnect(
     h: &Harness,
     bots: &[Bot],
     before: &Versions,
-    seen_: &SharedSeen,
+    seen: &SharedSeen,
 ) -> (Vec<Conn>, Vec<String>) {
     let all_rounds: u64 = bots.iter().map(|b| b.acked_rounds).sum();
     let mut conns = Vec::new();
@@ -659,7 +659,7 @@ fn reconnect(
             battle,
             &bot.user,
             Value::Null,
-            seen_,
+            seen,
         )) {
             Ok((conn, sync)) => {
                 errors.extend(bot.check(&sync, before, all_rounds, h.starts - 1));
@@ -668,7 +668,7 @@ fn reconnect(
             Err(e) => errors.push(e),
         }
     }
-    errors.append(&mut seen(seen_).errors);
+    errors.append(&mut lock(seen).errors);
     (conns, errors)
 }
 
@@ -677,7 +677,7 @@ fn game_crash(test: &'static str, storage: &str) {
     let mut h = Harness::new(test, SEED_VAR);
     let mut rng = Rng::new(h.seed);
     let rt = runtime();
-    let seen_: SharedSeen = Arc::default();
+    let seen: SharedSeen = Arc::default();
     let flags: Vec<String> = ["--storage", storage, "--auth", "none"]
         .map(String::from)
         .into();
@@ -687,37 +687,45 @@ fn game_crash(test: &'static str, storage: &str) {
     let mut pending: Option<PendingTimer> = None;
     let (mut timers, mut acked) = (0, 0);
     let mut server = h.start("127.0.0.1:0", &flags);
-    for round in 1..=ROUNDS {
-        let before = Versions::now(&seen_);
-        let (conns, errors) = reconnect(&rt, &server, &h, &bots, &before, &seen_);
+    // Each pass: the players reconnect and are checked, they play while the pending timer (if
+    // any) is checked, then the kill and the restart; the last pass only checks.
+    for round in 1..=ROUNDS + 1 {
+        let before = Versions::now(&seen);
+        let (conns, errors) = reconnect(&rt, &server, &h, &bots, &before, &seen);
         if !errors.is_empty() {
             h.fail(&errors);
         }
         let playing = Instant::now();
-        let players: Vec<_> = bots
-            .drain(..)
-            .zip(conns)
-            .map(|(bot, conn)| rt.spawn(bot.play(conn, round)))
-            .collect();
+        let players: Vec<_> = if round <= ROUNDS {
+            let playing = bots.drain(..).zip(conns);
+            playing
+                .map(|(bot, conn)| rt.spawn(bot.play(conn, round)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         if let Some(timer) = pending.take() {
-            let check = check_timer(&server, h.starts, &timer, &before, &seen_);
-            let errors = rt.block_on(check);
+            let errors = rt.block_on(check_timer(&server, h.starts, &timer, &before, &seen));
             if !errors.is_empty() {
                 h.fail(&errors);
             }
             timers += 1;
+        }
+        if round > ROUNDS {
+            break;
         }
         let play_ms = rng.range(200, 1500);
         std::thread::sleep(Duration::from_millis(play_ms).saturating_sub(playing.elapsed()));
         let mut cut = Vec::new();
         if round % 2 == 1 {
             let (secs, cell) = (rng.range(2, 3), rng.range(0, 8) as usize);
-            let armed = rt.block_on(arm_timer(&server, h.starts, round, secs, cell, &seen_));
+            let armed = rt.block_on(arm_timer(&server, h.starts, round, secs, cell, &seen));
             let (timer, conns) = armed.unwrap_or_else(|e| h.fail(&[e]));
             pending = Some(timer);
             cut = conns;
         }
         let played = playing.elapsed();
+        let killed_at = unix_ms();
         server.kill9().unwrap_or_else(|e| h.fail(&[e]));
         drop(cut);
         let mut errors = Vec::new();
@@ -742,31 +750,25 @@ fn game_crash(test: &'static str, storage: &str) {
                 "round {round}: no action was acked in {played:?} of play"
             ));
         }
-        errors.append(&mut seen(&seen_).errors);
+        errors.append(&mut lock(&seen).errors);
         if !errors.is_empty() {
             h.fail(&errors);
         }
         acked += this_round;
+        let timer = match &pending {
+            Some(t) => format!(
+                ", a turn timer due {} ms after the kill",
+                t.deadline as i64 - killed_at as i64
+            ),
+            None => String::new(),
+        };
         eprintln!(
-            "{test}: round {round}: kill -9 after {} ms of play: {this_round} actions acked, refused {refused:?}{}",
+            "{test}: round {round}: kill -9 after {} ms of play: {this_round} actions acked, refused {refused:?}{timer}",
             played.as_millis(),
-            if pending.is_some() { ", a turn timer pending" } else { "" },
         );
         server = h.start("127.0.0.1:0", &flags);
     }
-    let before = Versions::now(&seen_);
-    let (_conns, errors) = reconnect(&rt, &server, &h, &bots, &before, &seen_);
-    if !errors.is_empty() {
-        h.fail(&errors);
-    }
-    if let Some(timer) = pending.take() {
-        let errors = rt.block_on(check_timer(&server, h.starts, &timer, &before, &seen_));
-        if !errors.is_empty() {
-            h.fail(&errors);
-        }
-        timers += 1;
-    }
-    let versions = seen(&seen_).named.len();
+    let versions = lock(&seen).named.len();
     eprintln!(
         "{test}: {ROUNDS} kills, {acked} actions acked and found after each restart, {versions} (state, version) pairs seen without reuse, {timers} turn timers fired after a restart"
     );
