@@ -14,7 +14,9 @@ use serde_json::{Map, Value};
 use super::logic::Sender;
 use super::manager::RoomStatus;
 use super::options::NamespaceOptions;
-use super::record::{saved_player, unix_ms, Entry, Op, RoomRecord, SavedSender, SavedTimer};
+use super::record::{
+    unix_ms, Entry, Op, Restored, RestoredPlayer, RoomRecord, SavedSender, SavedTimer,
+};
 use crate::engine::state::{StateBatch, StateDoc, Writes};
 use crate::engine::tree;
 use crate::ids::RecordKey;
@@ -778,45 +780,40 @@ impl RoomContext {
     /// The room as a record after the last log entry (the committed states, as clients have
     /// them). Every seat is saved, with its player's state or an empty one.
     pub(super) fn record(&self) -> RoomRecord {
-        let empty = StateDoc::new(Value::Object(Map::new()), 0);
-        let mut players: IndexMap<String, _> = self
+        let empty = || StateDoc::new(Value::Object(Map::new()), 0);
+        let mut players: IndexMap<String, RestoredPlayer> = self
             .seats
             .iter()
             .map(|(user, seat)| {
-                let state = self.players.get(user).map_or(&empty, |p| &p.doc);
-                (
-                    user.clone(),
-                    saved_player(state, Some(SavedSender::from(&seat.sender))),
-                )
+                let state = self.players.get(user).map_or_else(empty, |p| p.doc.clone());
+                let sender = Some(SavedSender::from(&seat.sender));
+                (user.clone(), RestoredPlayer { state, sender })
             })
             .collect();
         for (user, player) in &self.players {
-            if !players.contains_key(user) {
-                players.insert(user.clone(), saved_player(&player.doc, None));
-            }
+            players
+                .entry(user.clone())
+                .or_insert_with(|| RestoredPlayer {
+                    state: player.doc.clone(),
+                    sender: None,
+                });
         }
         let max_players = self.max_players();
-        RoomRecord {
-            format: RoomRecord::FORMAT,
+        Restored {
+            seq: self.journal.last(),
             created: self.created,
             saved_at_ms: unix_ms(),
-            shared: self.shared.doc.value().clone(),
-            shared_version: self.shared.doc.clock(),
-            shared_stamps: Some(self.shared.doc.stamps().clone()),
+            elapsed_ms: u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX),
+            shared: self.shared.doc.clone(),
             players,
-            server: self.server.value().clone(),
-            server_version: self.server.clock(),
-            server_stamps: Some(self.server.stamps().clone()),
-            metadata: self.metadata.value().clone(),
-            metadata_version: self.metadata.clock(),
-            metadata_stamps: Some(self.metadata.stamps().clone()),
+            server: self.server.clone(),
+            metadata: self.metadata.clone(),
             timers: self.timers.clone(),
             locked: self.is_locked(),
             private: self.status.private.load(Ordering::Relaxed),
-            elapsed_ms: u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX),
-            seq: self.journal.last(),
             max_players: (max_players != self.options.max_players).then_some(max_players),
         }
+        .into_record()
     }
 }
 
