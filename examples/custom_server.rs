@@ -84,7 +84,7 @@ const HISTORY: usize = 20;
 impl RoomLogic for Chat {
     async fn on_create(&mut self, room: &mut RoomContext, _options: &Value) -> HandlerResult {
         room.set_shared(|s| *s = json!({"history": []}))?;
-        room.set_metadata(json!({"mode": "chat", "players": 0}));
+        room.set_metadata(json!({"mode": "chat", "players": 0}))?;
         Ok(())
     }
 
@@ -103,7 +103,7 @@ impl RoomLogic for Chat {
             return Err("name must be 1 to 32 characters".into());
         }
         room.set_player(&sender.user_id, |p| *p = json!({"name": name}))?;
-        room.set_metadata(json!({"mode": "chat", "players": room.player_count()}));
+        room.set_metadata(json!({"mode": "chat", "players": room.player_count()}))?;
         room.send_message("joined", json!({"name": name}), &[&sender.user_id]);
         Ok(())
     }
@@ -114,7 +114,7 @@ impl RoomLogic for Chat {
         sender: &Sender,
         reason: LeaveReason,
     ) -> HandlerResult {
-        room.set_metadata(json!({"mode": "chat", "players": room.player_count()}));
+        room.set_metadata(json!({"mode": "chat", "players": room.player_count()}))?;
         room.broadcast(
             "left",
             json!({"userId": sender.user_id, "reason": reason.as_str()}),

@@ -465,13 +465,13 @@ fn export_game(args: &ExportArgs, key: &RecordKey) -> Result<(), CliError> {
             kind: opened.kind,
             path: opened.data_dir.clone(),
         })?;
+    let description = describe_game(&room);
     // Stored records load, so their encoding does too.
-    let bytes = room.to_record().encode().unwrap_or_default();
+    let bytes = room.into_record().encode().unwrap_or_default();
     write_out(args.output.as_deref(), &bytes)?;
     if let Some(path) = &args.output {
         eprintln!(
-            "exported game room {key} ({}) to {}",
-            describe_game(&room),
+            "exported game room {key} ({description}) to {}",
             path.display()
         );
     }
@@ -513,13 +513,13 @@ fn import_game(args: &ImportArgs, key: &RecordKey) -> Result<(), CliError> {
     if replacing {
         storage.delete(&room_key)?;
     }
-    let bytes = room.to_record().encode().unwrap_or_default();
-    storage.fold(&room_key, room.seq, &bytes)?;
+    let (description, seq) = (describe_game(&room), room.seq);
+    let bytes = room.into_record().encode().unwrap_or_default();
+    storage.fold(&room_key, seq, &bytes)?;
     let verb = if replacing { "replaced" } else { "imported" };
     println!(
-        "{verb} game room {key} from {} ({})",
-        path.display(),
-        describe_game(&room)
+        "{verb} game room {key} from {} ({description})",
+        path.display()
     );
     Ok(())
 }

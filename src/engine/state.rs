@@ -158,6 +158,11 @@ impl StateDoc {
         })
     }
 
+    /// The document taken apart, as [`StateDoc::from_parts`] takes it back: value, clock, stamps.
+    pub fn into_parts(self) -> (Value, u64, PathStamps) {
+        (self.value, self.clock, self.stamps)
+    }
+
     /// The committed value.
     pub fn value(&self) -> &Value {
         &self.value

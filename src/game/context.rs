@@ -14,13 +14,15 @@ use serde_json::{Map, Value};
 use super::logic::Sender;
 use super::manager::RoomStatus;
 use super::options::NamespaceOptions;
-use super::record::{saved_player, unix_ms, Entry, Op, RoomRecord, SavedSender, SavedTimer};
+use super::record::{
+    unix_ms, Entry, Op, Restored, RestoredPlayer, RoomRecord, SavedSender, SavedTimer,
+};
 use crate::engine::state::{StateBatch, StateDoc, Writes};
 use crate::engine::tree;
 use crate::ids::RecordKey;
 use crate::metrics::Metrics;
 use crate::protocol::game::{self as wire, ServerFrame};
-use crate::rooms::{CloseReason, Journal, Outbox};
+use crate::rooms::{CloseReason, Journal, Outbox, Schedule};
 use crate::storage::StorageError;
 
 /// How deeply any state (shared, a player's, server-only, metadata) or a timer's data may nest
@@ -111,8 +113,6 @@ pub(super) fn visible(state: StateId, viewer: &str) -> bool {
 pub(super) struct Seat {
     pub sender: Sender,
     pub connections: usize,
-    /// Set while no connection is joined: when the seat is given up.
-    pub grace_until: Option<Instant>,
 }
 
 /// A joined connection.
@@ -138,7 +138,6 @@ pub(super) enum Effect {
 type ClockFn = Box<dyn FnMut(&mut RoomContext) + Send>;
 
 struct ClockTask {
-    due: Instant,
     every: Option<Duration>,
     callback: ClockFn,
 }
@@ -146,6 +145,39 @@ struct ClockTask {
 /// Identifies a clock callback, to clear it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ClockId(u64);
+
+/// Something a room does at a given time: every deadline of a room is in its one
+/// [`RoomContext::schedule`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Due {
+    /// A named timer fires.
+    Timer(String),
+    /// The simulation ticks.
+    Tick,
+    /// A clock callback runs.
+    Clock(ClockId),
+    /// A disconnected player's seat is given up.
+    Grace(String),
+    /// Changes made outside a client request are flushed (on the patch-rate grid).
+    Flush,
+    /// The empty room is disposed of (or, if a reservation holds it, checked again then).
+    Dispose,
+}
+
+impl Due {
+    /// The order in which things due at one wake-up run: timers, the tick and clock callbacks
+    /// change state; grace expiries run `on_leave`; the flush then sends all of it at once.
+    pub(super) fn rank(&self) -> u8 {
+        match self {
+            Due::Timer(_) => 0,
+            Due::Tick => 1,
+            Due::Clock(_) => 2,
+            Due::Grace(_) => 3,
+            Due::Flush => 4,
+            Due::Dispose => 5,
+        }
+    }
+}
 
 /// The room as its handlers see it. Reads return the current state; writes take an updater that
 /// edits the value in place (`|s| s["score"] = json!(1)`, or `*s = json!({...})` to replace it).
@@ -177,6 +209,10 @@ pub struct RoomContext {
     pub(super) created: bool,
     pub(super) auto_dispose: bool,
     pub(super) simulation: Option<Duration>,
+    /// When the last tick ran (or the simulation started): the next `dt` counts from here.
+    pub(super) last_tick: Instant,
+    /// Every deadline of the room.
+    pub(super) schedule: Schedule<Due, Instant>,
     pub(super) patch_rate: Duration,
     clock: BTreeMap<ClockId, ClockTask>,
     next_clock_id: u64,
@@ -210,6 +246,8 @@ impl RoomContext {
             log: Vec::new(),
             created: false,
             simulation: None,
+            last_tick: Instant::now(),
+            schedule: Schedule::default(),
             clock: BTreeMap::new(),
             next_clock_id: 0,
             started: Instant::now(),
@@ -434,6 +472,8 @@ impl RoomContext {
         let due = unix_ms().saturating_add(delay.as_millis() as u64);
         let timer = SavedTimer { due_ms: due, data };
         self.timers.insert(name.to_owned(), timer.clone());
+        self.schedule
+            .set(Due::Timer(name.to_owned()), Instant::now() + delay);
         self.log.push(Op::Timer {
             name: name.to_owned(),
             timer,
@@ -444,6 +484,7 @@ impl RoomContext {
     /// Cancels a named timer; no-op if it is not set.
     pub fn clear_timer(&mut self, name: &str) {
         if self.timers.remove(name).is_some() {
+            self.schedule.clear(&Due::Timer(name.to_owned()));
             self.log.push(Op::TimerDone {
                 name: name.to_owned(),
             });
@@ -460,7 +501,18 @@ impl RoomContext {
     /// Runs `on_tick(dt)` at this interval (`None` stops it). Deltas from ticks are flushed at
     /// the patch rate.
     pub fn set_simulation_interval(&mut self, interval: Option<Duration>) {
-        self.simulation = interval.filter(|i| !i.is_zero());
+        let interval = interval.filter(|i| !i.is_zero());
+        if self.simulation.is_none() {
+            // The first tick measures from here.
+            self.last_tick = Instant::now();
+        }
+        self.simulation = interval;
+        match interval {
+            Some(every) => self.schedule.set(Due::Tick, self.last_tick + every),
+            None => {
+                self.schedule.clear(&Due::Tick);
+            }
+        }
     }
 
     /// How often deltas made outside actions are flushed (default: the namespace's).
@@ -545,6 +597,7 @@ impl RoomContext {
 
     pub fn clear_clock(&mut self, id: ClockId) {
         self.clock.remove(&id);
+        self.schedule.clear(&Due::Clock(id));
     }
 
     fn add_clock(
@@ -555,44 +608,25 @@ impl RoomContext {
     ) -> ClockId {
         self.next_clock_id += 1;
         let id = ClockId(self.next_clock_id);
-        let due = Instant::now() + delay;
-        self.clock.insert(
-            id,
-            ClockTask {
-                due,
-                every,
-                callback,
-            },
-        );
+        self.clock.insert(id, ClockTask { every, callback });
+        self.schedule.set(Due::Clock(id), Instant::now() + delay);
         id
     }
 
     // --- used by the room runtime ---------------------------------------------------------
 
-    pub(super) fn next_clock_due(&self) -> Option<Instant> {
-        self.clock.values().map(|t| t.due).min()
-    }
-
-    /// Runs every clock callback that is due.
-    pub(super) fn run_due_clock(&mut self, now: Instant) {
-        let due: Vec<ClockId> = self
-            .clock
-            .iter()
-            .filter(|(_, t)| t.due <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            let Some(mut task) = self.clock.remove(&id) else {
-                continue;
-            };
-            (task.callback)(self);
-            if let Some(every) = task.every {
-                task.due += every;
-                if task.due < now {
-                    task.due = now + every;
-                }
-                self.clock.insert(id, task);
-            }
+    /// Runs the clock callback `id`, due at `due`; an interval is due again one period later
+    /// (or one period from `now`, if it fell behind).
+    pub(super) fn run_clock(&mut self, id: ClockId, due: Instant, now: Instant) {
+        let Some(mut task) = self.clock.remove(&id) else {
+            return;
+        };
+        (task.callback)(self);
+        if let Some(every) = task.every {
+            let next = due + every;
+            let next = if next < now { now + every } else { next };
+            self.schedule.set(Due::Clock(id), next);
+            self.clock.insert(id, task);
         }
     }
 
@@ -778,45 +812,40 @@ impl RoomContext {
     /// The room as a record after the last log entry (the committed states, as clients have
     /// them). Every seat is saved, with its player's state or an empty one.
     pub(super) fn record(&self) -> RoomRecord {
-        let empty = StateDoc::new(Value::Object(Map::new()), 0);
-        let mut players: IndexMap<String, _> = self
+        let empty = || StateDoc::new(Value::Object(Map::new()), 0);
+        let mut players: IndexMap<String, RestoredPlayer> = self
             .seats
             .iter()
             .map(|(user, seat)| {
-                let state = self.players.get(user).map_or(&empty, |p| &p.doc);
-                (
-                    user.clone(),
-                    saved_player(state, Some(SavedSender::from(&seat.sender))),
-                )
+                let state = self.players.get(user).map_or_else(empty, |p| p.doc.clone());
+                let sender = Some(SavedSender::from(&seat.sender));
+                (user.clone(), RestoredPlayer { state, sender })
             })
             .collect();
         for (user, player) in &self.players {
-            if !players.contains_key(user) {
-                players.insert(user.clone(), saved_player(&player.doc, None));
-            }
+            players
+                .entry(user.clone())
+                .or_insert_with(|| RestoredPlayer {
+                    state: player.doc.clone(),
+                    sender: None,
+                });
         }
         let max_players = self.max_players();
-        RoomRecord {
-            format: RoomRecord::FORMAT,
+        Restored {
+            seq: self.journal.last(),
             created: self.created,
             saved_at_ms: unix_ms(),
-            shared: self.shared.doc.value().clone(),
-            shared_version: self.shared.doc.clock(),
-            shared_stamps: Some(self.shared.doc.stamps().clone()),
+            elapsed_ms: u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX),
+            shared: self.shared.doc.clone(),
             players,
-            server: self.server.value().clone(),
-            server_version: self.server.clock(),
-            server_stamps: Some(self.server.stamps().clone()),
-            metadata: self.metadata.value().clone(),
-            metadata_version: self.metadata.clock(),
-            metadata_stamps: Some(self.metadata.stamps().clone()),
+            server: self.server.clone(),
+            metadata: self.metadata.clone(),
             timers: self.timers.clone(),
             locked: self.is_locked(),
             private: self.status.private.load(Ordering::Relaxed),
-            elapsed_ms: u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX),
-            seq: self.journal.last(),
             max_players: (max_players != self.options.max_players).then_some(max_players),
         }
+        .into_record()
     }
 }
 

@@ -470,27 +470,37 @@ impl Restored {
         Ok(())
     }
 
-    /// As a record (what `weft snapshot` exports, and what a fold of it would store).
-    pub fn to_record(&self) -> RoomRecord {
+    /// As a record (what `weft snapshot` exports, and what a fold of it stores).
+    pub fn into_record(self) -> RoomRecord {
+        let (shared, shared_version, shared_stamps) = self.shared.into_parts();
+        let (server, server_version, server_stamps) = self.server.into_parts();
+        let (metadata, metadata_version, metadata_stamps) = self.metadata.into_parts();
+        let players = self.players.into_iter().map(|(user, p)| {
+            let (state, version, stamps) = p.state.into_parts();
+            let stamps = Some(stamps);
+            let player = SavedPlayer {
+                state,
+                version,
+                stamps,
+                sender: p.sender,
+            };
+            (user, player)
+        });
         RoomRecord {
             format: RoomRecord::FORMAT,
             created: self.created,
             saved_at_ms: self.saved_at_ms,
-            shared: self.shared.value().clone(),
-            shared_version: self.shared.clock(),
-            shared_stamps: Some(self.shared.stamps().clone()),
-            players: self
-                .players
-                .iter()
-                .map(|(user, p)| (user.clone(), saved_player(&p.state, p.sender.clone())))
-                .collect(),
-            server: self.server.value().clone(),
-            server_version: self.server.clock(),
-            server_stamps: Some(self.server.stamps().clone()),
-            metadata: self.metadata.value().clone(),
-            metadata_version: self.metadata.clock(),
-            metadata_stamps: Some(self.metadata.stamps().clone()),
-            timers: self.timers.clone(),
+            shared,
+            shared_version,
+            shared_stamps: Some(shared_stamps),
+            players: players.collect(),
+            server,
+            server_version,
+            server_stamps: Some(server_stamps),
+            metadata,
+            metadata_version,
+            metadata_stamps: Some(metadata_stamps),
+            timers: self.timers,
             locked: self.locked,
             private: self.private,
             elapsed_ms: self.elapsed_ms,
@@ -502,16 +512,6 @@ impl Restored {
     /// Whether the room was last written longer than the TTL before `now_ms`.
     pub fn expired(&self, ttl_ms: u64, now_ms: u64) -> bool {
         now_ms.saturating_sub(self.saved_at_ms) > ttl_ms
-    }
-}
-
-/// A player's state document and who it is, as a record saves them.
-pub fn saved_player(state: &StateDoc, sender: Option<SavedSender>) -> SavedPlayer {
-    SavedPlayer {
-        state: state.value().clone(),
-        version: state.clock(),
-        stamps: Some(state.stamps().clone()),
-        sender,
     }
 }
 
@@ -826,7 +826,7 @@ mod tests {
         assert!(room.locked && room.private);
         assert_eq!(room.max_players, Some(3));
 
-        let bytes = room.to_record().encode().expect("encodes");
+        let bytes = room.clone().into_record().encode().expect("encodes");
         let folded =
             Restored::from_record(RoomRecord::decode(&bytes).expect("decodes")).expect("docs");
         assert_eq!(folded, room);

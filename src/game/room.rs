@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn, Instrument};
 
-use super::context::{Connection, Effect, Joining, RoomContext, Seat, Tracked};
+use super::context::{Connection, Due, Effect, Joining, RoomContext, Seat, Tracked};
 use super::logic::{HandlerError, HandlerResult, LeaveReason, RoomLogic, Sender};
 use super::manager::{GameRooms, Namespace, RoomHandle, RoomStatus};
 use super::record::{self, unix_ms, Op};
@@ -93,9 +93,7 @@ pub(super) fn spawn(
                 ctx,
                 rooms,
                 generation,
-                last_tick: Instant::now(),
                 started: Instant::now(),
-                flush_at: None,
                 shutdown: None,
                 empty_since: None,
                 had_players: false,
@@ -113,11 +111,8 @@ struct Room {
     ctx: RoomContext,
     rooms: GameRooms,
     generation: u64,
-    last_tick: Instant,
     /// Patch-rate flushes fall on a fixed grid from here.
     started: Instant,
-    /// When changes made outside a client request are flushed.
-    flush_at: Option<Instant>,
     /// Server shutdown asked the room to close; told once its final fold is done.
     shutdown: Option<oneshot::Sender<Result<(), StorageError>>>,
     /// Since when the room has had no seats and no connections.
@@ -163,6 +158,9 @@ impl Room {
         if self.ctx.seats.is_empty() {
             self.empty_since = Some(Instant::now());
         }
+        if let Some(at) = self.disposal_due() {
+            self.ctx.schedule.set(Due::Dispose, at);
+        }
         // However it ended, `finish` sees why: a failed write, a stop, or no handle left.
         let _ = rooms::serve(&mut self, &mut commands).await;
         self.finish(commands).await;
@@ -199,6 +197,11 @@ impl Room {
         ctx.metadata = restored.metadata;
         ctx.status.set_metadata(ctx.metadata.value());
         ctx.timers = restored.timers;
+        let (now, now_ms) = (Instant::now(), unix_ms());
+        for (name, timer) in &ctx.timers {
+            let delay = Duration::from_millis(timer.due_ms.saturating_sub(now_ms));
+            ctx.schedule.set(Due::Timer(name.clone()), now + delay);
+        }
         ctx.resume_clock(Duration::from_millis(restored.elapsed_ms));
         ctx.status.locked.store(restored.locked, Ordering::Relaxed);
         ctx.status
@@ -231,12 +234,12 @@ impl Room {
                 },
                 |s| s.into_sender(&user),
             );
+            ctx.schedule.set(Due::Grace(user.clone()), grace);
             ctx.seats.insert(
                 user,
                 Seat {
                     sender,
                     connections: 0,
-                    grace_until: Some(grace),
                 },
             );
         }
@@ -260,31 +263,6 @@ impl Room {
             Some(reserved) => linger.max(reserved),
             None => linger,
         })
-    }
-
-    fn earliest_deadline(&self) -> Option<Instant> {
-        let now = Instant::now();
-        let timer = self
-            .ctx
-            .timers
-            .values()
-            .map(|t| t.due_ms)
-            .min()
-            .map(|due| now + Duration::from_millis(due.saturating_sub(unix_ms())));
-        let tick = self.ctx.simulation.map(|i| self.last_tick + i);
-        let grace = self.ctx.seats.values().filter_map(|s| s.grace_until).min();
-        let linger = self.disposal_due();
-        [
-            timer,
-            tick,
-            grace,
-            linger,
-            self.ctx.next_clock_due(),
-            self.flush_at,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
     }
 
     async fn handle(&mut self, command: Command) {
@@ -403,7 +381,6 @@ impl Room {
                 Seat {
                     sender: sender.clone(),
                     connections: 0,
-                    grace_until: None,
                 },
             );
             self.ctx.log_seat(sender);
@@ -424,8 +401,8 @@ impl Room {
             ));
         };
         seat.connections += 1;
-        seat.grace_until = None;
         seat.sender = sender.clone();
+        self.ctx.schedule.clear(&Due::Grace(user));
         Ok(())
     }
 
@@ -493,7 +470,8 @@ impl Room {
         } else if grace.is_zero() {
             self.remove_player(user, LeaveReason::Disconnect).await;
         } else {
-            seat.grace_until = Some(Instant::now() + grace);
+            let at = Instant::now() + grace;
+            self.ctx.schedule.set(Due::Grace(user.to_owned()), at);
             publish_counts(&self.ctx);
         }
     }
@@ -503,6 +481,7 @@ impl Room {
         let Some(seat) = self.ctx.seats.shift_remove(user) else {
             return;
         };
+        self.ctx.schedule.clear(&Due::Grace(user.to_owned()));
         let timeout = self.ctx.options.handler_timeout;
         if let Err(e) = guarded(
             timeout,
@@ -539,59 +518,50 @@ impl Room {
         self.remove_player(user, LeaveReason::Kicked).await;
     }
 
+    /// Runs what is due: timers, the tick and clock callbacks first, then grace expiries, then
+    /// the flush that sends their changes, then disposal.
     async fn run_due(&mut self) {
         let now = Instant::now();
         let timeout = self.ctx.options.handler_timeout;
-        // Named timers that are due, earliest first.
-        let now_ms = unix_ms();
-        let mut due: Vec<(u64, String)> = self
-            .ctx
-            .timers
-            .iter()
-            .filter(|(_, t)| t.due_ms <= now_ms)
-            .map(|(name, t)| (t.due_ms, name.clone()))
-            .collect();
-        due.sort();
-        for (_, name) in due {
-            let Some(timer) = self.ctx.timers.remove(&name) else {
-                continue;
-            };
-            self.ctx.log.push(Op::TimerDone { name: name.clone() });
-            if let Err(e) = guarded(
-                timeout,
-                self.logic.on_timer(&mut self.ctx, &name, timer.data),
-            )
-            .await
-            {
-                warn!(timer = %name, error = %e, "timer handler failed");
-            }
-        }
-        if let Some(interval) = self.ctx.simulation {
-            if now >= self.last_tick + interval {
-                let dt = now - self.last_tick;
-                self.last_tick = now;
-                if let Err(e) = guarded(timeout, self.logic.on_tick(&mut self.ctx, dt)).await {
-                    warn!(error = %e, "tick handler failed");
+        let mut due = self.ctx.schedule.take_due(now);
+        due.sort_by_key(|(at, what)| (what.rank(), *at));
+        for (at, what) in due {
+            match what {
+                Due::Timer(name) => {
+                    let Some(timer) = self.ctx.timers.remove(&name) else {
+                        continue;
+                    };
+                    self.ctx.log.push(Op::TimerDone { name: name.clone() });
+                    let fired = self.logic.on_timer(&mut self.ctx, &name, timer.data);
+                    if let Err(e) = guarded(timeout, fired).await {
+                        warn!(timer = %name, error = %e, "timer handler failed");
+                    }
                 }
+                Due::Tick => {
+                    let dt = now - self.ctx.last_tick;
+                    self.ctx.last_tick = now;
+                    if let Err(e) = guarded(timeout, self.logic.on_tick(&mut self.ctx, dt)).await {
+                        warn!(error = %e, "tick handler failed");
+                    }
+                }
+                Due::Clock(id) => self.ctx.run_clock(id, at, now),
+                Due::Grace(user) => {
+                    if self
+                        .ctx
+                        .seats
+                        .get(&user)
+                        .is_some_and(|s| s.connections == 0)
+                    {
+                        self.remove_player(&user, LeaveReason::Disconnect).await;
+                    }
+                }
+                Due::Flush => self.ctx.flush(),
+                Due::Dispose => match self.disposal_due() {
+                    Some(at) if at <= now => self.stop = true,
+                    Some(at) => self.ctx.schedule.set(Due::Dispose, at),
+                    None => {}
+                },
             }
-        }
-        self.ctx.run_due_clock(now);
-        let expired: Vec<String> = self
-            .ctx
-            .seats
-            .iter()
-            .filter(|(_, s)| s.grace_until.is_some_and(|t| t <= now))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for user in expired {
-            self.remove_player(&user, LeaveReason::Disconnect).await;
-        }
-        if self.flush_at.is_some_and(|t| t <= now) {
-            self.flush_at = None;
-            self.ctx.flush();
-        }
-        if self.disposal_due().is_some_and(|t| t <= now) {
-            self.stop = true;
         }
     }
 
@@ -624,13 +594,14 @@ impl Room {
                 }
             }
         }
-        if self.ctx.simulation.is_none() {
-            // The first tick after the simulation starts measures from here.
-            self.last_tick = Instant::now();
+        if let Some(every) = self.ctx.simulation {
+            if self.ctx.schedule.get(&Due::Tick).is_none() {
+                self.ctx.schedule.set(Due::Tick, self.ctx.last_tick + every);
+            }
         }
-        if self.ctx.is_dirty() && self.flush_at.is_none() {
-            let rate = self.ctx.patch_rate;
-            self.flush_at = Some(next_flush(self.started, rate, Instant::now()));
+        if self.ctx.is_dirty() && self.ctx.schedule.get(&Due::Flush).is_none() {
+            let at = next_flush(self.started, self.ctx.patch_rate, Instant::now());
+            self.ctx.schedule.set(Due::Flush, at);
         }
         let empty = self.ctx.seats.is_empty() && self.ctx.connections.is_empty();
         if empty && self.had_players {
@@ -645,6 +616,12 @@ impl Room {
             self.empty_since = None;
         } else if self.empty_since.is_none() {
             self.empty_since = Some(Instant::now());
+        }
+        match self.disposal_due() {
+            Some(at) => self.ctx.schedule.set(Due::Dispose, at),
+            None => {
+                self.ctx.schedule.clear(&Due::Dispose);
+            }
         }
         if let Err(e) = self.ctx.write_log() {
             error!(error = %e, "the room's writes cannot be stored; closing it");
@@ -773,7 +750,7 @@ impl RoomTask for Room {
     }
 
     fn next_deadline(&self) -> Option<tokio::time::Instant> {
-        self.earliest_deadline().map(tokio::time::Instant::from_std)
+        self.ctx.schedule.next().map(tokio::time::Instant::from_std)
     }
 
     async fn on_command(&mut self, command: Command) -> Step<()> {

@@ -1,7 +1,6 @@
 //! Wake-ups of saved game rooms whose timers fall due while they are not loaded: one scheduler
 //! task for all of them (not a sleeping task per room), cancelled with the server's tasks.
 
-use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -11,44 +10,38 @@ use super::manager::GameRooms;
 use super::record::unix_ms;
 use super::room::Command;
 use crate::ids::RecordKey;
-use crate::rooms::Tasks;
+use crate::rooms::{Schedule, Tasks};
 
 /// Rooms to load when their earliest timer is due (wall-clock milliseconds, so a due time saved
-/// before a restart means the same after it). One entry per room and due time.
+/// before a restart means the same after it). One entry per room: its latest due time.
 #[derive(Default)]
 pub(super) struct Wakeups {
-    due: Mutex<BTreeSet<(u64, RecordKey)>>,
+    due: Mutex<Schedule<RecordKey, u64>>,
     changed: Notify,
 }
 
 impl Wakeups {
     /// Loads `key` at `due_ms` unless it is loaded by then.
     pub fn add(&self, key: RecordKey, due_ms: u64) {
-        self.lock().insert((due_ms, key));
+        self.lock().set(key, due_ms);
         self.changed.notify_one();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<(u64, RecordKey)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Schedule<RecordKey, u64>> {
         self.due.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The due rooms, taken out of the schedule.
     fn take_due(&self, now_ms: u64) -> Vec<RecordKey> {
-        let mut due = self.lock();
-        let mut keys = Vec::new();
-        while due.first().is_some_and(|(at, _)| *at <= now_ms) {
-            if let Some((_, key)) = due.pop_first() {
-                keys.push(key);
-            }
-        }
-        keys
+        let due = self.lock().take_due(now_ms);
+        due.into_iter().map(|(_, key)| key).collect()
     }
 
     /// Runs the schedule until shutdown: sleeps until the earliest due time (or a new entry),
     /// then wakes every due room that is not loaded, each in a task of its own.
     pub async fn run(&self, rooms: GameRooms, tasks: Tasks) {
         loop {
-            let next = self.lock().first().map(|(due, _)| *due);
+            let next = self.lock().next();
             let wait = async {
                 match next {
                     Some(due) => {
@@ -86,11 +79,11 @@ mod tests {
         RecordKey::parse(&format!("battle/{id}")).expect("key")
     }
 
-    /// Due rooms come out in one piece, later ones stay; the same room and time is one entry.
+    /// Due rooms come out in one piece, later ones stay; a room is due once, at its latest time.
     #[test]
     fn take_due_takes_only_what_is_due() {
         let wakeups = Wakeups::default();
-        wakeups.add(key("a"), 100);
+        wakeups.add(key("a"), 50);
         wakeups.add(key("a"), 100);
         wakeups.add(key("b"), 200);
         wakeups.add(key("c"), 300);

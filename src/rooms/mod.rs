@@ -9,6 +9,7 @@ mod manager;
 mod registry;
 mod room;
 mod runtime;
+mod schedule;
 mod session;
 mod tasks;
 
@@ -20,6 +21,7 @@ pub(crate) use registry::{ClosingGuard, Registry};
 pub(crate) use room::send_command;
 pub use room::RoomHandle;
 pub(crate) use runtime::{serve, RoomTask, Step};
+pub use schedule::Schedule;
 pub(crate) use session::Delivery;
 pub use session::{CloseReason, LinkEvent, NewSession, Outbox, SessionInfo, SessionLink};
 pub use tasks::Tasks;

@@ -14,7 +14,8 @@ use crate::ids::{ClientId, RoomId, RoomKey, SessionId};
 use crate::metrics::Metrics;
 use crate::protocol::canvas::{decode, ClientFrame};
 use crate::storage::{
-    load_document, AppendDone, MemoryStorage, Storage, StorageError, Stored, WriteBudget,
+    load_document, AppendDone, Appends, GatedStorage, MemoryStorage, Storage, StorageError, Stored,
+    WriteBudget,
 };
 
 /// Memory storage that counts loads and can be slow to save.
@@ -379,60 +380,14 @@ fn dropped_ends_are_seen_by_the_other_side() {
     assert_eq!(outbox.send(&frame, 0, 0), Delivery::Gone);
 }
 
-/// An append held back: its room, seq, bytes and completion.
-type HeldAppend = (RoomKey, u64, Vec<u8>, AppendDone);
-
 /// Memory storage whose appends stay unconfirmed (and unwritten) until the test says.
-#[derive(Default)]
-struct GatedLogStorage {
-    inner: MemoryStorage,
-    pending: std::sync::Mutex<Vec<HeldAppend>>,
-    /// Seqs of the appends confirmed so far, in order.
-    written: std::sync::Mutex<Vec<u64>>,
-}
-
-impl GatedLogStorage {
-    /// Confirms every append made so far as durable.
-    fn confirm_appends(&self) {
-        let pending = std::mem::take(&mut *self.pending.lock().expect("lock"));
-        for (key, seq, bytes, done) in pending {
-            self.written.lock().expect("lock").push(seq);
-            self.inner.append(&key, seq, bytes, done);
-        }
-    }
-
-    fn appends_pending(&self) -> usize {
-        self.pending.lock().expect("lock").len()
-    }
-}
-
-impl Storage for GatedLogStorage {
-    fn name(&self) -> &'static str {
-        "gated-log"
-    }
-    fn load(&self, key: &RoomKey) -> Result<Option<Stored>, StorageError> {
-        self.inner.load(key)
-    }
-    fn append(&self, key: &RoomKey, seq: u64, bytes: Vec<u8>, done: AppendDone) {
-        self.pending
-            .lock()
-            .expect("lock")
-            .push((key.clone(), seq, bytes, done));
-    }
-    fn fold(&self, key: &RoomKey, seq: u64, snapshot: &[u8]) -> Result<(), StorageError> {
-        self.inner.fold(key, seq, snapshot)
-    }
-    fn delete(&self, key: &RoomKey) -> Result<(), StorageError> {
-        self.inner.delete(key)
-    }
-    fn list(&self) -> Result<Vec<RoomKey>, StorageError> {
-        self.inner.list()
-    }
+fn gated() -> Arc<GatedStorage> {
+    Arc::new(GatedStorage::new(Appends::Hold))
 }
 
 /// A session in a room of `storage` that has written `writes` patches, none of them durable yet.
 async fn session_with_unconfirmed_writes(
-    storage: &Arc<GatedLogStorage>,
+    storage: &Arc<GatedStorage>,
     room_id: &str,
     writes: usize,
 ) -> (RoomManager, TestSession) {
@@ -449,7 +404,7 @@ async fn session_with_unconfirmed_writes(
     }
     // A round trip: the room has handled every write (the sessions are asked after them).
     s.handle.sessions().await.expect("room alive");
-    assert_eq!(storage.appends_pending(), writes);
+    assert_eq!(storage.held(), writes);
     (manager, s)
 }
 
@@ -478,13 +433,13 @@ fn acks(n: usize) -> Vec<Value> {
 /// acks, once durable, before the room lets it go.
 #[tokio::test]
 async fn a_session_that_leaves_gets_the_acks_of_its_applied_writes_once_durable() {
-    let storage = Arc::new(GatedLogStorage::default());
+    let storage = gated();
     let (_manager, mut s) = session_with_unconfirmed_writes(&storage, "leave-held", 3).await;
     s.handle.leave(s.id).await;
     s.handle.sessions().await.expect("room alive");
     use futures_util::FutureExt;
     assert_eq!(s.link.next().now_or_never(), None, "held until durable");
-    storage.confirm_appends();
+    storage.confirm_held();
     let (frames, close) = frames_until_closed(&mut s.link).await;
     assert_eq!(frames, acks(3));
     assert_eq!(close, CloseReason::room_closed());
@@ -493,7 +448,7 @@ async fn a_session_that_leaves_gets_the_acks_of_its_applied_writes_once_durable(
 /// A room closed while writes are in flight sends their acks (once durable) before the close.
 #[tokio::test]
 async fn a_closing_room_sends_the_acks_of_applied_writes_before_the_close() {
-    let storage = Arc::new(GatedLogStorage::default());
+    let storage = gated();
     let (manager, mut s) = session_with_unconfirmed_writes(&storage, "close-held", 3).await;
     let closing = tokio::spawn({
         let manager = manager.clone();
@@ -507,7 +462,7 @@ async fn a_closing_room_sends_the_acks_of_applied_writes_before_the_close() {
     while manager.existing(&room("close-held")).is_some() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    storage.confirm_appends();
+    storage.confirm_held();
     let (frames, close) = frames_until_closed(&mut s.link).await;
     assert_eq!(frames, acks(3));
     assert_eq!(close, CloseReason::shutting_down());
@@ -606,7 +561,7 @@ async fn repeated_reconnects_queue_the_diff_once() {
 /// in order and the acks leave in order, each once its write is durable.
 #[tokio::test]
 async fn appends_wait_for_the_write_budget_and_keep_their_order() {
-    let storage = Arc::new(GatedLogStorage::default());
+    let storage = gated();
     let batch = json!([{"e/S": {"_exists": true, "x": 1}}])
         .to_string()
         .len();
@@ -629,7 +584,7 @@ async fn appends_wait_for_the_write_budget_and_keep_their_order() {
     while acked.len() < 5 {
         let fit = (5 - acked.len()).min(2);
         for _ in 0..10_000 {
-            if storage.appends_pending() >= fit {
+            if storage.held() >= fit {
                 break;
             }
             tokio::task::yield_now().await;
@@ -638,12 +593,8 @@ async fn appends_wait_for_the_write_budget_and_keep_their_order() {
         for _ in 0..100 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(
-            storage.appends_pending(),
-            fit,
-            "the budget holds two batches"
-        );
-        storage.confirm_appends();
+        assert_eq!(storage.held(), fit, "the budget holds two batches");
+        storage.confirm_held();
         for _ in 0..fit {
             acked.push(s.recv_until("ack").await.pop().expect("an ack"));
         }
@@ -652,5 +603,5 @@ async fn appends_wait_for_the_write_budget_and_keep_their_order() {
         .map(|i| json!({"type": "ack", "messageId": format!("m{i}"), "timestamp": i}))
         .collect();
     assert_eq!(acked, expected);
-    assert_eq!(*storage.written.lock().expect("lock"), vec![1, 2, 3, 4, 5]);
+    assert_eq!(storage.written(), vec![1, 2, 3, 4, 5]);
 }

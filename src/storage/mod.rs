@@ -15,6 +15,7 @@
 
 mod budget;
 mod file;
+mod gated;
 mod memory;
 mod rocks;
 mod writer;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 
 pub use budget::{BudgetPermit, WriteBudget};
 pub use file::FileStorage;
+pub use gated::{Appends, GatedStorage};
 pub use memory::MemoryStorage;
 pub use rocks::RocksStorage;
 

@@ -251,13 +251,7 @@ impl TestApp {
 
     /// The value of one metric from `GET /metrics`, e.g. `weft_frames_ignored`.
     pub async fn metric(&self, name: &str) -> u64 {
-        let (status, body) = self.http_get("/metrics").await;
-        assert_eq!(status, 200);
-        body.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("metric {name} in {body}"))
-            .parse()
-            .expect("numeric metric")
+        raw_http::metric(self.addr, name, WAIT).await
     }
 }
 

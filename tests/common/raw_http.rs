@@ -57,3 +57,15 @@ fn dechunk(body: &str) -> String {
     }
     out
 }
+
+/// The value of the metric `name` at the server's `GET /metrics`.
+pub async fn metric(addr: SocketAddr, name: &str, wait: Duration) -> u64 {
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let (status, body) = exchange(addr, &request, wait).await;
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("metric {name} in {body}"))
+        .parse()
+        .expect("numeric metric")
+}

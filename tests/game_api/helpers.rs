@@ -566,17 +566,7 @@ impl GameApp {
 
     /// The value of a metric at `GET /metrics`.
     pub async fn metric(&self, name: &str) -> u64 {
-        let request = format!(
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        );
-        let (status, body) = raw_http::exchange(self.addr, &request, WAIT).await;
-        assert_eq!(status, 200);
-        body.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("metric {name} in {body}"))
-            .parse()
-            .expect("numeric metric")
+        raw_http::metric(self.addr, name, WAIT).await
     }
 
     async fn http(&self, request: &str) -> (u16, Value) {
