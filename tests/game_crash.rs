@@ -134,7 +134,6 @@ struct Conn {
     shared: Value,
     shared_version: u64,
     player: Value,
-    player_version: u64,
     seen: SharedSeen,
 }
 
@@ -168,7 +167,6 @@ impl Conn {
             shared: json!({}),
             shared_version: 0,
             player: json!({}),
-            player_version: 0,
             seen: seen.clone(),
         };
         conn.send(json!({"type": "auth", "token": user})).await?;
@@ -254,7 +252,6 @@ impl Conn {
                 self.shared = frame["sharedState"].clone();
                 self.shared_version = shared_version;
                 self.player = frame["playerState"].clone();
-                self.player_version = player_version;
                 seen.record(&shared, shared_version, &self.shared, &by);
                 seen.record(&player, player_version, &self.player, &by);
             }
@@ -265,7 +262,6 @@ impl Conn {
             }
             ("player_delta", Some(version), Some(delta)) => {
                 apply_delta(&mut self.player, delta);
-                self.player_version = version;
                 seen.record(&player, version, &self.player, &by);
             }
             ("shared_delta" | "player_delta", _, _) => seen.errors.push(format!(
