@@ -4,14 +4,15 @@
 //!
 //! Each test runs the binary on one data directory for ten rounds. In a round, six players of one
 //! `battle` room send actions as fast as their results come back (a few in flight): `MOVE` with a
-//! strictly increasing `x`, now and then `NEXT_ROUND` (the shared `round` plus one) and
-//! `CRITICAL_UPDATE` (a score of the player's own in the shared state). The process is killed at a
-//! random moment, restarted on the same directory, and the players reconnect; each one's `sync`
-//! must hold every action it was acked, and versions at least those any client saw. Every state
-//! a client held (from `sync` and deltas, applied as the SDKs do) is recorded under its version:
-//! one version naming two states is a failure. In every other round a fresh `tictactoe` room gets
-//! a 2-3 s turn timer re-armed by an acked `MOVE` just before the kill; after the restart the
-//! move must be on the board and the timer must fire (the player to move loses).
+//! strictly increasing `x`, now and then `NEXT_ROUND` (the shared `round` plus one),
+//! `CRITICAL_UPDATE` (a score of the player's own in the shared state) and `ATTACK` (another
+//! player's `hp` minus 10). The process is killed at a random moment, restarted on the same
+//! directory, and the players reconnect; each one's `sync` must hold every action it was acked,
+//! and versions at least those any client saw. Every state a client held (from `sync` and
+//! deltas, applied as the SDKs do) is recorded under its version: one version naming two states
+//! is a failure. In every other round a fresh `tictactoe` room gets a 2-3 s turn timer re-armed
+//! by an acked `MOVE` just before the kill; after the restart the move must be on the board and
+//! the timer must fire (the player to move loses).
 //!
 //! The seed is printed; `WEFT_GAME_CRASH_SEED=N` replays its choices (not the timing). The server
 //! log (stderr) of every incarnation goes to one file whose tail is part of any failure.
@@ -296,13 +297,15 @@ impl Conn {
 
 // --- The battle players -----------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Action {
     /// `MOVE {x, y}`: `y` is the round it was sent in.
     Move(u64),
     NextRound,
     /// `CRITICAL_UPDATE {"score_<user>": n}`.
     Critical(u64),
+    /// `ATTACK {targetId}`: another player's `hp` minus 10 (down to 0).
+    Attack(String),
 }
 
 /// A `battle` player and everything it was acked, across incarnations.
@@ -316,6 +319,8 @@ struct Bot {
     acked_x: u64,
     /// NEXT_ROUNDs acked.
     acked_rounds: u64,
+    /// ATTACKs acked, by target.
+    acked_attacks: HashMap<String, u64>,
     next_score: u64,
     /// The highest score of an acked CRITICAL_UPDATE.
     acked_score: u64,
@@ -334,6 +339,7 @@ impl Bot {
             next_x: 1,
             acked_x: 0,
             acked_rounds: 0,
+            acked_attacks: HashMap::new(),
             next_score: 1,
             acked_score: 0,
             acked: 0,
@@ -356,6 +362,15 @@ impl Bot {
                 (Action::Critical(n), "CRITICAL_UPDATE", payload)
             }
             2..=4 => (Action::NextRound, "NEXT_ROUND", json!({})),
+            5 => {
+                let others: Vec<String> = (0..PLAYERS)
+                    .map(player_name)
+                    .filter(|p| *p != self.user)
+                    .collect();
+                let target = self.rng.pick(&others).clone();
+                let payload = json!({"targetId": target});
+                (Action::Attack(target), "ATTACK", payload)
+            }
             _ => {
                 let x = self.next_x;
                 self.next_x += 1;
@@ -371,6 +386,7 @@ impl Bot {
             Action::Move(x) => self.acked_x = self.acked_x.max(x),
             Action::NextRound => self.acked_rounds += 1,
             Action::Critical(n) => self.acked_score = self.acked_score.max(n),
+            Action::Attack(target) => *self.acked_attacks.entry(target).or_default() += 1,
         }
     }
 
@@ -445,9 +461,9 @@ impl Bot {
     }
 
     /// What a reconnect's `sync` must hold: this player's last acked MOVE (or a later one it
-    /// sent), its last acked score, every NEXT_ROUND any player was acked, and versions at least
-    /// those clients saw before the kill.
-    fn check(&self, sync: &Value, before: &Versions, all_rounds: u64, kill: u32) -> Vec<String> {
+    /// sent), its last acked score, every NEXT_ROUND and every ATTACK on it any player was acked,
+    /// and versions at least those clients saw before the kill.
+    fn check(&self, sync: &Value, before: &Versions, all: &AllAcked, kill: u32) -> Vec<String> {
         let mut errors = Vec::new();
         let user = &self.user;
         let position = &sync["playerState"]["position"];
@@ -473,9 +489,18 @@ impl Bot {
             ));
         }
         let round = sync["sharedState"]["round"].as_u64().unwrap_or(0);
-        if round < all_rounds {
+        if round < all.rounds {
             errors.push(format!(
-                "LOST after kill #{kill}: {all_rounds} NEXT_ROUNDs were acked, but {user}'s sync says round {round}"
+                "LOST after kill #{kill}: {} NEXT_ROUNDs were acked, but {user}'s sync says round {round}",
+                all.rounds
+            ));
+        }
+        let attacks = all.attacks.get(user).copied().unwrap_or(0);
+        let hp = &sync["playerState"]["hp"];
+        let most = 100u64.saturating_sub(10 * attacks);
+        if hp.as_u64().is_none_or(|hp| hp > most) {
+            errors.push(format!(
+                "LOST after kill #{kill}: {attacks} ATTACKs on {user} were acked (hp at most {most}), but its hp is {hp}"
             ));
         }
         let room = format!("battle/{BATTLE}");
@@ -492,6 +517,30 @@ impl Bot {
         }
         errors
     }
+}
+
+/// What all players were acked that shows in the shared state or in others' player states.
+struct AllAcked {
+    rounds: u64,
+    /// ATTACKs by target.
+    attacks: HashMap<String, u64>,
+}
+
+impl AllAcked {
+    fn of(bots: &[Bot]) -> AllAcked {
+        let mut attacks: HashMap<String, u64> = HashMap::new();
+        for (target, n) in bots.iter().flat_map(|b| &b.acked_attacks) {
+            *attacks.entry(target.clone()).or_default() += n;
+        }
+        AllAcked {
+            rounds: bots.iter().map(|b| b.acked_rounds).sum(),
+            attacks,
+        }
+    }
+}
+
+fn player_name(i: usize) -> String {
+    format!("p{i}")
 }
 
 // --- The turn timer ---------------------------------------------------------------------------
@@ -644,7 +693,7 @@ fn reconnect(
     before: &Versions,
     seen: &SharedSeen,
 ) -> (Vec<Conn>, Vec<String>) {
-    let all_rounds: u64 = bots.iter().map(|b| b.acked_rounds).sum();
+    let all = AllAcked::of(bots);
     let mut conns = Vec::new();
     let mut errors = Vec::new();
     for bot in bots {
@@ -658,7 +707,7 @@ fn reconnect(
             seen,
         )) {
             Ok((conn, sync)) => {
-                errors.extend(bot.check(&sync, before, all_rounds, h.starts - 1));
+                errors.extend(bot.check(&sync, before, &all, h.starts - 1));
                 conns.push(conn);
             }
             Err(e) => errors.push(e),
@@ -678,7 +727,7 @@ fn game_crash(test: &'static str, storage: &str) {
         .map(String::from)
         .into();
     let mut bots: Vec<Bot> = (0..PLAYERS)
-        .map(|i| Bot::new(format!("p{i}"), rng.next()))
+        .map(|i| Bot::new(player_name(i), rng.next()))
         .collect();
     let mut pending: Option<PendingTimer> = None;
     let (mut timers, mut acked) = (0, 0);
