@@ -163,18 +163,24 @@ impl Weft {
         self.child.id().to_string()
     }
 
-    /// `kill -9`, then reaps the process. Fails if it had already ended on its own.
-    pub fn kill9(mut self) -> Result<(), String> {
+    /// Sends `signal` (`KILL`, `TERM`, `INT`) with `kill`. Fails if weft had already ended.
+    fn send(&mut self, signal: &str) -> Result<(), String> {
         if let Ok(Some(status)) = self.child.try_wait() {
-            return Err(format!("weft ended by itself before the kill: {status}"));
+            return Err(format!("weft ended by itself before SIG{signal}: {status}"));
         }
         let status = Command::new("kill")
-            .args(["-KILL", &self.pid()])
+            .args([&format!("-{signal}"), &self.pid()])
             .status()
             .map_err(|e| format!("running kill: {e}"))?;
         if !status.success() {
-            return Err(format!("kill -KILL failed: {status}"));
+            return Err(format!("kill -{signal} failed: {status}"));
         }
+        Ok(())
+    }
+
+    /// `kill -9`, then reaps the process. Fails if it had already ended on its own.
+    pub fn kill9(mut self) -> Result<(), String> {
+        self.send("KILL")?;
         let status = wait_with_deadline(&mut self.child, Duration::from_secs(20))?;
         match status.signal() {
             Some(9) => Ok(()),
@@ -184,14 +190,9 @@ impl Weft {
 
     /// SIGTERM, then `kill -9` after `grace` unless it exited by then (with 0, or it fails).
     pub fn term_then_kill(mut self, grace: Duration) -> Result<String, String> {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            return Err(format!("weft ended by itself before SIGTERM: {status}"));
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid()])
-            .status()
-            .map_err(|e| format!("running kill: {e}"))?;
+        self.send("TERM")?;
         std::thread::sleep(grace);
+        // It may have exited by now: then there is nothing to kill.
         let _ = Command::new("kill").args(["-KILL", &self.pid()]).status();
         let status = wait_with_deadline(&mut self.child, Duration::from_secs(20))?;
         match (status.success(), status.signal()) {
@@ -208,13 +209,7 @@ impl Weft {
 
     /// `kill -SIGNAL` (TERM or INT: a graceful stop); the exit status once the process ended.
     pub fn signal(mut self, signal: &str) -> Result<ExitStatus, String> {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            return Err(format!("weft ended by itself before SIG{signal}: {status}"));
-        }
-        let _ = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid()])
-            .status()
-            .map_err(|e| format!("running kill: {e}"))?;
+        self.send(signal)?;
         wait_with_deadline(&mut self.child, Duration::from_secs(30))
     }
 }
