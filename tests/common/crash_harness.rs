@@ -7,14 +7,14 @@
 #![allow(dead_code)]
 
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::common::wait_with_deadline;
+use crate::common::{listening_addr, wait_with_deadline};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -125,16 +125,7 @@ impl Weft {
             .env("LIBC_FATAL_STDERR_", "1")
             .spawn()
             .map_err(|e| format!("spawning weft: {e}"))?;
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        });
-        match rx.recv_timeout(limit) {
+        match listening_addr(&mut child, limit) {
             Ok(addr) => Ok(Weft {
                 child,
                 addr,
