@@ -7,6 +7,7 @@
 //! in the room's bounded queue. Now and then the room folds its state into a snapshot, which
 //! trims the log: one fold in flight at a time, retried with backoff after failures.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -38,11 +39,12 @@ pub struct JournalConfig {
     pub metrics: Arc<Metrics>,
 }
 
-/// A batch waiting for room in the write budget before it is appended.
-struct WaitingAppend {
-    seq: u64,
-    bytes: Vec<u8>,
-    permit: Pin<Box<dyn Future<Output = BudgetPermit> + Send>>,
+/// Batches waiting for room in the write budget, in order, and the budget's answer for the
+/// first (the budget serves its waiters in order, so only the first needs to ask).
+#[derive(Default)]
+struct Waiting {
+    batches: VecDeque<(u64, Vec<u8>)>,
+    permit: Option<Pin<Box<dyn Future<Output = BudgetPermit> + Send>>>,
 }
 
 /// Fold schedule: one fold per interval while the log grows, one in flight at a time.
@@ -64,8 +66,9 @@ pub(crate) enum JournalEvent {
     Durable,
     /// A fold is due: hand the room's state to [`Journal::fold`].
     FoldDue,
-    /// The batch that waited for the write budget is queued: the room takes commands again.
-    Accepting,
+    /// A batch that waited for the write budget is queued (once none waits, the room takes
+    /// commands again).
+    Queued,
 }
 
 pub(crate) struct Journal {
@@ -78,7 +81,7 @@ pub(crate) struct Journal {
     durable: u64,
     /// Appends queued and not yet confirmed.
     appending: usize,
-    waiting: Option<WaitingAppend>,
+    waiting: Waiting,
     durable_tx: mpsc::Sender<Result<u64, StorageError>>,
     durable_rx: mpsc::Receiver<Result<u64, StorageError>>,
     /// Outboxes of connections that are gone from the room with frames still held: kept until
@@ -99,7 +102,7 @@ impl Journal {
             last: 0,
             durable: 0,
             appending: 0,
-            waiting: None,
+            waiting: Waiting::default(),
             durable_tx,
             durable_rx,
             leaving: Vec::new(),
@@ -146,25 +149,40 @@ impl Journal {
     /// Whether the room may take another command: not while a batch waits for the budget or
     /// too many appends are in flight.
     pub(crate) fn accepting(&self) -> bool {
-        self.waiting.is_none() && self.appending < MAX_APPENDS_IN_FLIGHT
+        self.waiting.batches.is_empty() && self.appending < MAX_APPENDS_IN_FLIGHT
     }
 
     /// Appends `bytes` as batch `seq` (after the last one) once the write budget has room.
     pub(crate) fn append(&mut self, seq: u64, bytes: Vec<u8>) {
         self.last = seq;
         self.mark_dirty();
-        // Only one batch can wait: the room takes no command while one does.
-        match self.config.budget.try_acquire(bytes.len()) {
-            Some(permit) => self.queue(seq, bytes, permit),
-            None => {
-                Metrics::inc(&self.config.metrics.appends_waited);
-                self.waiting = Some(WaitingAppend {
-                    seq,
-                    permit: Box::pin(self.config.budget.acquire(bytes.len())),
-                    bytes,
-                });
+        if self.waiting.batches.is_empty() {
+            if let Some(permit) = self.config.budget.try_acquire(bytes.len()) {
+                self.queue(seq, bytes, permit);
+                return;
             }
         }
+        Metrics::inc(&self.config.metrics.appends_waited);
+        self.waiting.batches.push_back((seq, bytes));
+        self.ask_budget();
+    }
+
+    /// Asks the budget for room for the first waiting batch, unless that is asked already.
+    fn ask_budget(&mut self) {
+        if self.waiting.permit.is_none() {
+            if let Some((_, bytes)) = self.waiting.batches.front() {
+                self.waiting.permit = Some(Box::pin(self.config.budget.acquire(bytes.len())));
+            }
+        }
+    }
+
+    /// The first waiting batch got room: it is queued.
+    fn queue_first_waiting(&mut self, permit: BudgetPermit) {
+        self.waiting.permit = None;
+        if let Some((seq, bytes)) = self.waiting.batches.pop_front() {
+            self.queue(seq, bytes, permit);
+        }
+        self.ask_budget();
     }
 
     /// Queues the batch; its room in the budget is given back once it is written (or failed).
@@ -226,7 +244,7 @@ impl Journal {
             let fold_at = self
                 .folds
                 .at
-                .filter(|_| self.folds.in_flight.is_none() && self.waiting.is_none());
+                .filter(|_| self.folds.in_flight.is_none() && self.waiting.batches.is_empty());
             tokio::select! {
                 biased;
                 Some(result) = self.durable_rx.recv(), if self.appending > 0 => {
@@ -237,11 +255,9 @@ impl Journal {
                     self.folds.in_flight = None;
                     self.folded(result);
                 }
-                permit = wait_for_budget(&mut self.waiting), if self.waiting.is_some() => {
-                    if let Some(waiting) = self.waiting.take() {
-                        self.queue(waiting.seq, waiting.bytes, permit);
-                    }
-                    return Ok(JournalEvent::Accepting);
+                permit = wait_for_budget(&mut self.waiting), if self.waiting.permit.is_some() => {
+                    self.queue_first_waiting(permit);
+                    return Ok(JournalEvent::Queued);
                 }
                 () = sleep_until(fold_at.unwrap_or_else(Instant::now)), if fold_at.is_some() => {
                     self.folds.at = None;
@@ -311,9 +327,9 @@ impl Journal {
     /// failed one durable. True if everything appended is durable.
     pub(crate) async fn settle(&mut self) -> bool {
         let settled = tokio::time::timeout(SETTLE_APPENDS_LIMIT, async {
-            if let Some(mut waiting) = self.waiting.take() {
-                let permit = waiting.permit.as_mut().await;
-                self.queue(waiting.seq, waiting.bytes, permit);
+            while self.waiting.permit.is_some() {
+                let permit = wait_for_budget(&mut self.waiting).await;
+                self.queue_first_waiting(permit);
             }
             while self.appending > 0 && !self.failed {
                 let Some(result) = self.durable_rx.recv().await else {
@@ -327,7 +343,7 @@ impl Journal {
         if settled.is_err() {
             warn!("appends still in flight at close; their frames are dropped");
         }
-        !self.failed && self.appending == 0 && self.waiting.is_none()
+        !self.failed && self.appending == 0 && self.waiting.batches.is_empty()
     }
 
     /// The end of the room's writes: waits for the fold in flight, then, unless an append failed,
@@ -381,10 +397,10 @@ impl Journal {
     }
 }
 
-/// The write budget's answer for the waiting batch (pending forever when none waits).
-async fn wait_for_budget(waiting: &mut Option<WaitingAppend>) -> BudgetPermit {
-    match waiting.as_mut() {
-        Some(waiting) => waiting.permit.as_mut().await,
+/// The write budget's answer for the first waiting batch (pending forever when none waits).
+async fn wait_for_budget(waiting: &mut Waiting) -> BudgetPermit {
+    match waiting.permit.as_mut() {
+        Some(permit) => permit.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -414,4 +430,40 @@ pub(crate) fn panicked(key: &RoomKey, e: tokio::task::JoinError) -> StorageError
 /// Backoff after `failures` consecutive storage failures: 0.5 s doubling, at most 30 s.
 fn retry_delay(failures: u32) -> Duration {
     Duration::from_millis(500u64.saturating_mul(1 << failures.min(6)).min(30_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::RoomId;
+    use crate::storage::{Appends, GatedStorage};
+
+    /// Batches that find the write budget full wait in order, however many there are (a room
+    /// closing may append after one is waiting), and reach storage in seq order.
+    #[tokio::test]
+    async fn batches_waiting_for_the_budget_keep_their_order() {
+        let storage = Arc::new(GatedStorage::new(Appends::Hold));
+        let config = JournalConfig {
+            storage: storage.clone(),
+            budget: WriteBudget::new(10),
+            metrics: Arc::new(Metrics::default()),
+        };
+        let key = RoomKey::Canvas(RoomId::parse("j").expect("id"));
+        let mut journal = Journal::new(key, config, Duration::from_secs(60));
+        for seq in 1..=3 {
+            journal.append(seq, vec![b'x'; 10]);
+        }
+        assert!(!journal.accepting(), "two batches wait for the budget");
+        assert_eq!(storage.held(), 1);
+        while storage.written().len() < 3 {
+            storage.confirm_held();
+            let event = tokio::time::timeout(Duration::from_secs(5), journal.next())
+                .await
+                .expect("the journal moves on");
+            assert!(event.is_ok());
+        }
+        assert_eq!(storage.written(), vec![1, 2, 3]);
+        assert!(journal.settle().await);
+        assert!(journal.accepting());
+    }
 }

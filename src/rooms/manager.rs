@@ -3,69 +3,21 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
+use super::config::RoomConfig;
 use super::journal::JournalConfig;
-use super::registry::{ClosingGuard, Registry};
+use super::registry::Registry;
 use super::room::{Room, RoomHandle};
-use super::session::{CloseReason, NewSession};
+use super::session::{CloseReason, JoinError, NewSession};
 use super::tasks::Tasks;
-use crate::engine::{LimitError, Limits};
 use crate::ids::{RoomId, RoomKey, SessionId};
 use crate::metrics::Metrics;
-use crate::storage::{Storage, StorageError, WriteBudget};
+use crate::storage::{Storage, StorageError};
 
-/// Settings every room runs with.
-#[derive(Debug, Clone)]
-pub struct RoomConfig {
-    /// An empty room is closed (saved and dropped from memory) after this long.
-    pub idle_timeout: Duration,
-    /// How often a changing room's log is folded into its snapshot.
-    pub fold_interval: Duration,
-    /// Commands a room queues before senders wait.
-    pub command_queue: usize,
-    pub limits: Limits,
-    /// Bytes of appends queued for the storage writer at once, shared by every room of the
-    /// manager: a room waits for room in it before it appends.
-    pub write_budget: WriteBudget,
-}
-
-/// Default of the `storage_queue_bytes` setting.
-pub const DEFAULT_STORAGE_QUEUE_BYTES: usize = 64 << 20;
-
-impl Default for RoomConfig {
-    fn default() -> Self {
-        RoomConfig {
-            idle_timeout: Duration::from_secs(30),
-            fold_interval: Duration::from_secs(30),
-            command_queue: 4096,
-            limits: Limits::default(),
-            write_budget: WriteBudget::new(DEFAULT_STORAGE_QUEUE_BYTES),
-        }
-    }
-}
-
-/// Why a session could not join.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum JoinError {
-    /// The room closed while the join was on its way; joining again loads it anew.
-    #[error("room closed")]
-    RoomClosed,
-    /// The server is shutting down and takes no new sessions.
-    #[error("server shutting down")]
-    ShuttingDown,
-    /// The room's stored state could not be loaded; the room is not served until it can be.
-    #[error("room storage unavailable")]
-    StorageUnavailable,
-    /// The room's stored state is over the configured limits; it is not served until an
-    /// operator raises them (other rooms are not affected).
-    #[error("room is over its limits: {0}")]
-    OverLimit(LimitError),
-}
-
-/// Shared state of the manager; rooms hold a weak reference to report their closing.
-pub(crate) struct Inner {
-    rooms: Registry<RoomHandle>,
+/// Shared state of the manager.
+struct Inner {
+    /// Rooms hold it too, to report their closing.
+    rooms: Arc<Registry<RoomHandle>>,
     storage: Arc<dyn Storage>,
     config: RoomConfig,
     metrics: Arc<Metrics>,
@@ -77,20 +29,6 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct RoomManager {
     inner: Arc<Inner>,
-}
-
-impl Inner {
-    /// Marks the room as closing; the guard's drop wakes those waiting to load it again.
-    pub(crate) fn begin_close(&self, id: &RoomId, generation: u64) -> ClosingGuard {
-        self.rooms
-            .begin_close(&RoomKey::Canvas(id.clone()), generation)
-    }
-
-    /// Forgets a room that finished closing.
-    pub(crate) fn finish_close(&self, id: &RoomId, generation: u64) {
-        self.rooms
-            .finish_close(&RoomKey::Canvas(id.clone()), generation);
-    }
 }
 
 impl RoomManager {
@@ -113,7 +51,7 @@ impl RoomManager {
     ) -> Self {
         RoomManager {
             inner: Arc::new(Inner {
-                rooms: Registry::default(),
+                rooms: Arc::default(),
                 storage,
                 config,
                 metrics,
@@ -132,7 +70,7 @@ impl RoomManager {
                 generation,
                 self.inner.config.clone(),
                 self.journal_config(),
-                Arc::downgrade(&self.inner),
+                self.inner.rooms.clone(),
                 &self.inner.tasks,
             )
         };

@@ -1,9 +1,16 @@
-//! The rooms runtime: one task per live room, owning its document and sessions outright.
+//! The rooms runtime, under both protocols: one task per live room, owning its state and
+//! sessions outright.
 //!
-//! Everything else talks to a room through a cloneable [`RoomHandle`] (a bounded command channel),
-//! so a room is serialized without locks and one socket's frames are handled in order. The
-//! [`RoomManager`] creates each room exactly once, evicts it when idle, and closes all on shutdown.
+//! Everything else talks to a room through a cloneable handle (a bounded command channel), so a
+//! room is serialized without locks and one socket's frames are handled in order.
+//! - `registry`: the live rooms by room key: each loaded once, closed all at once at shutdown;
+//! - `runtime`: the one loop every room runs ([`RoomTask`]);
+//! - `journal`: a room's path to storage: appends under the write budget, frames held until
+//!   durable, folds;
+//! - `schedule`: deadlines by key; `session`: outboxes; `tasks`: the task tracker;
+//! - `manager` and `room`: the canvas rooms ([`RoomManager`] and their task).
 
+mod config;
 mod journal;
 mod manager;
 mod registry;
@@ -13,9 +20,10 @@ mod schedule;
 mod session;
 mod tasks;
 
+pub use config::{RoomConfig, DEFAULT_STORAGE_QUEUE_BYTES};
 pub use journal::JournalConfig;
 pub(crate) use journal::{panicked, Journal};
-pub use manager::{JoinError, RoomConfig, RoomManager, DEFAULT_STORAGE_QUEUE_BYTES};
+pub use manager::RoomManager;
 pub use registry::ShuttingDown;
 pub(crate) use registry::{ClosingGuard, Registry};
 pub(crate) use room::send_command;
@@ -23,7 +31,9 @@ pub use room::RoomHandle;
 pub(crate) use runtime::{serve, RoomTask, Step};
 pub use schedule::Schedule;
 pub(crate) use session::Delivery;
-pub use session::{CloseReason, LinkEvent, NewSession, Outbox, SessionInfo, SessionLink};
+pub use session::{
+    CloseReason, JoinError, LinkEvent, NewSession, Outbox, SessionInfo, SessionLink,
+};
 pub use tasks::Tasks;
 
 #[cfg(test)]

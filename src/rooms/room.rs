@@ -2,7 +2,7 @@
 //! canvas-store protocol to them one command at a time.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use bytestring::ByteString;
 use serde_json::Value;
@@ -10,10 +10,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use super::config::RoomConfig;
 use super::journal::{self, Journal, JournalConfig};
-use super::manager::{Inner, JoinError, RoomConfig};
+use super::registry::Registry;
 use super::runtime::{self, Ended, RoomTask, Step};
-use super::session::{CloseReason, Delivery, NewSession, Outbox, SessionInfo};
+use super::session::{CloseReason, Delivery, JoinError, NewSession, Outbox, SessionInfo};
 use super::tasks::Tasks;
 use crate::auth::{Grant, Permission};
 use crate::engine::{Document, Ephemeral, LimitError};
@@ -209,7 +210,8 @@ pub(crate) struct Room {
     generation: u64,
     config: RoomConfig,
     metrics: Arc<Metrics>,
-    manager: Weak<Inner>,
+    /// The live rooms, to report this one's closing.
+    registry: Arc<Registry<RoomHandle>>,
     doc: Document,
     ephemeral: Ephemeral,
     sessions: HashMap<SessionId, Session>,
@@ -234,7 +236,7 @@ impl Room {
         generation: u64,
         config: RoomConfig,
         journal: JournalConfig,
-        manager: Weak<Inner>,
+        registry: Arc<Registry<RoomHandle>>,
         tasks: &Tasks,
     ) -> RoomHandle {
         let (tx, rx) = mpsc::channel(config.command_queue.max(1));
@@ -245,7 +247,7 @@ impl Room {
             metrics: journal.metrics.clone(),
             journal: Journal::new(key, journal, config.fold_interval),
             config,
-            manager,
+            registry,
             doc: Document::default(),
             ephemeral: Ephemeral::default(),
             sessions: HashMap::new(),
@@ -654,10 +656,8 @@ impl Room {
         reason: CloseReason,
         rx: &mut mpsc::Receiver<RoomCommand>,
     ) -> Result<(), StorageError> {
-        let manager = self.manager.upgrade();
-        let closing = manager
-            .as_ref()
-            .map(|m| m.begin_close(&self.id, self.generation));
+        let key = RoomKey::Canvas(self.id.clone());
+        let closing = self.registry.begin_close(&key, self.generation);
         self.journal.settle().await;
         self.made_durable();
         let ids: Vec<_> = self.sessions.keys().copied().collect();
@@ -687,9 +687,7 @@ impl Room {
                 _ => {}
             }
         }
-        if let Some(manager) = manager {
-            manager.finish_close(&self.id, self.generation);
-        }
+        self.registry.finish_close(&key, self.generation);
         drop(closing);
         info!(clock = self.doc.clock(), "room closed");
         result

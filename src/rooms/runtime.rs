@@ -84,7 +84,7 @@ pub(crate) async fn serve<R: RoomTask>(
                     }
                     Step::Continue
                 }
-                Ok(JournalEvent::Accepting) => Step::Continue,
+                Ok(JournalEvent::Queued) => Step::Continue,
                 Err(_) => return Ended::WriteFailed,
             },
             command = commands.recv(), if accepting => match command {

@@ -8,6 +8,7 @@ use bytestring::ByteString;
 use serde_json::Value;
 
 use crate::auth::Permission;
+use crate::engine::LimitError;
 use crate::ids::{ClientId, SessionId};
 
 /// Why a room ends a session; the transport turns it into a WebSocket close frame.
@@ -44,6 +45,24 @@ impl CloseReason {
     pub fn storage_unavailable() -> CloseReason {
         CloseReason::new(1011, "room storage unavailable, retry later")
     }
+}
+
+/// Why a session could not join.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The room closed while the join was on its way; joining again loads it anew.
+    #[error("room closed")]
+    RoomClosed,
+    /// The server is shutting down and takes no new sessions.
+    #[error("server shutting down")]
+    ShuttingDown,
+    /// The room's stored state could not be loaded; the room is not served until it can be.
+    #[error("room storage unavailable")]
+    StorageUnavailable,
+    /// The room's stored state is over the configured limits; it is not served until an
+    /// operator raises them (other rooms are not affected).
+    #[error("room is over its limits: {0}")]
+    OverLimit(LimitError),
 }
 
 /// The room's way to reach a connection: a frame queue bounded in bytes and a close signal.
