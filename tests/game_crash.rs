@@ -12,7 +12,8 @@
 //! deltas, applied as the SDKs do) is recorded under its version: one version naming two states
 //! is a failure. In every other round a fresh `tictactoe` room gets a 2-3 s turn timer re-armed
 //! by an acked `MOVE` just before the kill; after the restart the move must be on the board and
-//! the timer must fire (the player to move loses).
+//! the timer must fire (the player to move loses). One round plays past the `battle` room's 30 s
+//! `stateSaveInterval`, so that its log is folded into a snapshot before the kill.
 //!
 //! The seed is printed; `WEFT_GAME_CRASH_SEED=N` replays its choices (not the timing). The server
 //! log (stderr) of every incarnation goes to one file whose tail is part of any failure.
@@ -20,6 +21,8 @@
 mod common;
 #[path = "common/crash_harness.rs"]
 mod crash_harness;
+#[path = "common/raw_http.rs"]
+mod raw_http;
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -32,10 +35,14 @@ use tokio_tungstenite::tungstenite::Message;
 use weft::engine::tree::apply_delta;
 
 use crash_harness::{runtime, serial, Harness, Rng, Weft};
+use raw_http::metric;
 
 /// The environment variable that replays a seed.
 const SEED_VAR: &str = "WEFT_GAME_CRASH_SEED";
 const ROUNDS: u32 = 10;
+/// The round that plays past `battle`'s `stateSaveInterval` (30 s), so that the room folds its
+/// log into a snapshot before the kill and the restart loads a snapshot and a log tail.
+const LONG_ROUND: u32 = 6;
 const PLAYERS: usize = 6;
 /// The `battle` room the players share.
 const BATTLE: &str = "crash";
@@ -759,7 +766,10 @@ fn game_crash(test: &'static str, storage: &str) {
         if round > ROUNDS {
             break;
         }
-        let play_ms = rng.range(200, 1500);
+        let play_ms = match round {
+            LONG_ROUND => rng.range(30_500, 33_000),
+            _ => rng.range(200, 1500),
+        };
         std::thread::sleep(Duration::from_millis(play_ms).saturating_sub(playing.elapsed()));
         let mut cut = Vec::new();
         if round % 2 == 1 {
@@ -770,6 +780,8 @@ fn game_crash(test: &'static str, storage: &str) {
             cut = conns;
         }
         let played = playing.elapsed();
+        let addr = server.addr.parse().expect("weft prints IP:PORT");
+        let folds = rt.block_on(metric(addr, "weft_snapshots_saved", WAIT));
         let killed_at = unix_ms();
         server.kill9().unwrap_or_else(|e| h.fail(&[e]));
         drop(cut);
@@ -808,7 +820,7 @@ fn game_crash(test: &'static str, storage: &str) {
             None => String::new(),
         };
         eprintln!(
-            "{test}: round {round}: kill -9 after {} ms of play: {this_round} actions acked, refused {refused:?}{timer}",
+            "{test}: round {round}: kill -9 after {} ms of play ({folds} snapshots saved): {this_round} actions acked, refused {refused:?}{timer}",
             played.as_millis(),
         );
         server = h.start("127.0.0.1:0", &flags);
