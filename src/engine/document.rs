@@ -11,9 +11,10 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::limits::{self, LimitError, Limits, Stored};
-use super::patch::{self, Action, Fields};
+use super::patch::{self, Action};
 use super::size::{self, Size};
 use super::work;
+use super::{tombstone, Fields};
 
 /// One component: its fields and the clock value of each field's last write.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -333,7 +334,7 @@ impl Document {
             }
             Action::Delete => {
                 let c = self.entry(key);
-                c.fields = patch::tombstone();
+                c.fields = tombstone();
                 c.entries = size::entries(&c.fields);
                 // A delete resets the stamps to the fields named in the deleting patch.
                 c.stamps.clear();

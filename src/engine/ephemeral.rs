@@ -7,8 +7,9 @@ use indexmap::IndexMap;
 use serde_json::{Map, Value};
 
 use super::limits::{self, LimitError, Limits, Stored};
-use super::patch::{self, Action, Fields};
+use super::patch::{self, Action};
 use super::size::{self, Size};
+use super::{tombstone, Fields};
 
 /// Ephemeral state of every session in a room, keyed by a session number the caller chooses.
 ///
@@ -116,7 +117,7 @@ impl Ephemeral {
                 match action {
                     Action::Skip => {}
                     Action::Delete => {
-                        *fields = patch::tombstone();
+                        *fields = tombstone();
                         *entries = size::entries(fields);
                     }
                     Action::Create => {
@@ -174,7 +175,7 @@ impl Ephemeral {
                     .map(|(fields, _)| Value::Object(fields.clone())),
                 false => None,
             };
-            let value = value.unwrap_or_else(|| Value::Object(patch::tombstone()));
+            let value = value.unwrap_or_else(|| Value::Object(tombstone()));
             patch.insert(key, value);
         }
         (!patch.is_empty()).then_some(Value::Object(patch))

@@ -10,8 +10,8 @@ use std::collections::{HashMap, HashSet};
 use serde_json::Value;
 
 use super::buffer::{self, BufferDelta};
-use super::patch::{self, Fields};
 use super::size::{self, Change, Size};
+use super::{tombstone, Fields};
 
 /// Bounds the engine enforces on what a request may ask for and on what a room may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +162,7 @@ pub(crate) fn project(
                 }
                 state.deletes += 1;
                 change.added +=
-                    size::component(key, size::entries(&patch::tombstone()), 1) + Size::new(1, 1);
+                    size::component(key, size::entries(&tombstone()), 1) + Size::new(1, 1);
                 state.fields = value.len();
             } else {
                 let known = |name: &str| !state.freed && stored.has_field(key, name);

@@ -46,9 +46,19 @@ pub mod work;
 pub use document::{DiffView, Document, SnapshotError};
 pub use ephemeral::Ephemeral;
 pub use limits::{LimitError, Limits};
-pub use patch::{validate_patches, Fields, PatchError};
+pub use patch::{validate_patches, PatchError};
 pub use replay::{replay, ReplayError, Replayed};
 pub use size::Size;
+
+/// The fields of one component.
+pub type Fields = serde_json::Map<String, serde_json::Value>;
+
+/// A deleted component: `{"_exists": false}`.
+pub(crate) fn tombstone() -> Fields {
+    let mut fields = Fields::new();
+    fields.insert("_exists".to_owned(), serde_json::Value::Bool(false));
+    fields
+}
 
 /// Largest integer a JavaScript client can hold exactly (2^53 - 1).
 pub const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;

@@ -1,13 +1,11 @@
 //! Patches: validation, and the rule that decides what one component value does.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::buffer::{self, BufferDelta, BufferDeltaError};
 use super::limits::Limits;
 use super::size::{self, Change};
-
-/// The fields of one component.
-pub type Fields = Map<String, Value>;
+use super::Fields;
 
 /// Why a list of patches was refused. The message names the offending place.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,12 +97,6 @@ pub(crate) fn action(current: Option<&Fields>, value: &Fields) -> Action {
     }
 }
 
-pub(crate) fn tombstone() -> Fields {
-    let mut fields = Fields::new();
-    fields.insert("_exists".to_owned(), Value::Bool(false));
-    fields
-}
-
 /// Writes `value`'s fields into `target`, materializing buffer deltas against `target`'s arrays.
 /// A malformed delta (which validation keeps out) is skipped rather than stored.
 /// A field already present is overwritten where it is (its place in the object is kept, as
@@ -148,6 +140,7 @@ pub(crate) fn write_fields(target: &mut Fields, value: &Fields, limits: &Limits)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::tombstone;
     use serde_json::json;
 
     /// Every malformed shape is refused with an error naming where it is.

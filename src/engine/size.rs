@@ -10,7 +10,7 @@ use std::ops::{Add, AddAssign};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::patch::Fields;
+use super::Fields;
 
 /// A size: bytes of compact JSON and JSON values (each scalar, array and object counts one).
 /// In memory a value costs about 80 bytes whatever its JSON length, so `values` is what bounds

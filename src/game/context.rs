@@ -11,12 +11,12 @@ use bytestring::ByteString;
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
 
-use super::logic::Sender;
-use super::manager::RoomStatus;
+use super::handle::RoomStatus;
 use super::options::NamespaceOptions;
 use super::record::{
     unix_ms, Entry, Op, Restored, RestoredPlayer, RoomRecord, SavedSender, SavedTimer,
 };
+use super::sender::Sender;
 use crate::engine::state::{StateBatch, StateDoc, Writes};
 use crate::engine::tree;
 use crate::ids::RecordKey;

@@ -9,22 +9,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::context::{RoomContext, StateError};
+use super::sender::Sender;
 use crate::protocol::game::ErrorCode;
-
-/// Who triggered a hook: the player behind a connection.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sender {
-    /// The token's `sub`.
-    pub user_id: String,
-    /// Unique per WebSocket connection.
-    pub connection_id: String,
-    /// The token's `role` (`user` when the token has none).
-    pub role: String,
-    pub email: Option<String>,
-    pub is_anonymous: bool,
-    /// The token's `custom` claim.
-    pub custom: Value,
-}
 
 /// Why a player left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

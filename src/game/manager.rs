@@ -3,22 +3,23 @@
 //! matchmaking, deletes expired saved state, and wakes saved rooms whose timers fall due.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use super::logic::{LogicFactory, Sender};
+use super::handle::{Command, JoinRefused, RoomHandle, RoomStatus};
+use super::logic::LogicFactory;
 use super::options::NamespaceOptions;
 use super::record::{self, unix_ms};
-use super::room::{self, Command, JoinRefused};
+use super::room::{self, Shared};
+use super::sender::Sender;
 use super::wakeups::Wakeups;
 use crate::ids::{RecordKey, RoomId, RoomKey};
 use crate::protocol::game::ErrorCode;
-use crate::rooms::{panicked, ClosingGuard, JournalConfig, Outbox, Registry, SessionLink, Tasks};
+use crate::rooms::{panicked, JournalConfig, Outbox, Registry, SessionLink, Tasks};
 use crate::storage::{Storage, StorageError};
 
 /// A registered namespace.
@@ -73,148 +74,6 @@ impl Namespaces {
     }
 }
 
-/// What the rest of the server may know of a live room without asking it.
-#[derive(Debug)]
-pub struct RoomStatus {
-    /// Players holding a seat.
-    pub players: AtomicUsize,
-    /// Players with a joined connection (the others are within their reconnect grace period).
-    pub connected: AtomicUsize,
-    pub max_players: AtomicUsize,
-    pub locked: AtomicBool,
-    pub private: AtomicBool,
-    metadata: Mutex<Value>,
-    /// Seats promised by matchmaking, each until its deadline.
-    reservations: Mutex<Vec<Instant>>,
-}
-
-/// How long a seat handed out by matchmaking is held for the client to join.
-const RESERVATION: Duration = Duration::from_secs(15);
-
-impl RoomStatus {
-    pub(super) fn new(max_players: usize) -> RoomStatus {
-        RoomStatus {
-            players: AtomicUsize::new(0),
-            connected: AtomicUsize::new(0),
-            max_players: AtomicUsize::new(max_players),
-            locked: AtomicBool::new(false),
-            private: AtomicBool::new(false),
-            metadata: Mutex::new(Value::Object(Map::new())),
-            reservations: Mutex::new(Vec::new()),
-        }
-    }
-
-    pub fn metadata(&self) -> Value {
-        self.metadata
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub(super) fn set_metadata(&self, metadata: &Value) {
-        *self.metadata.lock().unwrap_or_else(|e| e.into_inner()) = metadata.clone();
-    }
-
-    fn live_reservations(&self) -> usize {
-        let mut r = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        r.retain(|deadline| *deadline > now);
-        r.len()
-    }
-
-    /// When the last live matchmaking reservation runs out, if any: an empty room is kept until
-    /// then, so the seat it promised is still there when the client comes.
-    pub(super) fn reserved_until(&self) -> Option<Instant> {
-        let _ = self.live_reservations();
-        let r = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
-        r.iter().max().copied()
-    }
-
-    /// Takes one matchmaking reservation, if any (a join consumes the seat it was promised).
-    pub(super) fn take_reservation(&self) -> bool {
-        let _ = self.live_reservations();
-        self.reservations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .is_some()
-    }
-
-    /// No seat left for a new player (reserved seats count as taken).
-    pub fn is_full(&self) -> bool {
-        self.players.load(Ordering::Relaxed) + self.live_reservations()
-            >= self.max_players.load(Ordering::Relaxed)
-    }
-
-    /// Checked before the WebSocket upgrade, when the user is not known yet: every seat is taken
-    /// by a connected player. Seats held for disconnected players (who may be the one connecting)
-    /// and matchmaking reservations (likewise) do not count; the join checks the seats exactly.
-    pub fn is_full_for_newcomers(&self) -> bool {
-        self.connected.load(Ordering::Relaxed) >= self.max_players.load(Ordering::Relaxed)
-    }
-
-    /// Reserves a seat for a matchmade client, unless the room is full, locked or private.
-    fn try_reserve(&self) -> bool {
-        if self.locked.load(Ordering::Relaxed) || self.private.load(Ordering::Relaxed) {
-            return false;
-        }
-        if self.is_full() {
-            return false;
-        }
-        self.reservations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Instant::now() + RESERVATION);
-        true
-    }
-}
-
-/// A live room's mailbox.
-#[derive(Clone)]
-pub struct RoomHandle {
-    pub(super) commands: mpsc::Sender<Command>,
-    pub status: Arc<RoomStatus>,
-}
-
-impl RoomHandle {
-    /// Queues a command; `false` when the room has stopped (the caller reloads it and retries).
-    pub(super) async fn send(&self, command: Command) -> bool {
-        crate::rooms::send_command(&self.commands, command).await
-    }
-
-    /// Runs an action; its result or error reaches the connection's outbox.
-    pub async fn action(
-        &self,
-        connection_id: String,
-        request_id: String,
-        action_type: String,
-        payload: Value,
-    ) {
-        self.send(Command::Action {
-            connection_id,
-            request_id,
-            action_type,
-            payload,
-        })
-        .await;
-    }
-
-    /// The client left on purpose (`leave`): `on_leave(Leave)` at once.
-    pub async fn leave(&self, connection_id: String) {
-        self.send(Command::Leave { connection_id }).await;
-    }
-
-    /// The socket closed: the player keeps its seat for the reconnect grace period.
-    pub async fn disconnected(&self, connection_id: String) {
-        self.send(Command::Disconnected { connection_id }).await;
-    }
-
-    /// The connection's token was refreshed (same user, maybe a new role).
-    pub async fn refreshed(&self, sender: Sender) {
-        self.send(Command::Refreshed { sender }).await;
-    }
-}
-
 /// The result of [`GameRooms::join`].
 pub enum JoinOutcome {
     /// Joined: the room's handle and this connection's ends of its outbox (the `sync` is first).
@@ -233,14 +92,9 @@ pub struct GameRooms {
 }
 
 struct Inner {
-    /// Rooms run here (the server's main runtime), not on the HTTP worker that loaded them: they
-    /// outlive that connection, and the workers stop before the rooms are saved at shutdown.
-    tasks: Tasks,
-    wakeups: Wakeups,
     namespaces: Namespaces,
-    /// Storage, write budget and metrics, shared with the canvas rooms.
-    journal: JournalConfig,
-    rooms: Registry<RoomHandle>,
+    /// The live rooms, wake-ups, journal config (shared with the canvas rooms) and tasks.
+    shared: Arc<Shared>,
 }
 
 /// Why a room could not be reached.
@@ -266,11 +120,13 @@ impl GameRooms {
     pub fn new(namespaces: Namespaces, journal: JournalConfig, tasks: Tasks) -> GameRooms {
         GameRooms {
             inner: Arc::new(Inner {
-                tasks,
-                wakeups: Wakeups::default(),
                 namespaces,
-                journal,
-                rooms: Registry::default(),
+                shared: Arc::new(Shared {
+                    rooms: Registry::default(),
+                    wakeups: Wakeups::default(),
+                    journal,
+                    tasks,
+                }),
             }),
         }
     }
@@ -280,20 +136,16 @@ impl GameRooms {
     }
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
-        &self.inner.journal.storage
-    }
-
-    pub(super) fn journal_config(&self) -> &JournalConfig {
-        &self.inner.journal
-    }
-
-    pub(super) fn tasks(&self) -> &Tasks {
-        &self.inner.tasks
+        &self.inner.shared.journal.storage
     }
 
     /// The live room's status, without loading it.
     pub fn status(&self, key: &RecordKey) -> Option<Arc<RoomStatus>> {
-        let handle = self.inner.rooms.existing(&RoomKey::Game(key.clone()))?;
+        let handle = self
+            .inner
+            .shared
+            .rooms
+            .existing(&RoomKey::Game(key.clone()))?;
         Some(handle.status)
     }
 
@@ -306,9 +158,18 @@ impl GameRooms {
             .get(key.namespace.as_str())
             .ok_or_else(|| RoomUnavailable::UnknownNamespace(key.namespace.to_string()))?
             .clone();
-        let spawn =
-            |generation| room::spawn(self.clone(), key.clone(), namespace.clone(), generation);
+        let spawn = |generation| {
+            let (options, logic) = (namespace.options.clone(), (namespace.factory)());
+            room::spawn(
+                self.inner.shared.clone(),
+                key.clone(),
+                options,
+                logic,
+                generation,
+            )
+        };
         self.inner
+            .shared
             .rooms
             .get_or_spawn(&RoomKey::Game(key.clone()), spawn)
             .await
@@ -356,21 +217,6 @@ impl GameRooms {
         JoinOutcome::Unavailable("the room is restarting; retry".into())
     }
 
-    /// The room is about to fold for the last time: no new handle until the guard is dropped.
-    pub(super) fn closing(&self, key: &RecordKey, generation: u64) -> ClosingGuard {
-        self.inner
-            .rooms
-            .begin_close(&RoomKey::Game(key.clone()), generation)
-    }
-
-    /// The room's final fold is done (or failed and was logged); it may be loaded again once
-    /// its guard is dropped.
-    pub(super) fn closed(&self, key: &RecordKey, generation: u64) {
-        self.inner
-            .rooms
-            .finish_close(&RoomKey::Game(key.clone()), generation);
-    }
-
     /// Public metadata of a room: live, saved (within its TTL), or `{}`.
     pub async fn metadata(&self, key: &RecordKey) -> Result<Value, StorageError> {
         if let Some(status) = self.status(key) {
@@ -404,7 +250,7 @@ impl GameRooms {
             .namespaces
             .get(namespace)
             .ok_or_else(|| RoomUnavailable::UnknownNamespace(namespace.to_owned()))?;
-        for (key, handle) in self.inner.rooms.open() {
+        for (key, handle) in self.inner.shared.rooms.open() {
             let Some(key) = key.game() else { continue };
             if key.namespace == ns.name && handle.status.try_reserve() {
                 return Ok(Match {
@@ -429,10 +275,10 @@ impl GameRooms {
     /// At startup: deletes saved rooms past their TTL (then every 10 minutes) and wakes those
     /// with pending timers when they fall due. Both end when shutdown begins.
     pub fn start(&self) {
-        let tasks = self.inner.tasks.clone();
+        let tasks = self.inner.shared.tasks.clone();
         let rooms = self.clone();
         tasks.spawn(async move {
-            let tasks = rooms.inner.tasks.clone();
+            let tasks = rooms.inner.shared.tasks.clone();
             loop {
                 rooms.sweep().await;
                 tokio::select! {
@@ -443,8 +289,11 @@ impl GameRooms {
         });
         let rooms = self.clone();
         tasks.spawn(async move {
-            let tasks = rooms.inner.tasks.clone();
-            rooms.inner.wakeups.run(rooms.clone(), tasks).await;
+            let shared = rooms.inner.shared.clone();
+            shared
+                .wakeups
+                .run(&shared.tasks, |key| rooms.wake(key))
+                .await;
         });
     }
 
@@ -485,8 +334,21 @@ impl GameRooms {
     }
 
     /// Loads the room when its earliest timer falls due, so timers fire without a player.
-    pub(super) fn wake_at(&self, key: RecordKey, due_ms: u64) {
-        self.inner.wakeups.add(key, due_ms);
+    fn wake_at(&self, key: RecordKey, due_ms: u64) {
+        self.inner.shared.wakeups.add(key, due_ms);
+    }
+
+    /// Loads a saved room whose timer is due (unless it is loaded), in a task of its own.
+    fn wake(&self, key: RecordKey) {
+        if self.status(&key).is_some() {
+            return;
+        }
+        let rooms = self.clone();
+        self.inner.shared.tasks.spawn(async move {
+            if let Ok(handle) = rooms.handle(&key).await {
+                let _ = handle.send(Command::Wake).await;
+            }
+        });
     }
 
     /// Shutdown: refuses new rooms, closes every session (1001) and saves every room. Returns
@@ -502,11 +364,11 @@ impl GameRooms {
             }
             Ok(())
         };
-        self.inner.rooms.close_all(close).await
+        self.inner.shared.rooms.close_all(close).await
     }
 
     /// Live rooms (for metrics and health).
     pub fn live_rooms(&self) -> usize {
-        self.inner.rooms.open().len()
+        self.inner.shared.rooms.open().len()
     }
 }

@@ -8,23 +8,23 @@
 //! rooms on demand, saves them, restores them within their TTL and answers matchmaking.
 
 mod context;
+mod handle;
 mod logic;
 mod manager;
 pub mod namespaces;
 mod options;
 mod record;
 mod room;
+mod sender;
 mod wakeups;
 
 pub use context::{ClockId, RoomContext, StateError, MAX_STATE_DEPTH};
-pub use logic::{
-    HandlerError, HandlerResult, LeaveReason, LogicFactory, RoomBuilder, RoomLogic, Sender,
-};
-pub use manager::{
-    GameRooms, JoinOutcome, Match, Namespace, Namespaces, RoomHandle, RoomStatus, RoomUnavailable,
-};
+pub use handle::{RoomHandle, RoomStatus};
+pub use logic::{HandlerError, HandlerResult, LeaveReason, LogicFactory, RoomBuilder, RoomLogic};
+pub use manager::{GameRooms, JoinOutcome, Match, Namespace, Namespaces, RoomUnavailable};
 pub use options::NamespaceOptions;
 pub use record::{
     load as load_stored_room, Entry, Op, RecordError, Restored, RestoredPlayer, RoomRecord,
     SavedSender, SavedTimer, MAX_RECORD_DEPTH,
 };
+pub use sender::Sender;

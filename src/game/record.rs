@@ -18,7 +18,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::logic::Sender;
+use super::sender::Sender;
 use crate::engine::state::{self, PathStamps, StampError, StateBatch, StateDoc};
 use crate::ids::{RecordKey, RoomKey};
 use crate::storage::{Storage, StorageError};

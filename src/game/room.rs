@@ -10,13 +10,18 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn, Instrument};
 
 use super::context::{Connection, Due, Effect, Joining, RoomContext, Seat, Tracked};
-use super::logic::{HandlerError, HandlerResult, LeaveReason, RoomLogic, Sender};
-use super::manager::{GameRooms, Namespace, RoomHandle, RoomStatus};
+use super::handle::{Command, JoinRefused, RoomHandle, RoomStatus};
+use super::logic::{HandlerError, HandlerResult, LeaveReason, RoomLogic};
+use super::options::NamespaceOptions;
 use super::record::{self, unix_ms, Op};
+use super::sender::Sender;
+use super::wakeups::Wakeups;
 use crate::ids::{RecordKey, RoomKey};
 use crate::metrics::Metrics;
 use crate::protocol::game::{close, ErrorCode, ServerFrame};
-use crate::rooms::{self, panicked, CloseReason, Journal, Outbox, RoomTask, Step};
+use crate::rooms::{
+    self, panicked, CloseReason, Journal, JournalConfig, Outbox, Registry, RoomTask, Step, Tasks,
+};
 use crate::storage::StorageError;
 
 /// Commands queued per room before senders wait.
@@ -26,72 +31,46 @@ const COMMAND_QUEUE: usize = 256;
 /// reconnects at once finds it still loaded).
 const EMPTY_LINGER: Duration = Duration::from_secs(5);
 
-/// What connections (and the manager) ask of a room.
-pub(super) enum Command {
-    Join {
-        sender: Sender,
-        options: Value,
-        outbox: Outbox,
-        reply: oneshot::Sender<Result<(), JoinRefused>>,
-    },
-    Action {
-        connection_id: String,
-        request_id: String,
-        action_type: String,
-        payload: Value,
-    },
-    /// The client sent `leave`.
-    Leave { connection_id: String },
-    /// The socket closed without `leave`.
-    Disconnected { connection_id: String },
-    /// The connection's token was refreshed.
-    Refreshed { sender: Sender },
-    /// Loaded to fire a timer: nothing to do but run.
-    Wake,
-    /// Server shutdown: close every connection (1001), save, stop.
-    Shutdown {
-        done: oneshot::Sender<Result<(), StorageError>>,
-    },
+/// What every game room of a server shares: the live rooms, the wake-ups of saved rooms, where
+/// journals write, and the task tracker.
+pub(super) struct Shared {
+    pub rooms: Registry<RoomHandle>,
+    pub wakeups: Wakeups,
+    pub journal: JournalConfig,
+    /// Rooms run here (the server's main runtime), not on the HTTP worker that loaded them: they
+    /// outlive that connection, and the workers stop before the rooms fold at shutdown.
+    pub tasks: Tasks,
 }
 
-/// Why a join was refused.
-#[derive(Debug, Clone, PartialEq)]
-pub enum JoinRefused {
-    /// Refused for good: `error {code, message}`, then close 4003.
-    Denied { code: ErrorCode, message: String },
-    /// The room was closing; ask the manager for a fresh handle and retry.
-    Retry,
-    /// The room cannot be loaded (storage); close 1011.
-    Unavailable(String),
-}
-
+/// Starts the room `key` (its load first) with its namespace's options and a fresh `logic`.
 pub(super) fn spawn(
-    rooms: GameRooms,
+    shared: Arc<Shared>,
     key: RecordKey,
-    namespace: Arc<Namespace>,
+    options: Arc<NamespaceOptions>,
+    logic: Box<dyn RoomLogic>,
     generation: u64,
 ) -> RoomHandle {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-    let status = Arc::new(RoomStatus::new(namespace.options.max_players));
+    let status = Arc::new(RoomStatus::new(options.max_players));
     let handle = RoomHandle {
         commands: tx,
         status: status.clone(),
     };
     // A root span: the room outlives the connection that happened to load it.
     let span = tracing::info_span!(parent: None, "game_room", room = %key);
-    let tasks = rooms.tasks().clone();
+    let tasks = shared.tasks.clone();
     tasks.spawn(
         async move {
             let journal = Journal::new(
                 RoomKey::Game(key.clone()),
-                rooms.journal_config().clone(),
-                namespace.options.state_save_interval,
+                shared.journal.clone(),
+                options.state_save_interval,
             );
-            let ctx = RoomContext::new(key.clone(), namespace.options.clone(), journal, status);
+            let ctx = RoomContext::new(key.clone(), options, journal, status);
             let room = Room {
-                logic: (namespace.factory)(),
+                logic,
                 ctx,
-                rooms,
+                shared,
                 generation,
                 started: Instant::now(),
                 shutdown: None,
@@ -109,7 +88,7 @@ pub(super) fn spawn(
 struct Room {
     logic: Box<dyn RoomLogic>,
     ctx: RoomContext,
-    rooms: GameRooms,
+    shared: Arc<Shared>,
     generation: u64,
     /// Patch-rate flushes fall on a fixed grid from here.
     started: Instant,
@@ -632,7 +611,8 @@ impl Room {
     /// connections close and the log is folded (unless a write failed: then storage keeps what
     /// it has, and nothing unstored is shown); then the room may load again.
     async fn finish(mut self, mut commands: mpsc::Receiver<Command>) {
-        let closing = self.rooms.closing(&self.ctx.key, self.generation);
+        let key = RoomKey::Game(self.ctx.key.clone());
+        let closing = self.shared.rooms.begin_close(&key, self.generation);
         commands.close();
         while let Ok(command) = commands.try_recv() {
             match command {
@@ -677,17 +657,18 @@ impl Room {
         if let Some(done) = self.shutdown.take() {
             let _ = done.send(result);
         }
-        self.rooms.closed(&self.ctx.key, self.generation);
+        self.shared.rooms.finish_close(&key, self.generation);
         drop(closing);
         if let Some(due) = self.ctx.timers.values().map(|t| t.due_ms).min() {
-            self.rooms.wake_at(self.ctx.key.clone(), due);
+            self.shared.wakeups.add(self.ctx.key.clone(), due);
         }
         debug!("game room closed");
     }
 
     /// The room could not load: refuse whatever arrives until the manager forgets it.
     async fn refuse_all(self, mut commands: mpsc::Receiver<Command>, reason: JoinRefused) {
-        let closing = self.rooms.closing(&self.ctx.key, self.generation);
+        let key = RoomKey::Game(self.ctx.key.clone());
+        let closing = self.shared.rooms.begin_close(&key, self.generation);
         commands.close();
         while let Some(command) = commands.recv().await {
             match command {
@@ -700,7 +681,7 @@ impl Room {
                 _ => {}
             }
         }
-        self.rooms.closed(&self.ctx.key, self.generation);
+        self.shared.rooms.finish_close(&key, self.generation);
         drop(closing);
     }
 }

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::manager::GameRooms;
 use super::record::unix_ms;
-use super::room::Command;
 use crate::ids::RecordKey;
 use crate::rooms::{Schedule, Tasks};
 
@@ -38,8 +36,8 @@ impl Wakeups {
     }
 
     /// Runs the schedule until shutdown: sleeps until the earliest due time (or a new entry),
-    /// then wakes every due room that is not loaded, each in a task of its own.
-    pub async fn run(&self, rooms: GameRooms, tasks: Tasks) {
+    /// then calls `wake` for every due room.
+    pub async fn run(&self, tasks: &Tasks, wake: impl Fn(RecordKey)) {
         loop {
             let next = self.lock().next();
             let wait = async {
@@ -57,15 +55,7 @@ impl Wakeups {
                 () = wait => {}
             }
             for key in self.take_due(unix_ms()) {
-                if rooms.status(&key).is_some() {
-                    continue;
-                }
-                let rooms = rooms.clone();
-                tasks.spawn(async move {
-                    if let Ok(handle) = rooms.handle(&key).await {
-                        let _ = handle.send(Command::Wake).await;
-                    }
-                });
+                wake(key);
             }
         }
     }
