@@ -724,21 +724,34 @@ fn reconnect(
     (conns, errors)
 }
 
+/// The flags of one start: `storage`, and a durability picked at random (both promise that a
+/// `kill -9` loses no acked write).
+fn server_flags(storage: &str, rng: &mut Rng) -> Vec<String> {
+    let durability = *rng.pick(&["process-crash", "power-loss"]);
+    [
+        "--storage",
+        storage,
+        "--durability",
+        durability,
+        "--auth",
+        "none",
+    ]
+    .map(String::from)
+    .into()
+}
+
 fn game_crash(test: &'static str, storage: &str) {
     let _serial = serial();
     let mut h = Harness::new(test, SEED_VAR);
     let mut rng = Rng::new(h.seed);
     let rt = runtime();
     let seen: SharedSeen = Arc::default();
-    let flags: Vec<String> = ["--storage", storage, "--auth", "none"]
-        .map(String::from)
-        .into();
     let mut bots: Vec<Bot> = (0..PLAYERS)
         .map(|i| Bot::new(player_name(i), rng.next()))
         .collect();
     let mut pending: Option<PendingTimer> = None;
     let (mut timers, mut acked) = (0, 0);
-    let mut server = h.start("127.0.0.1:0", &flags);
+    let mut server = h.start("127.0.0.1:0", &server_flags(storage, &mut rng));
     // Each pass: the players reconnect and are checked, they play while the pending timer (if
     // any) is checked, then the kill and the restart; the last pass only checks.
     for round in 1..=ROUNDS + 1 {
@@ -823,7 +836,7 @@ fn game_crash(test: &'static str, storage: &str) {
             "{test}: round {round}: kill -9 after {} ms of play ({folds} snapshots saved): {this_round} actions acked, refused {refused:?}{timer}",
             played.as_millis(),
         );
-        server = h.start("127.0.0.1:0", &flags);
+        server = h.start("127.0.0.1:0", &server_flags(storage, &mut rng));
     }
     let versions = lock(&seen).named.len();
     eprintln!(
