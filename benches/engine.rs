@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use weft::engine::state::{StateDoc, Writes};
 use weft::engine::tree::{self, Change};
 use weft::engine::{Document, Ephemeral, Limits};
+use weft::game::{Entry, Op};
 use weft::protocol::canvas::{self, ClientFrame};
 use weft::protocol::game;
 
@@ -256,7 +257,9 @@ fn action_result(request_id: &str) -> bytestring::ByteString {
 
 /// One action or patch in a room of [`ROOM_OF`]: `game_action/state_doc` is a `battle` MOVE as
 /// the room runs it now (the player's [`StateDoc`] applies the new value: diff, stamps, version),
-/// `game_action/sent_copy` the same action as rooms ran it before the stamped documents (the
+/// `game_action/state_doc_logged` that plus the log entry the room appends for it (an action's
+/// frames leave once it is durable), `game_action/sent_copy` the same action as rooms ran it
+/// before the stamped documents (the
 /// value diffed against a copy of what clients were sent, then copied again), and
 /// `canvas_patch` a canvas patch moving one shape (decode, check, apply, `ack` and the broadcast
 /// `patch` frame). A broadcast frame is encoded once for all peers, so peers add delivery (a
@@ -291,6 +294,36 @@ fn bench_action(c: &mut Criterion) {
             }
             .encode();
             (delta, action_result(&request_id))
+        })
+    });
+
+    // The same, plus the log entry the room appends before the frames may leave.
+    let mut doc = StateDoc::new(players[0].clone(), 1);
+    group.bench_function("state_doc_logged", |b| {
+        b.iter(|| {
+            n += 1;
+            let (next, request_id) = move_action(&frames[n % 2], doc.value(), others);
+            assert!(next != *doc.value());
+            let batch = doc.apply(next).expect("a change");
+            let Writes::Paths(delta) = &batch.writes else {
+                panic!("a delta")
+            };
+            let delta = game::ServerFrame::PlayerDelta {
+                delta,
+                version: batch.clock,
+            }
+            .encode();
+            let entry = Entry {
+                ops: vec![Op::Player {
+                    user: "p0".to_owned(),
+                    batch,
+                }],
+                at_ms: 1_764_859_300_000,
+                elapsed_ms: 9_000,
+            }
+            .encode()
+            .expect("loads again");
+            (delta, action_result(&request_id), entry)
         })
     });
 
