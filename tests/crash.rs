@@ -12,304 +12,27 @@
 //! one at a time: they measure recovery and drive timing-bounded clients on a small machine.
 
 mod common;
+#[path = "common/crash_harness.rs"]
+mod crash_harness;
 use common::{interop_dir, wait_with_deadline};
+use crash_harness::{runtime, serial, Harness, Rng, Weft};
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Map, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// The environment variable that replays a seed.
+const SEED_VAR: &str = "WEFT_CRASH_SEED";
 
 /// How long a client waits for a frame that should come (the machine is small and busy).
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Writers must never be throttled or disconnected for their rate.
-const UNTHROTTLED: [&str; 4] = [
-    "--messages-per-second",
-    "1000000",
-    "--message-burst",
-    "1000000",
-];
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-// --- Randomness -------------------------------------------------------------------------------
-
-/// xorshift64: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.next() as usize % items.len()]
-    }
-}
-
-/// The seed of a randomized test: `WEFT_CRASH_SEED` or the clock; printed either way.
-fn seed(test: &str) -> u64 {
-    let seed = std::env::var("WEFT_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("{test}: seed {seed} (replay with WEFT_CRASH_SEED={seed})");
-    seed
-}
-
-// --- The server process -----------------------------------------------------------------------
-
-/// One incarnation of the `weft` binary.
-struct Weft {
-    child: Child,
-    /// `127.0.0.1:PORT`, as printed.
-    addr: String,
-    spawned: Instant,
-    listening: Instant,
-}
-
-impl Weft {
-    /// Spawns `weft serve --addr ADDR --data-dir DIR` (rate limits raised) with `extra` flags, its
-    /// stderr appended to `log`; returns once it printed `listening on`, or why it did not.
-    fn spawn(
-        addr: &str,
-        data_dir: &Path,
-        extra: &[String],
-        log: &Path,
-        limit: Duration,
-    ) -> Result<Weft, String> {
-        let log_file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|e| format!("opening {}: {e}", log.display()))?;
-        let spawned = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["serve", "--addr", addr, "--data-dir"])
-            .arg(data_dir)
-            .args(UNTHROTTLED)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
-            // glibc writes fatal heap errors to /dev/tty unless told otherwise: put them in the
-            // log, so an abort says what it is.
-            .env("LIBC_FATAL_STDERR_", "1")
-            .spawn()
-            .map_err(|e| format!("spawning weft: {e}"))?;
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        });
-        match rx.recv_timeout(limit) {
-            Ok(addr) => Ok(Weft {
-                child,
-                addr,
-                spawned,
-                listening: Instant::now(),
-            }),
-            Err(e) => {
-                let _ = child.kill();
-                let status = child.wait();
-                Err(format!(
-                    "weft did not print `listening on` ({e}); it ended with {status:?}"
-                ))
-            }
-        }
-    }
-
-    fn port(&self) -> u16 {
-        self.addr
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("ADDR ends with a port")
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    /// `kill -9`, then reaps the process. Fails if it had already ended on its own.
-    fn kill9(mut self) -> Result<(), String> {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            return Err(format!("weft ended by itself before the kill: {status}"));
-        }
-        let status = Command::new("kill")
-            .args(["-KILL", &self.pid()])
-            .status()
-            .map_err(|e| format!("running kill: {e}"))?;
-        if !status.success() {
-            return Err(format!("kill -KILL failed: {status}"));
-        }
-        let status = wait_with_deadline(&mut self.child, Duration::from_secs(20))?;
-        match status.signal() {
-            Some(9) => Ok(()),
-            _ => Err(format!("weft ended with {status} instead of SIGKILL")),
-        }
-    }
-
-    /// SIGTERM, then `kill -9` after `grace` unless it exited by then (with 0, or it fails).
-    fn term_then_kill(mut self, grace: Duration) -> Result<String, String> {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            return Err(format!("weft ended by itself before SIGTERM: {status}"));
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid()])
-            .status()
-            .map_err(|e| format!("running kill: {e}"))?;
-        std::thread::sleep(grace);
-        let _ = Command::new("kill").args(["-KILL", &self.pid()]).status();
-        let status = wait_with_deadline(&mut self.child, Duration::from_secs(20))?;
-        match (status.success(), status.signal()) {
-            (true, _) => Ok(format!("SIGTERM (exit 0 within {grace:?})")),
-            (_, Some(9)) => Ok(format!("SIGTERM, kill -9 {grace:?} later")),
-            _ => Err(format!("after SIGTERM weft ended with {status}")),
-        }
-    }
-
-    /// SIGTERM; the exit status once the process ended.
-    fn terminate(self) -> Result<ExitStatus, String> {
-        self.signal("TERM")
-    }
-
-    /// `kill -SIGNAL` (TERM or INT: a graceful stop); the exit status once the process ended.
-    fn signal(mut self, signal: &str) -> Result<ExitStatus, String> {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            return Err(format!("weft ended by itself before SIG{signal}: {status}"));
-        }
-        let _ = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid()])
-            .status()
-            .map_err(|e| format!("running kill: {e}"))?;
-        wait_with_deadline(&mut self.child, Duration::from_secs(30))
-    }
-}
-
-impl Drop for Weft {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A data directory that outlives the server incarnations, and their shared log.
-struct Harness {
-    test: &'static str,
-    seed: u64,
-    dir: tempfile::TempDir,
-    starts: u32,
-}
-
-impl Harness {
-    fn new(test: &'static str, seed: u64) -> Harness {
-        Harness {
-            test,
-            seed,
-            dir: tempfile::tempdir().expect("tempdir"),
-            starts: 0,
-        }
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.path().join("weft.log")
-    }
-
-    /// Starts the next incarnation on `addr` (port 0: any), retrying for up to 60 s while the
-    /// port is still held by the previous one.
-    fn start(&mut self, addr: &str, extra: &[String]) -> Weft {
-        self.starts += 1;
-        let banner = format!(
-            "===== crash test: start #{} of weft {extra:?} on {addr} =====\n",
-            self.starts
-        );
-        if let Ok(mut log) = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log())
-        {
-            let _ = log.write_all(banner.as_bytes());
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match Weft::spawn(addr, &self.data_dir(), extra, &self.log(), left) {
-                Ok(weft) => return weft,
-                Err(e) => last = e,
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        self.fail(&[format!("start #{}: {last}", self.starts)]);
-    }
-
-    /// Panics with the errors, the seed and the end of the server log.
-    fn fail(&self, errors: &[String]) -> ! {
-        let log = std::fs::read_to_string(self.log()).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
-        let shown = errors.len().min(40);
-        panic!(
-            "{}: {} problem(s) (seed {}, replay with WEFT_CRASH_SEED={}):\n  {}{}\n--- end of the weft log ---\n{tail}",
-            self.test,
-            errors.len(),
-            self.seed,
-            self.seed,
-            errors[..shown].join("\n  "),
-            if errors.len() > shown { "\n  ..." } else { "" },
-        );
-    }
-}
 
 // --- Writers ----------------------------------------------------------------------------------
 
@@ -815,9 +538,8 @@ fn server_flags(plan: &Plan, rng: &mut Rng) -> Vec<String> {
 /// round a graceful stop, one more restart and check.
 fn crash_loop(plan: Plan) {
     let _serial = serial();
-    let seed = seed(plan.test);
-    let mut rng = Rng::new(seed);
-    let mut h = Harness::new(plan.test, seed);
+    let mut h = Harness::new(plan.test, SEED_VAR);
+    let mut rng = Rng::new(h.seed);
     let shared: Shared = Arc::default();
     let rt = runtime();
     let mut flags = server_flags(&plan, &mut rng);
@@ -1033,13 +755,12 @@ fn sigterm_exits_0_memory() {
 fn sigterm_under_load_exits_0_every_time() {
     let _serial = serial();
     let test = "sigterm_under_load_exits_0_every_time";
-    let seed = seed(test);
     let cycles: u32 = std::env::var("WEFT_SHUTDOWN_CYCLES")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(30);
-    let mut rng = Rng::new(seed);
-    let mut h = Harness::new(test, seed);
+    let mut h = Harness::new(test, SEED_VAR);
+    let mut rng = Rng::new(h.seed);
     let shared: Shared = Arc::default();
     let rt = runtime();
     let plan = Plan {
@@ -1158,9 +879,8 @@ fn a_long_unfolded_log_recovers_completely_after_kill_9() {
     const WRITES: u64 = 20_000;
     const WRITERS: u64 = 2;
     let _serial = serial();
-    let seed = seed(TEST);
-    let mut rng = Rng::new(seed);
-    let mut h = Harness::new(TEST, seed);
+    let mut h = Harness::new(TEST, SEED_VAR);
+    let mut rng = Rng::new(h.seed);
     let shared: Shared = Arc::default();
     let rt = runtime();
     let flags: Vec<String> = ["--storage", "rocksdb", "--fold-interval-ms", "3600000"]
@@ -1408,14 +1128,13 @@ fn npm_clients_converge(test: &'static str, storage: &str) {
             .is_dir(),
         "npm packages missing: run `npm ci` in tests/interop (scripts/test does it)"
     );
-    let seed = seed(test);
-    let mut rng = Rng::new(seed);
-    let mut h = Harness::new(test, seed);
+    let mut h = Harness::new(test, SEED_VAR);
+    let mut rng = Rng::new(h.seed);
     let flags: Vec<String> = ["--storage", storage].map(String::from).into();
     let mut server = h.start("127.0.0.1:0", &flags);
     let addr = format!("127.0.0.1:{}", server.port());
     let url = format!("ws://{addr}");
-    let js_seed = (seed % (1 << 32)).to_string();
+    let js_seed = (h.seed % (1 << 32)).to_string();
     let mut script = Script::spawn(&["crash-converge.mjs", "--url", &url, "--seed", &js_seed]);
     let started = Instant::now();
     let r = script.expect("ready", Duration::from_secs(30));

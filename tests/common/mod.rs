@@ -42,3 +42,24 @@ pub fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
     });
     rx
 }
+
+/// Reads a `weft serve` child's stdout on its own thread until the line `listening on ADDR`;
+/// returns ADDR, or why it did not come within `limit`. The thread reads on to the end, so the
+/// server never writes to a closed pipe.
+#[allow(dead_code)]
+pub fn listening_addr(
+    child: &mut Child,
+    limit: Duration,
+) -> Result<String, std::sync::mpsc::RecvTimeoutError> {
+    use std::io::{BufRead, BufReader};
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    rx.recv_timeout(limit)
+}
