@@ -13,7 +13,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use serde_json::{json, Value};
-use weft::engine::state::{StateDoc, Writes};
+use weft::engine::state::{StateBatch, StateDoc, Writes};
 use weft::engine::tree::{self, Change};
 use weft::engine::{Document, Ephemeral, Limits};
 use weft::game::{Entry, Op};
@@ -246,6 +246,28 @@ fn move_action(frame: &str, state: &Value, others_size: usize) -> (Value, String
     (next, request_id)
 }
 
+/// A MOVE committed through the player's [`StateDoc`]: its `player_delta`, its `action_result`
+/// and the batch (what the room logs).
+fn commit_move(
+    doc: &mut StateDoc,
+    frame: &str,
+    others_size: usize,
+) -> (bytestring::ByteString, bytestring::ByteString, StateBatch) {
+    let (next, request_id) = move_action(frame, doc.value(), others_size);
+    // `set_player` keeps a changed value for the flush, which applies it.
+    assert!(next != *doc.value());
+    let batch = doc.apply(next).expect("a change");
+    let Writes::Paths(delta) = &batch.writes else {
+        panic!("a delta")
+    };
+    let delta = game::ServerFrame::PlayerDelta {
+        delta,
+        version: batch.clock,
+    }
+    .encode();
+    (delta, action_result(&request_id), batch)
+}
+
 fn action_result(request_id: &str) -> bytestring::ByteString {
     game::ServerFrame::ActionResult {
         request_id,
@@ -281,19 +303,8 @@ fn bench_action(c: &mut Criterion) {
     group.bench_function("state_doc", |b| {
         b.iter(|| {
             n += 1;
-            let (next, request_id) = move_action(&frames[n % 2], doc.value(), others);
-            // `set_player` keeps a changed value for the flush, which applies it.
-            assert!(next != *doc.value());
-            let batch = doc.apply(next).expect("a change");
-            let Writes::Paths(delta) = &batch.writes else {
-                panic!("a delta")
-            };
-            let delta = game::ServerFrame::PlayerDelta {
-                delta,
-                version: batch.clock,
-            }
-            .encode();
-            (delta, action_result(&request_id))
+            let (delta, result, _batch) = commit_move(&mut doc, &frames[n % 2], others);
+            (delta, result)
         })
     });
 
@@ -302,17 +313,7 @@ fn bench_action(c: &mut Criterion) {
     group.bench_function("state_doc_logged", |b| {
         b.iter(|| {
             n += 1;
-            let (next, request_id) = move_action(&frames[n % 2], doc.value(), others);
-            assert!(next != *doc.value());
-            let batch = doc.apply(next).expect("a change");
-            let Writes::Paths(delta) = &batch.writes else {
-                panic!("a delta")
-            };
-            let delta = game::ServerFrame::PlayerDelta {
-                delta,
-                version: batch.clock,
-            }
-            .encode();
+            let (delta, result, batch) = commit_move(&mut doc, &frames[n % 2], others);
             let entry = Entry {
                 ops: vec![Op::Player {
                     user: "p0".to_owned(),
@@ -323,7 +324,7 @@ fn bench_action(c: &mut Criterion) {
             }
             .encode()
             .expect("loads again");
-            (delta, action_result(&request_id), entry)
+            (delta, result, entry)
         })
     });
 

@@ -6,6 +6,7 @@
 //! frame): liveness is the app-level `ping`/`pong` and a stale-socket timeout above the SDKs' 30 s
 //! ping interval. Protocol-level Pings from clients are answered.
 
+use std::future::Future;
 use std::net::IpAddr;
 
 use actix_web::http::StatusCode;
@@ -122,12 +123,13 @@ pub(super) fn accept(
 }
 
 impl Accepted {
-    /// The session on the upgraded socket: a future that runs until the connection ends.
+    /// The game connection on the upgraded socket, until it ends: `auth` within the deadline,
+    /// then `join`, then actions.
     pub(super) fn run(
         self,
         state: web::Data<AppState>,
         socket: WebSocket,
-    ) -> impl std::future::Future<Output = ()> + Send {
+    ) -> impl Future<Output = ()> + Send {
         let connection_id = format!("conn_{}", uuid::Uuid::new_v4().simple());
         let span = tracing::info_span!("game_conn", peer = ?self.peer, room = %self.key, conn = %connection_id);
         let config = &state.config;
