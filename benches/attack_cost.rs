@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 use weft::engine::{Document, Limits};
-use weft::protocol::canvas::{self, ClientFrame};
+use weft::protocols::canvas::wire::{self as canvas, ClientFrame};
 
 /// The system allocator, counting bytes allocated in total and the peak in use.
 struct Counting;

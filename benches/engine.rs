@@ -16,9 +16,9 @@ use serde_json::{json, Value};
 use weft::engine::state::{StateBatch, StateDoc, Writes};
 use weft::engine::tree::{self, Change};
 use weft::engine::{Document, Ephemeral, Limits};
-use weft::game::{Entry, Op};
-use weft::protocol::canvas::{self, ClientFrame};
-use weft::protocol::game;
+use weft::protocols::canvas::wire::{self as canvas, ClientFrame};
+use weft::protocols::game::wire as game;
+use weft::protocols::game::{Entry, Op};
 
 /// One request of the trace as the room task sees it: decoded and validated.
 struct Request {
@@ -242,7 +242,7 @@ fn move_action(frame: &str, state: &Value, others_size: usize) -> (Value, String
     tree::normalize_root(&mut next);
     let size = tree::json_size(&next);
     assert!(others_size + size < 512 * 1024);
-    assert!(game::depth(&next) <= weft::game::MAX_STATE_DEPTH);
+    assert!(game::depth(&next) <= weft::protocols::game::MAX_STATE_DEPTH);
     (next, request_id)
 }
 

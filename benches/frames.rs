@@ -13,7 +13,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::Value;
 use weft::engine::{Ephemeral, Limits};
-use weft::protocol::canvas::{self, ClientFrame, Patches, ServerFrame};
+use weft::protocols::canvas::wire::{self as canvas, ClientFrame, Patches, ServerFrame};
 
 /// Decodes (and validates) every frame of the trace.
 fn bench_decode(c: &mut Criterion) {

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use weft::app::{run_until_signal, ServerBuilder};
 use weft::config::{LogFormat, Settings};
-use weft::game::{
+use weft::protocols::game::{
     HandlerError, HandlerResult, LeaveReason, NamespaceOptions, RoomBuilder, RoomContext,
     RoomLogic, Sender,
 };

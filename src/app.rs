@@ -17,9 +17,10 @@ use tracing::{error, info, warn};
 
 use crate::auth::{AllowAll, Authorizer, GameAuth, JwtAuthorizer, JwtKey, TokenTable};
 use crate::config::{AuthMode, Settings};
-use crate::game::{GameRooms, LogicFactory, NamespaceOptions, Namespaces};
 use crate::metrics::Metrics;
-use crate::rooms::{RoomManager, Tasks};
+use crate::protocols::canvas::RoomManager;
+use crate::protocols::game::{GameRooms, LogicFactory, NamespaceOptions, Namespaces};
+use crate::rooms::Tasks;
 use crate::storage::{self, Storage};
 use crate::transport::{self, AppState, AssemblyBudget, ConnectionLimiter, Liveness};
 
@@ -40,7 +41,7 @@ pub struct ShutdownHandle {
 }
 
 /// Builds a server: settings, an optional storage backend of the caller's, and the game room
-/// namespaces it serves (none by default; [`crate::game::namespaces::shipped`] are the ones the
+/// namespaces it serves (none by default; [`crate::protocols::game::namespaces::shipped`] are the ones the
 /// `weft` binary serves).
 pub struct ServerBuilder {
     settings: Settings,
@@ -98,7 +99,7 @@ impl Application {
     /// The `weft` binary's server: the configured storage and the shipped game namespaces.
     pub fn build(settings: &Settings) -> anyhow::Result<Application> {
         ServerBuilder::new(settings.clone())
-            .namespaces(crate::game::namespaces::shipped())
+            .namespaces(crate::protocols::game::namespaces::shipped())
             .build()
     }
 
@@ -109,7 +110,7 @@ impl Application {
     ) -> anyhow::Result<Application> {
         ServerBuilder::new(settings.clone())
             .storage(storage)
-            .namespaces(crate::game::namespaces::shipped())
+            .namespaces(crate::protocols::game::namespaces::shipped())
             .build()
     }
 
@@ -367,8 +368,10 @@ fn authorizer(settings: &Settings) -> anyhow::Result<Arc<dyn Authorizer>> {
 /// Runs the `weft` binary's server (the configured storage, the shipped game namespaces) until
 /// SIGINT or SIGTERM; see [`run_until_signal`].
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    run_until_signal(ServerBuilder::new(settings).namespaces(crate::game::namespaces::shipped()))
-        .await
+    run_until_signal(
+        ServerBuilder::new(settings).namespaces(crate::protocols::game::namespaces::shipped()),
+    )
+    .await
 }
 
 /// Builds the server and runs it until SIGINT (Ctrl-C) or SIGTERM, then shuts down gracefully

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Limits;
-use crate::rooms::RoomConfig;
+use crate::protocols::canvas::RoomConfig;
 use crate::storage::{Durability, StorageKind, WriteBudget};
 use crate::transport::TransportConfig;
 
@@ -127,7 +127,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("./data"),
             storage: StorageKind::Rocksdb,
             durability: Durability::ProcessCrash,
-            storage_queue_bytes: crate::rooms::DEFAULT_STORAGE_QUEUE_BYTES,
+            storage_queue_bytes: crate::protocols::canvas::DEFAULT_STORAGE_QUEUE_BYTES,
             log_format: LogFormat::Text,
             auth: AuthSettings::default(),
             limits: LimitSettings::default(),

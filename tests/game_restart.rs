@@ -14,7 +14,7 @@
 //! restart fires after it, on time. A room emptied runs `on_destroy`, is evicted, and a later
 //! join restores it without re-running `on_create`.
 //!
-//! Each test runs its own server process; their logs (stderr, `RUST_LOG=info,weft::game=debug`)
+//! Each test runs its own server process; their logs (stderr, `RUST_LOG=info,weft::protocols::game=debug`)
 //! are printed when a test fails.
 
 mod common;
@@ -80,7 +80,7 @@ impl Harness {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
             .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
             .arg(self.dir.path().join("data"))
-            .env("RUST_LOG", "info,weft::game=debug")
+            .env("RUST_LOG", "info,weft::protocols::game=debug")
             .env_remove("WEFT_EDGEBASE_SECRET")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -515,7 +515,7 @@ fn too_deep_move_is_refused_and_the_room_loads_after_restart() {
     let _log = ShowLogOnPanic(&h);
     let rt = runtime();
     let server = h.start();
-    let deepest_x = nested(weft::protocol::game::MAX_VALUE_DEPTH - 1, json!(1));
+    let deepest_x = nested(weft::protocols::game::wire::MAX_VALUE_DEPTH - 1, json!(1));
     rt.block_on(async {
         let (mut alice, _) = Player::join(&server, "battle", "deep", "alice", Value::Null).await;
         let attack = json!({"x": nested(123, json!(1)), "y": 0});

@@ -1,11 +1,11 @@
 //! The JSON Schemas in `schemas/canvas/` checked against the code, so they cannot drift apart:
 //! every example validates against its schema; client examples decode with
-//! `weft::protocol::canvas::decode`; server examples equal what `ServerFrame::encode` produces for
+//! `weft::protocols::canvas::wire::decode`; server examples equal what `ServerFrame::encode` produces for
 //! the same values; frames and snapshots the engine makes validate; snapshot examples round-trip;
 //! and counter-examples are refused by the schemas and by the decoder alike.
 //!
 //! The game room schemas in `schemas/game/` are checked the same way against
-//! `weft::protocol::game`, in the `game` module at the end of this file.
+//! `weft::protocols::game::wire`, in the `game` module at the end of this file.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,7 +14,9 @@ use jsonschema::{Registry, Validator};
 use serde_json::value::{to_raw_value, RawValue};
 use serde_json::{json, Map, Value};
 use weft::engine::{Document, Ephemeral, Limits};
-use weft::protocol::canvas::{self, ClientFrame, DecodeError, ServerFrame, PROTOCOL_VERSION};
+use weft::protocols::canvas::wire::{
+    self as canvas, ClientFrame, DecodeError, ServerFrame, PROTOCOL_VERSION,
+};
 
 /// Base URI the schema files are registered under; their `$ref`s are relative, so any base works.
 /// `.invalid` can never resolve: nothing is fetched, everything comes from the registry.
@@ -861,7 +863,7 @@ fn integral_floats_are_whole_numbers() {
 }
 
 /// The game room schemas in `schemas/game/` (EdgeBase Rooms v2) checked against
-/// `weft::protocol::game`: every example validates; client examples decode with
+/// `weft::protocols::game::wire`: every example validates; client examples decode with
 /// `ClientFrame::decode` to the frame they describe; server examples equal what `ServerFrame`
 /// encodes for the same values; frames built from every error code validate; counter-examples
 /// are refused. (tests/game_api also validates every frame the running server sends.)
@@ -870,7 +872,9 @@ mod game {
 
     use jsonschema::Validator;
     use serde_json::{json, Map, Value};
-    use weft::protocol::game::{error_frame, ClientFrame, DecodeError, ErrorCode, ServerFrame};
+    use weft::protocols::game::wire::{
+        error_frame, ClientFrame, DecodeError, ErrorCode, ServerFrame,
+    };
 
     use super::{assert_invalid, assert_valid, Schemas};
 

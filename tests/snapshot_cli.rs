@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use weft::engine::{Document, Limits};
-use weft::game::{load_stored_room, Entry, Op};
 use weft::ids::{RecordKey, RoomId, RoomKey};
+use weft::protocols::game::{load_stored_room, Entry, Op};
 use weft::storage::{self, Durability, RocksStorage, StorageKind};
 
 const FIXTURE_ROOM: &str = "reference-room";

@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use serde_json::{json, Map, Value};
 use weft::engine::work::steps;
 use weft::engine::{validate_patches, Document, Ephemeral, Limits};
-use weft::protocol::canvas::{self, ClientFrame, Patches, ServerFrame};
+use weft::protocols::canvas::wire::{self as canvas, ClientFrame, Patches, ServerFrame};
 use weft::transport::{AssemblyBudget, FrameReader, WsError, WsMessage};
 
 /// Limits for decoded frames: a small buffer cap keeps each run fast; the rules do not depend on it.

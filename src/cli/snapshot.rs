@@ -32,8 +32,8 @@ use serde_json::value::RawValue;
 
 use weft::config::{ConfigError, Overrides, Settings, StorageArgs};
 use weft::engine::{Document, Limits, SnapshotError};
-use weft::game::{load_stored_room, RecordError, Restored, RoomRecord};
 use weft::ids::{IdError, RecordKey, RoomId, RoomKey};
+use weft::protocols::game::{load_stored_room, RecordError, Restored, RoomRecord};
 use weft::storage::{self, Storage, StorageError, StorageKind};
 
 /// How many of the largest components `inspect` lists.

@@ -106,3 +106,14 @@ pub(crate) async fn serve<R: RoomTask>(
         }
     }
 }
+
+/// Queues a command for a room task, waiting while its queue is full; false when the room is
+/// gone. The wait is boxed: it is rare, and a connection's future (alive as long as the
+/// connection) would otherwise carry the channel's send future in every state.
+pub(crate) async fn send_command<T>(tx: &mpsc::Sender<T>, command: T) -> bool {
+    match tx.try_send(command) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Full(command)) => Box::pin(tx.send(command)).await.is_ok(),
+    }
+}

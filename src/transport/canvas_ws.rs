@@ -21,8 +21,9 @@ use super::{AppState, LiveConnection, TransportConfig};
 use crate::auth::{AuthRequest, Denied};
 use crate::ids::{ClientId, RoomId, SessionId};
 use crate::metrics::Metrics;
-use crate::protocol::canvas::{self, ClientFrame};
-use crate::rooms::{CloseReason, JoinError, NewSession, Outbox, RoomHandle, SessionLink};
+use crate::protocols::canvas::wire::{self as canvas, ClientFrame};
+use crate::protocols::canvas::RoomHandle;
+use crate::rooms::{CloseReason, JoinError, NewSession, Outbox, SessionLink};
 
 #[derive(Debug, Default, Deserialize)]
 struct ConnectQuery {

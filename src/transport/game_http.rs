@@ -8,7 +8,7 @@ use tracing::error;
 
 use super::game_ws::{room_key, RoomQuery};
 use super::{AppState, HttpError};
-use crate::game::RoomUnavailable;
+use crate::protocols::game::RoomUnavailable;
 
 /// The bearer token of a request, if any.
 fn bearer(req: &HttpRequest) -> Option<&str> {

@@ -24,12 +24,12 @@ use super::upgrade::UpgradeRequest;
 use super::websocket::WebSocket;
 use super::{AppState, HttpError, LiveConnection, RateLimiter, TransportConfig};
 use crate::auth::Identity;
-use crate::game::{JoinOutcome, RoomHandle, Sender};
 use crate::ids::{RecordKey, RoomId};
 use crate::metrics::Metrics;
-use crate::protocol::game::{
+use crate::protocols::game::wire::{
     close as codes, error_frame, ClientFrame, DecodeError, ErrorCode, ServerFrame,
 };
+use crate::protocols::game::{JoinOutcome, RoomHandle, Sender};
 use crate::rooms::CloseReason;
 
 #[derive(Debug, Default, Deserialize)]

@@ -30,9 +30,10 @@ pub use websocket::{AssemblyBudget, FrameReader, Message as WsMessage, WsError};
 
 use crate::auth::{Authorizer, GameAuth};
 use crate::engine::Limits;
-use crate::game::GameRooms;
 use crate::metrics::Metrics;
-use crate::rooms::{RoomManager, Tasks};
+use crate::protocols::canvas::RoomManager;
+use crate::protocols::game::GameRooms;
+use crate::rooms::Tasks;
 
 /// Settings of the WebSocket edge.
 #[derive(Debug, Clone)]

@@ -17,7 +17,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use weft::app::{Application, ShutdownHandle};
 use weft::config::{AuthMode, Settings};
 use weft::ids::RoomId;
-use weft::rooms::{RoomHandle, RoomManager, SessionInfo};
+use weft::protocols::canvas::{RoomHandle, RoomManager};
+use weft::rooms::SessionInfo;
 use weft::storage::StorageKind;
 
 #[path = "../common/raw_http.rs"]

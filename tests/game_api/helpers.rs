@@ -22,11 +22,11 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use weft::app::{ServerBuilder, ShutdownHandle};
 use weft::config::Settings;
-use weft::game::{
+use weft::ids::{RecordKey, RoomId};
+use weft::protocols::game::{
     GameRooms, HandlerError, HandlerResult, NamespaceOptions, RoomBuilder, RoomContext, RoomLogic,
     Sender,
 };
-use weft::ids::{RecordKey, RoomId};
 use weft::storage::StorageKind;
 
 #[path = "../common/raw_http.rs"]

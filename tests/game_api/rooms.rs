@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{access_token, GameApp, GRACE, QUIET, WAIT};
 use weft::engine::tree::apply_delta;
-use weft::game::{MAX_RECORD_DEPTH, MAX_STATE_DEPTH};
+use weft::protocols::game::{MAX_RECORD_DEPTH, MAX_STATE_DEPTH};
 
 fn sync(shared: Value, shared_version: u64, player: Value, player_version: u64) -> Value {
     json!({

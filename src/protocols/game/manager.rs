@@ -18,7 +18,7 @@ use super::room::{self, Shared};
 use super::sender::Sender;
 use super::wakeups::Wakeups;
 use crate::ids::{RecordKey, RoomId, RoomKey};
-use crate::protocol::game::ErrorCode;
+use crate::protocols::game::wire::ErrorCode;
 use crate::rooms::{panicked, JournalConfig, Outbox, Registry, SessionLink, Tasks};
 use crate::storage::{Storage, StorageError};
 

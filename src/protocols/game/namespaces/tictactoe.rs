@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::game::{
+use crate::protocols::game::{
     HandlerError, HandlerResult, LeaveReason, LogicFactory, NamespaceOptions, RoomContext,
     RoomLogic, Sender, StateError,
 };

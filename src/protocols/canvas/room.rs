@@ -11,16 +11,15 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::config::RoomConfig;
-use super::journal::{self, Journal, JournalConfig};
-use super::registry::Registry;
-use super::runtime::{self, Ended, RoomTask, Step};
-use super::session::{CloseReason, Delivery, JoinError, NewSession, Outbox, SessionInfo};
-use super::tasks::Tasks;
+use super::wire::{self as canvas, ClientFrame, Patches, ServerFrame};
 use crate::auth::{Grant, Permission};
 use crate::engine::{Document, Ephemeral, LimitError};
 use crate::ids::{ClientId, RoomId, RoomKey, SessionId};
 use crate::metrics::Metrics;
-use crate::protocol::canvas::{self, ClientFrame, Patches, ServerFrame};
+use crate::rooms::{
+    self, send_command, CloseReason, Delivery, Ended, JoinError, Journal, JournalConfig,
+    NewSession, Outbox, Registry, RoomTask, SessionInfo, Step, Tasks,
+};
 use crate::storage::{self, StorageError};
 
 /// Commands a room task processes, in arrival order.
@@ -61,17 +60,6 @@ pub(crate) enum RoomCommand {
         reason: CloseReason,
         reply: oneshot::Sender<Result<(), StorageError>>,
     },
-}
-
-/// Queues a command for a room task, waiting while its queue is full; false when the room is
-/// gone. The wait is boxed: it is rare, and a connection's future (alive as long as the
-/// connection) would otherwise carry the channel's send future in every state.
-pub(crate) async fn send_command<T>(tx: &mpsc::Sender<T>, command: T) -> bool {
-    match tx.try_send(command) {
-        Ok(()) => true,
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
-        Err(mpsc::error::TrySendError::Full(command)) => Box::pin(tx.send(command)).await.is_ok(),
-    }
 }
 
 /// A cloneable handle to a live room.
@@ -268,7 +256,7 @@ impl Room {
                 // Counted from the end of the load, however long it took: a room nobody joins
                 // (its first connect failed) is evicted like an emptied one.
                 self.idle_at = Some(Instant::now() + self.config.idle_timeout);
-                match runtime::serve(&mut self, &mut rx).await {
+                match rooms::serve(&mut self, &mut rx).await {
                     Ended::Stopped(stop) => stop,
                     Ended::Unreachable => (CloseReason::room_closed(), None),
                     Ended::WriteFailed => (
@@ -303,7 +291,7 @@ impl Room {
         let loaded =
             tokio::task::spawn_blocking(move || storage::load_document(&*storage, &id, &limits))
                 .await
-                .unwrap_or_else(|e| Err(journal::panicked(self.journal.key(), e)))?;
+                .unwrap_or_else(|e| Err(rooms::panicked(self.journal.key(), e)))?;
         if let Some(doc) = loaded {
             info!(
                 clock = doc.clock(),

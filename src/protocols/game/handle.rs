@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sender::Sender;
-use crate::protocol::game::ErrorCode;
+use crate::protocols::game::wire::ErrorCode;
 use crate::rooms::Outbox;
 use crate::storage::StorageError;
 

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::context::{RoomContext, StateError};
 use super::sender::Sender;
-use crate::protocol::game::ErrorCode;
+use crate::protocols::game::wire::ErrorCode;
 
 /// Why a player left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,7 +191,7 @@ type TickFn = dyn Fn(&mut RoomContext, Duration) -> HandlerResult + Send + Sync;
 /// Room logic from closures, for small rooms:
 ///
 /// ```
-/// use weft::game::RoomBuilder;
+/// use weft::protocols::game::RoomBuilder;
 /// use serde_json::json;
 ///
 /// let counter = RoomBuilder::new()

@@ -5,13 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::config::RoomConfig;
-use super::journal::JournalConfig;
-use super::registry::Registry;
 use super::room::{Room, RoomHandle};
-use super::session::{CloseReason, JoinError, NewSession};
-use super::tasks::Tasks;
 use crate::ids::{RoomId, RoomKey, SessionId};
 use crate::metrics::Metrics;
+use crate::rooms::{CloseReason, JoinError, JournalConfig, NewSession, Registry, Tasks};
 use crate::storage::{Storage, StorageError};
 
 /// Shared state of the manager.

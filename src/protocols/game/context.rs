@@ -21,7 +21,7 @@ use crate::engine::state::{StateBatch, StateDoc, Writes};
 use crate::engine::tree;
 use crate::ids::RecordKey;
 use crate::metrics::Metrics;
-use crate::protocol::game::{self as wire, ServerFrame};
+use crate::protocols::game::wire::{self as wire, ServerFrame};
 use crate::rooms::{CloseReason, Journal, Outbox, Schedule};
 use crate::storage::StorageError;
 

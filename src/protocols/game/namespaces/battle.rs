@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use crate::game::{
+use crate::protocols::game::{
     HandlerError, HandlerResult, LeaveReason, LogicFactory, NamespaceOptions, RoomContext,
     RoomLogic, Sender, StateError,
 };

@@ -7,12 +7,15 @@ use std::time::Duration;
 use bytestring::ByteString;
 use serde_json::{json, Value};
 
+use super::wire::{decode, ClientFrame};
 use super::*;
 use crate::auth::Permission;
 use crate::engine::Limits;
 use crate::ids::{ClientId, RoomId, RoomKey, SessionId};
 use crate::metrics::Metrics;
-use crate::protocol::canvas::{decode, ClientFrame};
+use crate::rooms::{
+    CloseReason, Delivery, JoinError, LinkEvent, NewSession, Outbox, SessionLink, Tasks,
+};
 use crate::storage::{
     load_document, AppendDone, Appends, GatedStorage, MemoryStorage, Storage, StorageError, Stored,
     WriteBudget,
@@ -474,7 +477,7 @@ async fn a_closing_room_sends_the_acks_of_applied_writes_before_the_close() {
 #[test]
 fn the_outbox_is_bounded_by_the_bytes_it_holds() {
     let frame = ByteString::from("x".repeat(300));
-    let cost = super::session::frame_cost(&frame);
+    let cost = crate::rooms::frame_cost(&frame);
     let (mut outbox, _link) = Outbox::new(3 * cost);
     assert_eq!(outbox.send(&frame, 0, 0), Delivery::Queued);
     assert_eq!(outbox.send(&frame, 5, 0), Delivery::Queued, "held");

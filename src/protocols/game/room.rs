@@ -18,7 +18,7 @@ use super::sender::Sender;
 use super::wakeups::Wakeups;
 use crate::ids::{RecordKey, RoomKey};
 use crate::metrics::Metrics;
-use crate::protocol::game::{close, ErrorCode, ServerFrame};
+use crate::protocols::game::wire::{close, ErrorCode, ServerFrame};
 use crate::rooms::{
     self, panicked, CloseReason, Journal, JournalConfig, Outbox, Registry, RoomTask, Step, Tasks,
 };

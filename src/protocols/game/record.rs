@@ -628,7 +628,8 @@ mod tests {
     }
 
     /// A battle room saved by format 1 (the record as the server wrote it before stamps).
-    const FORMAT1_BATTLE: &[u8] = include_bytes!("../../tests/fixtures/game/battle-format1.json");
+    const FORMAT1_BATTLE: &[u8] =
+        include_bytes!("../../../tests/fixtures/game/battle-format1.json");
 
     /// The documents a record holds, as the room loads them.
     fn docs(record: &RoomRecord) -> Vec<(String, StateDoc)> {

@@ -17,6 +17,7 @@ mod record;
 mod room;
 mod sender;
 mod wakeups;
+pub mod wire;
 
 pub use context::{ClockId, RoomContext, StateError, MAX_STATE_DEPTH};
 pub use handle::{RoomHandle, RoomStatus};
