@@ -171,7 +171,7 @@ fn server_frame(frame: &ServerFrame<'_>, kind: &str) -> Value {
     value
 }
 
-/// What the room does with a decoded frame (src/rooms/room.rs), on a fresh room.
+/// What the room does with a decoded frame (src/protocols/canvas/room.rs), on a fresh room.
 fn handle(frame: ClientFrame) {
     let mut doc = Document::default();
     let mut eph = Ephemeral::default();
