@@ -856,6 +856,27 @@ fn game_round_trip(kind: StorageKind, name: &str) {
     let table = snapshot_ok(cwd, &["inspect", "game.json"]);
     assert!(table.stdout.contains("record format 3"), "{}", table.stdout);
 
+    // A file that is not a game room record is refused, and nothing is stored.
+    let canvas = fixture().display().to_string();
+    let wrong = [
+        &["import", canvas.as_str(), "--room", "battle/r2"],
+        &flags[..],
+    ]
+    .concat();
+    let refused = snapshot(cwd, &wrong);
+    assert!(!refused.ok);
+    assert!(
+        refused.stderr.contains("is not a valid game room record"),
+        "{}",
+        refused.stderr
+    );
+    let missing = snapshot(cwd, &[&["export", "battle/r2"], &flags[..]].concat());
+    assert!(
+        !missing.ok && missing.stderr.contains("game room battle/r2 is not in"),
+        "{}",
+        missing.stderr
+    );
+
     let again = [&["import", "game.json", "--room", "battle/r1"], &flags[..]].concat();
     let refused = snapshot(cwd, &again);
     assert!(!refused.ok);

@@ -466,8 +466,7 @@ fn export_game(args: &ExportArgs, key: &RecordKey) -> Result<(), CliError> {
             path: opened.data_dir.clone(),
         })?;
     let description = describe_game(&room);
-    // Stored records load, so their encoding does too.
-    let bytes = room.into_record().encode().unwrap_or_default();
+    let bytes = encode_record(key, room)?;
     write_out(args.output.as_deref(), &bytes)?;
     if let Some(path) = &args.output {
         eprintln!(
@@ -487,10 +486,19 @@ fn describe_game(room: &Restored) -> String {
     )
 }
 
-/// Reads and validates a game room record file.
-fn read_record(path: &Path) -> Result<Restored, CliError> {
-    let bytes = read_file(path)?;
-    RoomRecord::decode(&bytes)
+/// The room as record bytes; a record too deep to load again is refused (never written).
+fn encode_record(key: &RecordKey, room: Restored) -> Result<Vec<u8>, CliError> {
+    room.into_record().encode().map_err(|e| {
+        CliError::Storage(StorageError::Unloadable {
+            room: key.to_string(),
+            reason: e.to_string(),
+        })
+    })
+}
+
+/// Validates the game room record file `path` holds as `bytes`.
+fn decode_record(path: &Path, bytes: &[u8]) -> Result<Restored, CliError> {
+    RoomRecord::decode(bytes)
         .and_then(Restored::from_record)
         .map_err(|source| CliError::CorruptRecord {
             path: path.to_path_buf(),
@@ -502,7 +510,7 @@ fn read_record(path: &Path) -> Result<Restored, CliError> {
 /// forced.
 fn import_game(args: &ImportArgs, key: &RecordKey) -> Result<(), CliError> {
     let path = &args.files[0];
-    let room = read_record(path)?;
+    let room = decode_record(path, &read_file(path)?)?;
     let opened = open_storage(&settings(&args.storage)?, true)?;
     let storage = opened.storage.as_ref();
     let room_key = RoomKey::Game(key.clone());
@@ -514,7 +522,7 @@ fn import_game(args: &ImportArgs, key: &RecordKey) -> Result<(), CliError> {
         storage.delete(&room_key)?;
     }
     let (description, seq) = (describe_game(&room), room.seq);
-    let bytes = room.into_record().encode().unwrap_or_default();
+    let bytes = encode_record(key, room)?;
     storage.fold(&room_key, seq, &bytes)?;
     let verb = if replacing { "replaced" } else { "imported" };
     println!(
@@ -641,15 +649,14 @@ struct RawState {
     state: IndexMap<String, Box<RawValue>>,
 }
 
-fn inspect_file(path: &Path) -> Result<Inspection, CliError> {
-    let bytes = read_file(path)?;
+fn inspect_file(path: &Path, bytes: &[u8]) -> Result<Inspection, CliError> {
     let corrupt = |source| CliError::Corrupt {
         path: path.to_path_buf(),
         source,
     };
-    let doc = Document::decode_snapshot(&bytes).map_err(corrupt)?;
+    let doc = Document::decode_snapshot(bytes).map_err(corrupt)?;
     let raw: RawState =
-        serde_json::from_slice(&bytes).map_err(|e| corrupt(SnapshotError::Json(e)))?;
+        serde_json::from_slice(bytes).map_err(|e| corrupt(SnapshotError::Json(e)))?;
     let mut components = Vec::with_capacity(raw.state.len());
     for (key, value) in raw.state {
         let fields: serde_json::Map<String, serde_json::Value> =
@@ -718,7 +725,7 @@ struct GameInspection {
 }
 
 fn inspect_game(path: &Path, bytes: &[u8], format: u32) -> Result<GameInspection, CliError> {
-    let room = read_record(path)?;
+    let room = decode_record(path, bytes)?;
     Ok(GameInspection {
         file: path.display().to_string(),
         format,
@@ -801,7 +808,7 @@ fn inspect(args: &InspectArgs) -> Result<(), CliError> {
             }
         }
         None => {
-            let report = inspect_file(&args.file)?;
+            let report = inspect_file(&args.file, &bytes)?;
             if args.json {
                 pretty_json(&report)?
             } else {

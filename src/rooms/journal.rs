@@ -324,7 +324,8 @@ impl Journal {
     /// Appends the batch waiting for budget and waits (at most [`SETTLE_APPENDS_LIMIT`]) until
     /// every batch is durable, then releases what the connections that left still hold. After
     /// a failed append nothing more is released: a later batch's success does not make the
-    /// failed one durable. True if everything appended is durable.
+    /// failed one durable. True if everything appended is durable (the caller says what a
+    /// false means where it is).
     pub(crate) async fn settle(&mut self) -> bool {
         let settled = tokio::time::timeout(SETTLE_APPENDS_LIMIT, async {
             while self.waiting.permit.is_some() {
@@ -340,10 +341,7 @@ impl Journal {
             }
         })
         .await;
-        if settled.is_err() {
-            warn!("appends still in flight at close; their frames are dropped");
-        }
-        !self.failed && self.appending == 0 && self.waiting.batches.is_empty()
+        settled.is_ok() && !self.failed && self.appending == 0 && self.waiting.batches.is_empty()
     }
 
     /// The end of the room's writes: waits for the fold in flight, then, unless an append failed,

@@ -646,7 +646,9 @@ impl Room {
     ) -> Result<(), StorageError> {
         let key = RoomKey::Canvas(self.id.clone());
         let closing = self.registry.begin_close(&key, self.generation);
-        self.journal.settle().await;
+        if !self.journal.settle().await && !self.journal.failed() {
+            warn!("appends still in flight at close; their frames are dropped");
+        }
         self.made_durable();
         let ids: Vec<_> = self.sessions.keys().copied().collect();
         for id in ids {

@@ -742,14 +742,17 @@ impl RoomContext {
         }
     }
 
-    pub(super) fn deliver_to_user(&mut self, user_id: &str, frame: &ByteString) {
-        let ids: Vec<String> = self
-            .connections
+    /// The ids of `user_id`'s joined connections.
+    pub(super) fn connections_of(&self, user_id: &str) -> Vec<String> {
+        self.connections
             .iter()
             .filter(|(_, c)| c.user_id == user_id)
             .map(|(id, _)| id.clone())
-            .collect();
-        for id in ids {
+            .collect()
+    }
+
+    pub(super) fn deliver_to_user(&mut self, user_id: &str, frame: &ByteString) {
+        for id in self.connections_of(user_id) {
             self.deliver(&id, frame);
         }
     }

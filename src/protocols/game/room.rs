@@ -480,14 +480,7 @@ impl Room {
 
     async fn kick(&mut self, user: &str) {
         let kicked = ServerFrame::Kicked.encode();
-        let ids: Vec<String> = self
-            .ctx
-            .connections
-            .iter()
-            .filter(|(_, c)| c.user_id == user)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in ids {
+        for id in self.ctx.connections_of(user) {
             self.ctx.deliver(&id, &kicked);
             if let Some(connection) = self.ctx.remove_connection(&id) {
                 let reason = CloseReason::new(close::KICKED, "kicked");
