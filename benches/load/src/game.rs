@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::Barrier;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::client;
 use crate::scenarios::Target;
 use crate::stats::{self, Latency};
 
@@ -73,10 +74,14 @@ pub async fn game(target: &Target, spec: GameSpec) -> Value {
         }
     }
     shared.ready.wait().await;
-    let before = target.server_pid.and_then(stats::usage);
     let measured_from = Instant::now() + shared.spec.warmup;
+    // CPU over the measured window only, as the editing scenarios measure it (not the warm-up).
+    tokio::time::sleep_until(measured_from.into()).await;
+    let before = target.server_pid.and_then(stats::usage);
+    let own_before = stats::own_usage();
     tokio::time::sleep_until((measured_from + shared.spec.duration).into()).await;
     let after = target.server_pid.and_then(stats::usage);
+    let own_after = stats::own_usage();
     let seconds = measured_from.elapsed().as_secs_f64();
     shared.stop.store(true, Ordering::SeqCst);
     tokio::time::sleep(shared.spec.drain).await;
@@ -100,6 +105,7 @@ pub async fn game(target: &Target, spec: GameSpec) -> Value {
         "errors": totals.errors,
         "connect_errors": totals.failed_connects,
         "server": stats::cpu_between(before, after, seconds),
+        "load_generator": stats::cpu_between(own_before, own_after, seconds),
     })
 }
 
@@ -113,7 +119,10 @@ async fn player(shared: &Shared, target: &Target, room: usize, index: usize) {
     let me = format!("p{room}-{index}");
     let next = format!("p{room}-{}", (index + 1) % spec.players);
     let connected = async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.ok()?;
+        // The canvas clients' socket: TCP_NODELAY (without it Nagle holds each small action
+        // back for tens of milliseconds, and the server sees bursts instead of the offered
+        // rate) and a 16 KiB read buffer (tungstenite's 128 KiB one is zeroed on every read).
+        let mut ws = client::connect(url.as_str()).await.ok()?;
         ws.send(Message::text(
             json!({"type": "auth", "token": me}).to_string(),
         ))

@@ -307,9 +307,10 @@ fn print_table(r: &Value) {
             lat("action ms", &r["ack_ms"]);
             lat("broadcast ms", &r["broadcast_ms"]);
             println!(
-                "  server cpu% {}  rss KiB {}",
+                "  server cpu% {}  rss KiB {}  load-generator cpu% {}",
                 f(&r["server"]["cpu_percent"]),
-                r["server"]["rss_kib"]
+                r["server"]["rss_kib"],
+                f(&r["load_generator"]["cpu_percent"]),
             );
         }
         Some("idle") => println!(
