@@ -329,11 +329,10 @@ impl Game {
                 payload,
                 request_id,
             } => {
-                let action = action_type.as_deref().unwrap_or("");
                 let refuse = |code: ErrorCode, message: &str| {
                     ServerFrame::ActionError {
                         request_id: &request_id,
-                        action_type: action,
+                        action_type: action_type.as_deref().unwrap_or(""),
                         code: code.as_str(),
                         message,
                     }
@@ -371,7 +370,7 @@ impl Game {
                 room.action(
                     self.connection_id.clone(),
                     request_id,
-                    action.to_owned(),
+                    action_type.unwrap_or_default(),
                     payload,
                 )
                 .await;

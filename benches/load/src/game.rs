@@ -154,8 +154,11 @@ async fn player(shared: &Shared, target: &Target, room: usize, index: usize) {
         Duration::from_secs_f64((spec.rooms * spec.players) as f64 / spec.rate.max(0.001));
     let measured_from = Instant::now() + spec.warmup;
     let writer = async {
-        // Players are phased evenly over one interval so the offered load is smooth.
-        let phase = interval.mul_f64(index as f64 / spec.players as f64);
+        // Players are phased evenly over one interval so the offered load is smooth, in the
+        // canvas scenarios' order (a room's players one after another, then the next room's),
+        // so that a game action and a canvas patch meet the same arrival pattern.
+        let global = room * spec.players + index;
+        let phase = interval.mul_f64(global as f64 / (spec.rooms * spec.players) as f64);
         let mut ticker = tokio::time::interval_at((Instant::now() + phase).into(), interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut seq = 0u64;

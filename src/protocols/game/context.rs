@@ -22,7 +22,7 @@ use crate::engine::tree;
 use crate::ids::RecordKey;
 use crate::metrics::Metrics;
 use crate::protocols::game::wire::{self as wire, ServerFrame};
-use crate::rooms::{CloseReason, Journal, Outbox, Schedule};
+use crate::rooms::{CloseReason, Delivery, Journal, Outbox, Schedule};
 use crate::storage::StorageError;
 
 /// How deeply any state (shared, a player's, server-only, metadata) or a timer's data may nest
@@ -308,10 +308,12 @@ impl RoomContext {
         }
         let total = self.state_size();
         let max = self.options.max_state_size;
-        let player = self
-            .players
-            .entry(user_id.to_owned())
-            .or_insert_with(Tracked::empty);
+        if !self.players.contains_key(user_id) {
+            self.players.insert(user_id.to_owned(), Tracked::empty());
+        }
+        let Some(player) = self.players.get_mut(user_id) else {
+            return Err(StateError::NoSuchPlayer(user_id.to_owned()));
+        };
         let others = total - player.size;
         update_tracked(player, others, max, update)
     }
@@ -382,15 +384,7 @@ impl RoomContext {
     pub fn send_message(&mut self, message_type: &str, data: Value, exclude: &[&str]) {
         self.flush();
         let frame = message_frame(message_type, &data);
-        let targets: Vec<String> = self
-            .connections
-            .iter()
-            .filter(|(_, c)| !exclude.contains(&c.user_id.as_str()))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in targets {
-            self.deliver(&id, &frame);
-        }
+        self.deliver_where(&frame, |c| !exclude.contains(&c.user_id.as_str()));
         if let Some(joining) = &mut self.joining {
             if !exclude.contains(&joining.user_id.as_str()) {
                 joining.frames.push(frame);
@@ -651,9 +645,15 @@ impl RoomContext {
             };
             // Logged before the frames that show it are made: they wait until it is durable.
             self.log.push(Op::Shared { batch });
-            for id in self.recipients(StateId::Shared) {
-                let frame = delta.clone().unwrap_or_else(|| self.sync_frame_for(&id));
-                self.deliver(&id, &frame);
+            match delta {
+                Some(delta) => self.deliver_where(&delta, |c| visible(StateId::Shared, &c.user_id)),
+                // A whole new value: each connection gets a `sync` with the states it may see.
+                None => {
+                    for id in self.recipients(StateId::Shared) {
+                        let frame = self.sync_frame_for(&id);
+                        self.deliver(&id, &frame);
+                    }
+                }
             }
         }
         let dirty: Vec<String> = self
@@ -684,9 +684,7 @@ impl RoomContext {
                 user: user.clone(),
                 batch,
             });
-            for id in self.recipients(StateId::Player(&user)) {
-                self.deliver(&id, &frame);
-            }
+            self.deliver_where(&frame, |c| visible(StateId::Player(&user), &c.user_id));
         }
     }
 
@@ -731,14 +729,27 @@ impl RoomContext {
 
     /// Queues a frame for a connection; it leaves once every write made before it is durable.
     pub(super) fn deliver(&mut self, connection_id: &str, frame: &ByteString) {
-        use crate::rooms::Delivery;
         let tag = self.tag();
-        let Some(connection) = self.connections.get_mut(connection_id) else {
-            return;
-        };
-        if self.journal.send(&mut connection.outbox, frame, tag) == Delivery::Full {
-            connection.outbox.close(CloseReason::slow_client());
-            self.slow.push(connection_id.to_owned());
+        if let Some(connection) = self.connections.get_mut(connection_id) {
+            queue_frame(
+                &self.journal,
+                &mut self.slow,
+                connection_id,
+                connection,
+                frame,
+                tag,
+            );
+        }
+    }
+
+    /// Queues one frame (encoded once, its text shared) for every joined connection `to` picks,
+    /// in join order, without looking each one up again by id.
+    fn deliver_where(&mut self, frame: &ByteString, to: impl Fn(&Connection) -> bool) {
+        let tag = self.tag();
+        for (id, connection) in self.connections.iter_mut() {
+            if to(connection) {
+                queue_frame(&self.journal, &mut self.slow, id, connection, frame, tag);
+            }
         }
     }
 
@@ -752,9 +763,7 @@ impl RoomContext {
     }
 
     pub(super) fn deliver_to_user(&mut self, user_id: &str, frame: &ByteString) {
-        for id in self.connections_of(user_id) {
-            self.deliver(&id, frame);
-        }
+        self.deliver_where(frame, |c| c.user_id == user_id);
     }
 
     /// Appends what the current event wrote as one log entry. An entry that would not load
@@ -849,6 +858,22 @@ impl RoomContext {
             max_players: (max_players != self.options.max_players).then_some(max_players),
         }
         .into_record()
+    }
+}
+
+/// Queues `frame` (tagged with the log entry it shows) in a connection's outbox; a connection
+/// whose outbox is full is closed as too slow and noted for the room to drop.
+fn queue_frame(
+    journal: &Journal,
+    slow: &mut Vec<String>,
+    connection_id: &str,
+    connection: &mut Connection,
+    frame: &ByteString,
+    tag: u64,
+) {
+    if journal.send(&mut connection.outbox, frame, tag) == Delivery::Full {
+        connection.outbox.close(CloseReason::slow_client());
+        slow.push(connection_id.to_owned());
     }
 }
 

@@ -59,8 +59,8 @@ impl ClientFrame {
         let Value::Object(mut map) = value else {
             return Err(DecodeError::InvalidJson("expected a JSON object".into()));
         };
-        let kind = match map.get("type") {
-            Some(Value::String(kind)) => kind.clone(),
+        let kind = match map.remove("type") {
+            Some(Value::String(kind)) => kind,
             _ => {
                 return Err(DecodeError::InvalidJson(
                     "missing string field `type`".into(),
