@@ -1,15 +1,24 @@
 //! The `game` scenario: the EdgeBase Rooms protocol against weft's shipped `battle` namespace.
 //!
 //! `rooms x players` clients authenticate (the server must accept any token: `--auth none` and no
-//! EdgeBase secret, so the token is the user id), join, then each sends `ATTACK` actions on the
-//! next player of its room at a fixed offered rate (open loop). Measured: action latency (send ->
-//! `action_result` on the sender) and broadcast latency (send -> the `player_attacked` message at
-//! every other player; a sender's messages arrive in order, so a peer matches the n-th message of
-//! an attacker with that attacker's n-th send).
+//! EdgeBase secret, so the token is the user id), join, then each sends actions at a fixed
+//! offered rate (open loop), one of ([`GameAction`]):
+//! - `ATTACK` on the next player of its room: a `player_attacked` message to the 9 others and the
+//!   `action_result`; the target's `hp` drops by 10 (a `player_delta` to it and a log entry) until
+//!   it is 0, which takes 10 attacks (2 s at 5 actions/s per player): after that an attack
+//!   changes no state.
+//! - `NEXT_ROUND`: the shared state's `round` steps and the turn timer is set again, every time:
+//!   a log entry, a `shared_delta` to all 10 players and the `action_result` (the game's
+//!   counterpart of a canvas patch: a stored write shown to the 9 peers).
+//!
+//! Measured: action latency (send -> `action_result` on the sender) and, for `ATTACK`, broadcast
+//! latency (send -> the `player_attacked` message at every other player; a sender's messages
+//! arrive in order, so a peer matches the n-th message of an attacker with that attacker's n-th
+//! send). A `shared_delta` names no sender, so `NEXT_ROUND` counts its broadcasts only.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -21,8 +30,25 @@ use crate::client;
 use crate::scenarios::Target;
 use crate::stats::{self, Latency};
 
+/// The action every player sends (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GameAction {
+    Attack,
+    NextRound,
+}
+
+impl GameAction {
+    fn name(self) -> &'static str {
+        match self {
+            GameAction::Attack => "ATTACK",
+            GameAction::NextRound => "NEXT_ROUND",
+        }
+    }
+}
+
 /// What the scenario is asked to do.
 pub struct GameSpec {
+    pub action: GameAction,
     pub rooms: usize,
     pub players: usize,
     /// Actions per second, all players together.
@@ -36,6 +62,8 @@ pub struct GameSpec {
 struct Totals {
     actions: Latency,
     broadcasts: Latency,
+    /// `shared_delta` frames received (the broadcasts of `NEXT_ROUND`).
+    shared_deltas: u64,
     errors: HashMap<String, u64>,
     failed_connects: u64,
 }
@@ -48,6 +76,9 @@ struct Shared {
     sent: AtomicU64,
     totals: Mutex<Totals>,
     ready: Barrier,
+    /// When sending starts, the same instant for every player (the first to pass the barrier
+    /// sets it), so that their phases hold exactly as in the editing scenarios.
+    start: OnceLock<Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -62,6 +93,7 @@ pub async fn game(target: &Target, spec: GameSpec) -> Value {
         sent: AtomicU64::new(0),
         totals: Mutex::new(Totals::default()),
         ready: Barrier::new(clients + 1),
+        start: OnceLock::new(),
         spec,
     });
     let mut tasks = Vec::new();
@@ -74,7 +106,7 @@ pub async fn game(target: &Target, spec: GameSpec) -> Value {
         }
     }
     shared.ready.wait().await;
-    let measured_from = Instant::now() + shared.spec.warmup;
+    let measured_from = *shared.start.get_or_init(Instant::now) + shared.spec.warmup;
     // CPU over the measured window only, as the editing scenarios measure it (not the warm-up).
     tokio::time::sleep_until(measured_from.into()).await;
     let before = target.server_pid.and_then(stats::usage);
@@ -94,6 +126,7 @@ pub async fn game(target: &Target, spec: GameSpec) -> Value {
         "rooms": shared.spec.rooms,
         "clients_per_room": shared.spec.players,
         "namespace": "battle",
+        "action": shared.spec.action.name(),
         "mode": "open",
         "offered_per_sec": shared.spec.rate,
         "seconds": window,
@@ -101,7 +134,9 @@ pub async fn game(target: &Target, spec: GameSpec) -> Value {
         "acked_per_sec": stats::num(totals.actions.count() as f64 / window),
         "ack_ms": totals.actions.summary(),
         "broadcast_ms": totals.broadcasts.summary(),
-        "broadcasts_per_sec": stats::num(totals.broadcasts.count() as f64 / window),
+        "broadcasts_per_sec": stats::num(
+            (totals.broadcasts.count() + totals.shared_deltas) as f64 / window
+        ),
         "errors": totals.errors,
         "connect_errors": totals.failed_connects,
         "server": stats::cpu_between(before, after, seconds),
@@ -152,14 +187,15 @@ async fn player(shared: &Shared, target: &Target, room: usize, index: usize) {
     let (mut sink, mut stream) = ws.split();
     let interval =
         Duration::from_secs_f64((spec.rooms * spec.players) as f64 / spec.rate.max(0.001));
-    let measured_from = Instant::now() + spec.warmup;
+    let start = *shared.start.get_or_init(Instant::now);
+    let measured_from = start + spec.warmup;
     let writer = async {
         // Players are phased evenly over one interval so the offered load is smooth, in the
         // canvas scenarios' order (a room's players one after another, then the next room's),
         // so that a game action and a canvas patch meet the same arrival pattern.
         let global = room * spec.players + index;
         let phase = interval.mul_f64(global as f64 / (spec.rooms * spec.players) as f64);
-        let mut ticker = tokio::time::interval_at((Instant::now() + phase).into(), interval);
+        let mut ticker = tokio::time::interval_at((start + phase).into(), interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut seq = 0u64;
         while !shared.stop.load(Ordering::Relaxed) {
@@ -170,8 +206,12 @@ async fn player(shared: &Shared, target: &Target, room: usize, index: usize) {
                 .entry(me.clone())
                 .or_default()
                 .push(measured.then_some(now));
-            let frame = json!({"type": "send", "actionType": "ATTACK",
-                "payload": {"targetId": next}, "requestId": seq.to_string()});
+            let payload = match spec.action {
+                GameAction::Attack => json!({"targetId": next}),
+                GameAction::NextRound => json!({}),
+            };
+            let frame = json!({"type": "send", "actionType": spec.action.name(),
+                "payload": payload, "requestId": seq.to_string()});
             seq += 1;
             shared.sent.fetch_add(1, Ordering::Relaxed);
             if sink.send(Message::text(frame.to_string())).await.is_err() {
@@ -205,6 +245,9 @@ async fn player(shared: &Shared, target: &Target, room: usize, index: usize) {
                     let code = frame["code"].as_str().unwrap_or("?").to_owned();
                     *lock(&shared.totals).errors.entry(code).or_default() += 1;
                 }
+                Some("shared_delta") if measuring(&shared.sends, &me) => {
+                    lock(&shared.totals).shared_deltas += 1;
+                }
                 Some("message") if frame["messageType"] == "player_attacked" => {
                     let attacker = frame["data"]["attacker"].as_str().unwrap_or("").to_owned();
                     let n = seen.entry(attacker.clone()).or_default();
@@ -221,4 +264,12 @@ async fn player(shared: &Shared, target: &Target, room: usize, index: usize) {
         }
     };
     tokio::join!(writer, reader);
+}
+
+/// Whether the measured window has begun for this player's sends (its last send was measured).
+fn measuring(sends: &Mutex<HashMap<String, Vec<Option<Instant>>>>, me: &str) -> bool {
+    lock(sends)
+        .get(me)
+        .and_then(|v| v.last().copied().flatten())
+        .is_some()
 }

@@ -92,6 +92,9 @@ struct Args {
     /// After the window, how long to wait for outstanding acks.
     #[arg(long, default_value_t = 5000)]
     drain_ms: u64,
+    /// game: the action every player sends.
+    #[arg(long, value_enum, default_value = "attack")]
+    game_action: game::GameAction,
     /// Token query parameter, for servers that want one.
     #[arg(long, default_value = "load")]
     token: String,
@@ -196,6 +199,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         }
         Scenario::Game => {
             let spec = game::GameSpec {
+                action: args.game_action,
                 rooms,
                 players: clients,
                 rate,
@@ -293,8 +297,11 @@ fn print_table(r: &Value) {
         }
         Some("game") => {
             println!(
-                "  {} rooms x {} players (battle), ATTACK actions, open loop, {} s measured",
-                r["rooms"], r["clients_per_room"], f(&r["seconds"])
+                "  {} rooms x {} players (battle), {} actions, open loop, {} s measured",
+                r["rooms"],
+                r["clients_per_room"],
+                r["action"].as_str().unwrap_or(""),
+                f(&r["seconds"])
             );
             println!(
                 "  offered/s {:>10}  results/s {:>10}  broadcasts/s {:>10}  errors {}  connect errors {}",
