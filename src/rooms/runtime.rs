@@ -108,12 +108,22 @@ pub(crate) async fn serve<R: RoomTask>(
 }
 
 /// Queues a command for a room task, waiting while its queue is full; false when the room is
-/// gone. The wait is boxed: it is rare, and a connection's future (alive as long as the
-/// connection) would otherwise carry the channel's send future in every state.
-pub(crate) async fn send_command<T>(tx: &mpsc::Sender<T>, command: T) -> bool {
-    match tx.try_send(command) {
-        Ok(()) => true,
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
-        Err(mpsc::error::TrySendError::Full(command)) => Box::pin(tx.send(command)).await.is_ok(),
+/// gone. The command is queued when this is called (it is no `async fn`), and the rare wait is
+/// boxed: the future a connection awaits, which the session boxes with every frame, holds no
+/// copy of the command and no channel send future.
+pub(crate) fn send_command<T: Send>(
+    tx: &mpsc::Sender<T>,
+    command: T,
+) -> impl Future<Output = bool> + Send + '_ {
+    let waiting = match tx.try_send(command) {
+        Ok(()) => Ok(true),
+        Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
+        Err(mpsc::error::TrySendError::Full(command)) => Err(Box::pin(tx.send(command))),
+    };
+    async move {
+        match waiting {
+            Ok(sent) => sent,
+            Err(wait) => wait.await.is_ok(),
+        }
     }
 }

@@ -168,6 +168,24 @@ struct Game {
     room: Option<RoomHandle>,
 }
 
+/// What a frame after auth asks for (see [`Game::react`]).
+enum Reaction {
+    /// Answer on the socket, outside the room's queue.
+    Reply(ByteString),
+    End(End),
+    /// A second `auth`.
+    Refresh(String),
+    Join(Value),
+    /// The client leaves the joined room.
+    Leave,
+    /// A `send` for the joined room to run.
+    Action {
+        request_id: String,
+        action_type: String,
+        payload: Value,
+    },
+}
+
 fn error_end(code: ErrorCode, message: &str, close: u16) -> End {
     End::Close(
         Some(error_frame(code, message)),
@@ -197,7 +215,7 @@ impl Protocol for Game {
 
     async fn on_text(&mut self, io: &mut Io, text: ByteString) -> Option<End> {
         if self.identity.is_none() {
-            self.authenticate(io, &text).await
+            Box::pin(self.authenticate(io, &text)).await
         } else {
             self.frame(io, &text).await
         }
@@ -288,13 +306,44 @@ impl Game {
         }
     }
 
-    /// Handles one text frame after auth; `Some` ends the connection.
+    /// Handles one text frame after auth; `Some` ends the connection. What to do is decided
+    /// without waiting ([`Game::react`]); only the step that follows awaits. The session boxes
+    /// this future for every frame, so it stays small: the rare steps are boxed on their own (a
+    /// box of a kilobyte or more per action costs glibc a consolidation of its free lists).
     async fn frame(&mut self, io: &mut Io, text: &str) -> Option<End> {
+        match self.react(io, text) {
+            Reaction::Reply(frame) => io.reply(frame).await,
+            Reaction::End(end) => Some(end),
+            Reaction::Refresh(token) => Box::pin(self.refresh(io, &token)).await,
+            Reaction::Join(options) => Box::pin(self.join(io, options)).await,
+            Reaction::Leave => {
+                if let Some(room) = &self.room {
+                    Box::pin(room.leave(self.connection_id.clone())).await;
+                }
+                None
+            }
+            Reaction::Action {
+                request_id,
+                action_type,
+                payload,
+            } => {
+                if let Some(room) = &self.room {
+                    let connection_id = self.connection_id.clone();
+                    room.action(connection_id, request_id, action_type, payload)
+                        .await;
+                }
+                None
+            }
+        }
+    }
+
+    /// Decodes one text frame after auth and decides what it asks for.
+    fn react(&mut self, io: &Io, text: &str) -> Reaction {
         let frame = match ClientFrame::decode(text) {
             Ok(frame) => frame,
             Err(DecodeError::InvalidJson(e)) => {
                 Metrics::inc(&io.state.metrics.frames_invalid);
-                return Some(error_end(
+                return Reaction::End(error_end(
                     ErrorCode::InvalidJson,
                     &format!("Invalid JSON: {e}"),
                     codes::PROTOCOL,
@@ -302,27 +351,20 @@ impl Game {
             }
             Err(e @ DecodeError::UnknownType(_)) => {
                 Metrics::inc(&io.state.metrics.frames_ignored);
-                return io
-                    .reply(error_frame(ErrorCode::UnknownType, &e.to_string()))
-                    .await;
+                return Reaction::Reply(error_frame(ErrorCode::UnknownType, &e.to_string()));
             }
             Err(e @ DecodeError::Invalid { .. }) => {
                 Metrics::inc(&io.state.metrics.frames_invalid);
-                return io
-                    .reply(error_frame(ErrorCode::InvalidMessage, &e.to_string()))
-                    .await;
+                return Reaction::Reply(error_frame(ErrorCode::InvalidMessage, &e.to_string()));
             }
         };
         match frame {
-            ClientFrame::Ping => io.reply(ServerFrame::Pong.encode()).await,
-            ClientFrame::Auth { token } => self.refresh(io, &token).await,
-            ClientFrame::Join { options } => self.join(io, options).await,
+            ClientFrame::Ping => Reaction::Reply(ServerFrame::Pong.encode()),
+            ClientFrame::Auth { token } => Reaction::Refresh(token),
+            ClientFrame::Join { options } => Reaction::Join(options),
             ClientFrame::Leave => match &self.room {
-                Some(room) => {
-                    room.leave(self.connection_id.clone()).await;
-                    None
-                }
-                None => Some(End::Close(None, CloseReason::new(codes::LEFT, "left"))),
+                Some(_) => Reaction::Leave,
+                None => Reaction::End(End::Close(None, CloseReason::new(codes::LEFT, "left"))),
             },
             ClientFrame::Send {
                 action_type,
@@ -330,29 +372,24 @@ impl Game {
                 request_id,
             } => {
                 let refuse = |code: ErrorCode, message: &str| {
-                    ServerFrame::ActionError {
-                        request_id: &request_id,
-                        action_type: action_type.as_deref().unwrap_or(""),
-                        code: code.as_str(),
-                        message,
-                    }
-                    .encode()
+                    Reaction::Reply(
+                        ServerFrame::ActionError {
+                            request_id: &request_id,
+                            action_type: action_type.as_deref().unwrap_or(""),
+                            code: code.as_str(),
+                            message,
+                        }
+                        .encode(),
+                    )
                 };
-                let Some(room) = &self.room else {
-                    return io
-                        .reply(refuse(
-                            ErrorCode::NotJoined,
-                            "join the room before sending actions",
-                        ))
-                        .await;
-                };
+                if self.room.is_none() {
+                    return refuse(ErrorCode::NotJoined, "join the room before sending actions");
+                }
                 if action_type.is_none() {
-                    return io
-                        .reply(refuse(
-                            ErrorCode::InvalidAction,
-                            "send needs a non-empty actionType",
-                        ))
-                        .await;
+                    return refuse(
+                        ErrorCode::InvalidAction,
+                        "send needs a non-empty actionType",
+                    );
                 }
                 let allowed = self
                     .actions
@@ -360,21 +397,16 @@ impl Game {
                     .is_some_and(|actions| actions.allow(Instant::now()));
                 if !allowed {
                     Metrics::inc(&io.state.metrics.rate_limited);
-                    return io
-                        .reply(refuse(
-                            ErrorCode::RateLimited,
-                            "Too many actions: rate limit exceeded",
-                        ))
-                        .await;
+                    return refuse(
+                        ErrorCode::RateLimited,
+                        "Too many actions: rate limit exceeded",
+                    );
                 }
-                room.action(
-                    self.connection_id.clone(),
+                Reaction::Action {
                     request_id,
-                    action_type.unwrap_or_default(),
+                    action_type: action_type.unwrap_or_default(),
                     payload,
-                )
-                .await;
-                None
+                }
             }
         }
     }

@@ -157,8 +157,9 @@ pub struct RoomHandle {
 
 impl RoomHandle {
     /// Queues a command; `false` when the room has stopped (the caller reloads it and retries).
-    pub(super) async fn send(&self, command: Command) -> bool {
-        crate::rooms::send_command(&self.commands, command).await
+    /// Queued when called (see [`crate::rooms::send_command`]).
+    pub(super) fn send(&self, command: Command) -> impl std::future::Future<Output = bool> + '_ {
+        crate::rooms::send_command(&self.commands, command)
     }
 
     /// Runs an action; its result or error reaches the connection's outbox.
