@@ -144,7 +144,7 @@ async fn open(
         metadata: grant.metadata,
         outbox,
     };
-    let (room, id) = match state.manager.join(&room_id, new).await {
+    let (room, id) = match state.canvas.join(&room_id, new).await {
         Ok(joined) => joined,
         Err(e) => {
             let reason = match e {
