@@ -403,7 +403,6 @@ impl Settings {
             idle_timeout: Duration::from_millis(self.rooms.idle_timeout_ms),
             fold_interval: Duration::from_millis(self.rooms.fold_interval_ms),
             limits: self.engine_limits(),
-            ..RoomConfig::default()
         }
     }
 

@@ -17,6 +17,10 @@ use super::{CloseReason, JournalConfig, Tasks};
 use crate::ids::RoomKey;
 use crate::storage::StorageError;
 
+/// How many times a join that meets a closing room loads the room again before it gives up
+/// (the client is told to retry later).
+pub(crate) const JOIN_ATTEMPTS: usize = 5;
+
 /// A live room's handle as the manager holds it, whatever its protocol.
 pub trait LiveRoom: Any + Send + Sync {
     /// Closes every session with `reason`, folds the room's state and ends the room. Resolves

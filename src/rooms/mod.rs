@@ -22,10 +22,10 @@ mod tasks;
 
 pub use journal::JournalConfig;
 pub(crate) use journal::{panicked, Journal};
-pub(crate) use manager::Registration;
 pub use manager::{ClosingFold, LiveRoom, RoomManager};
+pub(crate) use manager::{Registration, JOIN_ATTEMPTS};
 pub use registry::ShuttingDown;
-pub(crate) use runtime::{send_command, serve, Ended, RoomTask, Step};
+pub(crate) use runtime::{command_channel, send_command, serve, Ended, RoomTask, Step};
 pub use schedule::Schedule;
 #[cfg(test)]
 pub(crate) use session::frame_cost;

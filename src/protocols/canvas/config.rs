@@ -11,8 +11,6 @@ pub struct RoomConfig {
     pub idle_timeout: Duration,
     /// How often a changing room's log is folded into its snapshot.
     pub fold_interval: Duration,
-    /// Commands a room queues before senders wait.
-    pub command_queue: usize,
     pub limits: Limits,
 }
 
@@ -21,7 +19,6 @@ impl Default for RoomConfig {
         RoomConfig {
             idle_timeout: Duration::from_secs(30),
             fold_interval: Duration::from_secs(30),
-            command_queue: 4096,
             limits: Limits::default(),
         }
     }

@@ -232,7 +232,7 @@ impl Room {
         journal: JournalConfig,
         tasks: &Tasks,
     ) -> RoomHandle {
-        let (tx, rx) = mpsc::channel(config.command_queue.max(1));
+        let (tx, rx) = rooms::command_channel();
         let key = RoomKey::Canvas(id.clone());
         let room = Room {
             id: id.clone(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::config::RoomConfig;
 use super::room::{Room, RoomHandle};
 use crate::ids::{RoomId, RoomKey, SessionId};
-use crate::rooms::{CloseReason, JoinError, NewSession, RoomManager};
+use crate::rooms::{CloseReason, JoinError, NewSession, RoomManager, JOIN_ATTEMPTS};
 use crate::storage::StorageError;
 
 struct Inner {
@@ -60,13 +60,14 @@ impl CanvasRooms {
     }
 
     /// Joins a session to a room (loading the room if needed) and returns the handle and the
-    /// session's id. A room that closes while the join is on its way is loaded again.
+    /// session's id. A room that closes while the join is on its way is loaded again, up to
+    /// `JOIN_ATTEMPTS` times.
     pub async fn join(
         &self,
         room: &RoomId,
         mut session: NewSession,
     ) -> Result<(RoomHandle, SessionId), JoinError> {
-        loop {
+        for _ in 0..JOIN_ATTEMPTS {
             let handle = self.get_or_create(room).await?;
             let id = SessionId(self.inner.next_session.fetch_add(1, Ordering::Relaxed));
             match handle.join(id, session).await {
@@ -75,6 +76,7 @@ impl CanvasRooms {
                 Err((error, _)) => return Err(error),
             }
         }
+        Err(JoinError::RoomClosed)
     }
 
     /// The room's handle if it is live; never creates.

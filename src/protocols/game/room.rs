@@ -24,9 +24,6 @@ use crate::rooms::{
 };
 use crate::storage::StorageError;
 
-/// Commands queued per room before senders wait.
-const COMMAND_QUEUE: usize = 256;
-
 /// A room with no players and nothing pending is disposed of after this long (a player that
 /// reconnects at once finds it still loaded).
 const EMPTY_LINGER: Duration = Duration::from_secs(5);
@@ -42,7 +39,7 @@ pub(super) fn spawn(
     options: Arc<NamespaceOptions>,
     logic: Box<dyn RoomLogic>,
 ) -> RoomHandle {
-    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let (tx, rx) = rooms::command_channel();
     let status = Arc::new(RoomStatus::new(options.max_players));
     let handle = RoomHandle {
         commands: tx,

@@ -19,7 +19,7 @@ use super::sender::Sender;
 use super::wakeups::Wakeups;
 use crate::ids::{RecordKey, RoomId, RoomKey};
 use crate::protocols::game::wire::ErrorCode;
-use crate::rooms::{panicked, Outbox, RoomManager, SessionLink};
+use crate::rooms::{panicked, Outbox, RoomManager, SessionLink, JOIN_ATTEMPTS};
 use crate::storage::{Storage, StorageError};
 
 /// A registered namespace.
@@ -172,7 +172,7 @@ impl GameRooms {
         outbox_bytes: usize,
     ) -> JoinOutcome {
         // A room may be closing as the join arrives; it then asks us to retry on a fresh load.
-        for _ in 0..5 {
+        for _ in 0..JOIN_ATTEMPTS {
             let handle = match self.handle(key).await {
                 Ok(handle) => handle,
                 Err(RoomUnavailable::ShuttingDown) => return JoinOutcome::ShuttingDown,
