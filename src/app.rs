@@ -1,4 +1,5 @@
-//! Wiring: settings -> storage -> authorizer -> RoomManager -> HTTP server -> shutdown.
+//! Wiring: settings -> storage -> authorizer -> RoomManager (canvas and game rooms) -> HTTP server
+//! -> shutdown.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -18,10 +19,10 @@ use tracing::{error, info, warn};
 use crate::auth::{AllowAll, Authorizer, GameAuth, JwtAuthorizer, JwtKey, TokenTable};
 use crate::config::{AuthMode, Settings};
 use crate::metrics::Metrics;
-use crate::protocols::canvas::RoomManager;
+use crate::protocols::canvas::CanvasRooms;
 use crate::protocols::game::{GameRooms, LogicFactory, NamespaceOptions, Namespaces};
-use crate::rooms::Tasks;
-use crate::storage::{self, Storage};
+use crate::rooms::{JournalConfig, RoomManager, Tasks};
+use crate::storage::{self, Storage, WriteBudget};
 use crate::transport::{self, AppState, AssemblyBudget, ConnectionLimiter, Liveness};
 
 /// A bound, not yet running server.
@@ -126,16 +127,18 @@ impl Application {
         let game_auth = Arc::new(game_auth(settings)?);
         let metrics = Arc::new(Metrics::default());
         let tasks = Tasks::current();
-        let manager = RoomManager::new(
-            storage.clone(),
-            settings.room_config(),
-            metrics.clone(),
-            tasks.clone(),
-        );
-        let games = GameRooms::new(namespaces, manager.journal_config(), tasks.clone());
+        let journal = JournalConfig {
+            storage: storage.clone(),
+            budget: WriteBudget::new(settings.storage_queue_bytes),
+            metrics: metrics.clone(),
+        };
+        let manager = RoomManager::new(journal, tasks.clone());
+        let canvas = CanvasRooms::new(manager.clone(), settings.room_config());
+        let games = GameRooms::new(manager.clone(), namespaces);
         let limits = &settings.limits;
         let state = web::Data::new(AppState {
             manager,
+            canvas,
             games,
             game_auth,
             authorizer,
@@ -226,8 +229,14 @@ impl Application {
         self.addr.port()
     }
 
+    /// The one manager of every live room, canvas and game.
     pub fn manager(&self) -> RoomManager {
         self.state.manager.clone()
+    }
+
+    /// The canvas rooms (in [`Application::manager`]).
+    pub fn canvas(&self) -> CanvasRooms {
+        self.state.canvas.clone()
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -238,6 +247,7 @@ impl Application {
         }
     }
 
+    /// The game rooms (in [`Application::manager`]).
     pub fn games(&self) -> GameRooms {
         self.state.games.clone()
     }
@@ -257,12 +267,10 @@ impl ShutdownHandle {
         info!("shutting down: no new connections, closing sessions, saving rooms");
         self.state.closing.send_replace(true);
         self.server.pause().await;
-        // Canvas and game rooms close at once (each manager closes its rooms in parallel).
-        let (mut errors, canvas) =
-            tokio::join!(self.state.games.close_all(), self.state.manager.close_all());
-        errors.extend(canvas.into_iter().map(|e| e.to_string()));
-        for e in &errors {
-            error!(error = %e, "room could not be saved at shutdown");
+        // Every room, canvas and game, closes at once.
+        let errors = self.state.manager.close_all().await;
+        for (room, e) in &errors {
+            error!(%room, error = %e, "room could not be saved at shutdown");
         }
         self.server.stop(true).await;
         // Every task weft spawned (sessions finishing their close, background loops) ends

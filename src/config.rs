@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Limits;
 use crate::protocols::canvas::RoomConfig;
-use crate::storage::{Durability, StorageKind, WriteBudget};
+use crate::storage::{Durability, StorageKind};
 use crate::transport::TransportConfig;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -127,7 +127,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("./data"),
             storage: StorageKind::Rocksdb,
             durability: Durability::ProcessCrash,
-            storage_queue_bytes: crate::protocols::canvas::DEFAULT_STORAGE_QUEUE_BYTES,
+            storage_queue_bytes: crate::storage::DEFAULT_STORAGE_QUEUE_BYTES,
             log_format: LogFormat::Text,
             auth: AuthSettings::default(),
             limits: LimitSettings::default(),
@@ -403,8 +403,6 @@ impl Settings {
             idle_timeout: Duration::from_millis(self.rooms.idle_timeout_ms),
             fold_interval: Duration::from_millis(self.rooms.fold_interval_ms),
             limits: self.engine_limits(),
-            write_budget: WriteBudget::new(self.storage_queue_bytes),
-            ..RoomConfig::default()
         }
     }
 

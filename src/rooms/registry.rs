@@ -57,7 +57,7 @@ impl<H: Clone> Registry<H> {
     pub(crate) async fn get_or_spawn(
         &self,
         key: &RoomKey,
-        mut spawn: impl FnMut(u64) -> H,
+        spawn: impl FnOnce(u64) -> H,
     ) -> Result<H, ShuttingDown> {
         loop {
             let mut closing = {

@@ -107,6 +107,17 @@ pub(crate) async fn serve<R: RoomTask>(
     }
 }
 
+/// Commands a room queues before senders wait, for both protocols. A connection waits for its
+/// command to be queued before reading its next frame, so the queue holds at most one command
+/// per connection (plus the server's own): a burst from many connections waits here instead of
+/// blocking each other.
+const COMMAND_QUEUE: usize = 4096;
+
+/// A room task's command channel.
+pub(crate) fn command_channel<T>() -> (mpsc::Sender<T>, mpsc::Receiver<T>) {
+    mpsc::channel(COMMAND_QUEUE)
+}
+
 /// Queues a command for a room task, waiting while its queue is full; false when the room is
 /// gone. The command is queued when this is called (it is no `async fn`), and the rare wait is
 /// boxed: the future a connection awaits, which the session boxes with every frame, holds no

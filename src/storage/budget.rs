@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// Default of the `storage_queue_bytes` setting.
+pub const DEFAULT_STORAGE_QUEUE_BYTES: usize = 64 << 20;
+
 /// Bytes that may be queued for the writer at once, shared by every room. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct WriteBudget {

@@ -22,7 +22,7 @@ mod writer;
 
 use std::sync::Arc;
 
-pub use budget::{BudgetPermit, WriteBudget};
+pub use budget::{BudgetPermit, WriteBudget, DEFAULT_STORAGE_QUEUE_BYTES};
 pub use file::FileStorage;
 pub use gated::{Appends, GatedStorage};
 pub use memory::MemoryStorage;

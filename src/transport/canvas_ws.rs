@@ -4,7 +4,7 @@
 //! worker, in parallel with other connections. Until the session has joined its room the socket
 //! is not read, so frames sent early (the client's `reconnect`) wait in order.
 
-use std::net::IpAddr;
+use std::future::Future;
 
 use actix_web::{web, HttpResponse};
 use bytes::Bytes;
@@ -13,11 +13,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{debug, info, Instrument};
 
-use super::limits::ConnectionPermit;
-use super::session::{close, End, Heartbeat, Io, OverRate, Protocol, Session};
-use super::upgrade::UpgradeRequest;
-use super::websocket::WebSocket;
-use super::{AppState, LiveConnection, TransportConfig};
+use super::session::{close, End, Heartbeat, Io, OverRate, Protocol};
+use super::upgrade::{UpgradeRequest, Upgraded};
+use super::TransportConfig;
 use crate::auth::{AuthRequest, Denied};
 use crate::ids::{ClientId, RoomId, SessionId};
 use crate::metrics::Metrics;
@@ -25,8 +23,9 @@ use crate::protocols::canvas::wire::{self as canvas, ClientFrame};
 use crate::protocols::canvas::RoomHandle;
 use crate::rooms::{CloseReason, JoinError, NewSession, Outbox, SessionLink};
 
+/// What a canvas client asks for in its upgrade's query.
 #[derive(Debug, Default, Deserialize)]
-struct ConnectQuery {
+pub(super) struct ConnectQuery {
     #[serde(rename = "roomId")]
     room_id: Option<String>,
     #[serde(rename = "clientId")]
@@ -41,46 +40,26 @@ pub(super) async fn not_upgraded() -> HttpResponse {
     }))
 }
 
-/// An upgrade to the canvas endpoint, with its place under the connection caps (taken at
-/// accept, see `accept`). Everything else is answered with a close frame and a reason.
-pub(super) struct Accepted {
-    permit: ConnectionPermit,
-    query: ConnectQuery,
-    peer: Option<IpAddr>,
-}
-
-pub(super) fn accept(request: &UpgradeRequest, permit: ConnectionPermit) -> Accepted {
-    let query = web::Query::<ConnectQuery>::from_query(&request.query)
+/// The query of an upgrade to the canvas endpoint. Every upgrade is accepted: what is wrong with
+/// the query is answered with a close frame and a reason, once upgraded.
+pub(super) fn accept(request: &UpgradeRequest) -> ConnectQuery {
+    web::Query::<ConnectQuery>::from_query(&request.query)
         .map(web::Query::into_inner)
-        .unwrap_or_default();
-    Accepted {
-        permit,
-        query,
-        peer: request.peer,
-    }
+        .unwrap_or_default()
 }
 
-impl Accepted {
-    /// The session on the upgraded socket: a future that runs until the connection ends.
-    pub(super) fn run(
-        self,
-        state: web::Data<AppState>,
-        socket: WebSocket,
-    ) -> impl std::future::Future<Output = ()> + Send {
-        let span = tracing::info_span!("conn", peer = ?self.peer, room = tracing::field::Empty, session = tracing::field::Empty);
-        let live = LiveConnection::new(state.metrics.clone(), self.permit);
-        // Boxed: joining needs more state than serving, and only for a moment.
-        let opening = Box::pin(open(state.clone(), self.query, socket));
-        async move {
-            let Some((canvas, socket, link)) = opening.await else {
-                return;
-            };
-            Session::new(state, socket, Some(link), canvas, live)
-                .run()
-                .await;
-        }
-        .instrument(span)
+/// The session on the upgraded socket: a future that runs until the connection ends.
+pub(super) fn run(upgraded: Upgraded, query: ConnectQuery) -> impl Future<Output = ()> + Send {
+    let span = tracing::info_span!("conn", peer = ?upgraded.peer, room = tracing::field::Empty, session = tracing::field::Empty);
+    // Boxed: joining needs more state than serving, and only for a moment.
+    let opening = Box::pin(open(upgraded, query));
+    async move {
+        let Some((canvas, upgraded, link)) = opening.await else {
+            return;
+        };
+        upgraded.session(Some(link), canvas).run().await;
     }
+    .instrument(span)
 }
 
 /// Validated connect parameters.
@@ -107,17 +86,14 @@ struct Canvas {
 }
 
 /// Authorizes and joins; a refused connection is closed with its reason.
-async fn open(
-    state: web::Data<AppState>,
-    query: ConnectQuery,
-    socket: WebSocket,
-) -> Option<(Canvas, WebSocket, SessionLink)> {
+async fn open(upgraded: Upgraded, query: ConnectQuery) -> Option<(Canvas, Upgraded, SessionLink)> {
+    let state = &upgraded.state;
     let (room_id, client) = match parse_query(&query) {
         Ok(ids) => ids,
         Err(reason) => {
             Metrics::inc(&state.metrics.connects_denied);
             info!(%reason, "connect refused");
-            close(socket, &CloseReason::new(1008, reason), &state).await;
+            close(upgraded.socket, &CloseReason::new(1008, reason), state).await;
             return None;
         }
     };
@@ -133,7 +109,7 @@ async fn open(
             Metrics::inc(&state.metrics.connects_denied);
             info!(%reason, "connect denied");
             let reason = CloseReason::new(1008, format!("unauthorized: {reason}"));
-            close(socket, &reason, &state).await;
+            close(upgraded.socket, &reason, state).await;
             return None;
         }
     };
@@ -144,7 +120,7 @@ async fn open(
         metadata: grant.metadata,
         outbox,
     };
-    let (room, id) = match state.manager.join(&room_id, new).await {
+    let (room, id) = match state.canvas.join(&room_id, new).await {
         Ok(joined) => joined,
         Err(e) => {
             let reason = match e {
@@ -154,7 +130,7 @@ async fn open(
                 }
                 JoinError::OverLimit(_) => CloseReason::new(1009, e.to_string()),
             };
-            close(socket, &reason, &state).await;
+            close(upgraded.socket, &reason, state).await;
             return None;
         }
     };
@@ -166,7 +142,7 @@ async fn open(
         client,
         room_id,
     };
-    Some((canvas, socket, link))
+    Some((canvas, upgraded, link))
 }
 
 impl Protocol for Canvas {

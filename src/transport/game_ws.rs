@@ -7,7 +7,6 @@
 //! ping interval. Protocol-level Pings from clients are answered.
 
 use std::future::Future;
-use std::net::IpAddr;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
@@ -18,11 +17,9 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tracing::{info, Instrument};
 
-use super::limits::ConnectionPermit;
-use super::session::{End, Heartbeat, Io, OverRate, Protocol, Session};
-use super::upgrade::UpgradeRequest;
-use super::websocket::WebSocket;
-use super::{AppState, HttpError, LiveConnection, RateLimiter, TransportConfig};
+use super::session::{End, Heartbeat, Io, OverRate, Protocol};
+use super::upgrade::{UpgradeRequest, Upgraded};
+use super::{AppState, HttpError, RateLimiter, TransportConfig};
 use crate::auth::Identity;
 use crate::ids::{RecordKey, RoomId};
 use crate::metrics::Metrics;
@@ -77,21 +74,9 @@ pub(super) async fn not_upgraded() -> HttpResponse {
     .into()
 }
 
-/// An upgrade to a room that may be joined.
-pub(super) struct Accepted {
-    permit: ConnectionPermit,
-    key: RecordKey,
-    peer: Option<IpAddr>,
-}
-
-/// Checks an upgrade (which holds its place under the connection caps, taken at accept).
-/// Refused before the upgrade: unknown namespace (404), a full room (403 `ROOM_FULL`),
-/// shutdown (503).
-pub(super) fn accept(
-    state: &AppState,
-    request: &UpgradeRequest,
-    permit: ConnectionPermit,
-) -> Result<Accepted, HttpError> {
+/// Checks an upgrade: the room it names. Refused before the upgrade: unknown namespace (404), a
+/// full room (403 `ROOM_FULL`), shutdown (503).
+pub(super) fn accept(state: &AppState, request: &UpgradeRequest) -> Result<RecordKey, HttpError> {
     let query = web::Query::<RoomQuery>::from_query(&request.query)
         .map(web::Query::into_inner)
         .unwrap_or_default();
@@ -115,43 +100,31 @@ pub(super) fn accept(
             "Room at maxPlayers capacity",
         ));
     }
-    Ok(Accepted {
-        permit,
-        key,
-        peer: request.peer,
-    })
+    Ok(key)
 }
 
-impl Accepted {
-    /// The game connection on the upgraded socket, until it ends: `auth` within the deadline,
-    /// then `join`, then actions.
-    pub(super) fn run(
-        self,
-        state: web::Data<AppState>,
-        socket: WebSocket,
-    ) -> impl Future<Output = ()> + Send {
-        let connection_id = format!("conn_{}", uuid::Uuid::new_v4().simple());
-        let span = tracing::info_span!("game_conn", peer = ?self.peer, room = %self.key, conn = %connection_id);
-        let config = &state.config;
-        let actions_per_second = state
-            .games
-            .namespaces()
-            .get(self.key.namespace.as_str())
-            .map_or(10, |ns| ns.options.actions_per_second);
-        let game = Game {
-            key: self.key,
-            connection_id,
-            auth_deadline: Instant::now() + config.game_auth_timeout,
-            identity: None,
-            actions_per_second,
-            actions: None,
-            room: None,
-        };
-        let live = LiveConnection::new(state.metrics.clone(), self.permit);
-        Session::new(state, socket, None, game, live)
-            .run()
-            .instrument(span)
-    }
+/// The game connection on the upgraded socket, until it ends: `auth` within the deadline, then
+/// `join`, then actions.
+pub(super) fn run(upgraded: Upgraded, key: RecordKey) -> impl Future<Output = ()> + Send {
+    let connection_id = format!("conn_{}", uuid::Uuid::new_v4().simple());
+    let span =
+        tracing::info_span!("game_conn", peer = ?upgraded.peer, room = %key, conn = %connection_id);
+    let state = &upgraded.state;
+    let actions_per_second = state
+        .games
+        .namespaces()
+        .get(key.namespace.as_str())
+        .map_or(10, |ns| ns.options.actions_per_second);
+    let game = Game {
+        key,
+        connection_id,
+        auth_deadline: Instant::now() + state.config.game_auth_timeout,
+        identity: None,
+        actions_per_second,
+        actions: None,
+        room: None,
+    };
+    upgraded.session(None, game).run().instrument(span)
 }
 
 /// A game connection: the protocol's part of it.

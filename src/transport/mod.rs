@@ -31,9 +31,9 @@ pub use websocket::{AssemblyBudget, FrameReader, Message as WsMessage, WsError};
 use crate::auth::{Authorizer, GameAuth};
 use crate::engine::Limits;
 use crate::metrics::Metrics;
-use crate::protocols::canvas::RoomManager;
+use crate::protocols::canvas::CanvasRooms;
 use crate::protocols::game::GameRooms;
-use crate::rooms::Tasks;
+use crate::rooms::{RoomManager, Tasks};
 
 /// Settings of the WebSocket edge.
 #[derive(Debug, Clone)]
@@ -114,7 +114,9 @@ impl Drop for LiveConnection {
 
 /// What every request handler shares.
 pub struct AppState {
+    /// Every live room, canvas and game.
     pub manager: RoomManager,
+    pub canvas: CanvasRooms,
     pub games: GameRooms,
     pub game_auth: Arc<GameAuth>,
     pub authorizer: Arc<dyn Authorizer>,
@@ -213,7 +215,7 @@ async fn healthz(state: web::Data<AppState>) -> HttpResponse {
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let mut body = state.metrics.render();
-    // Game rooms are counted where they live (the game room map), not in a counter.
+    // Game rooms are counted where they live (the room manager), not in a counter.
     body.push_str(&format!(
         "# HELP weft_game_rooms_active Game rooms loaded in memory.\n# TYPE weft_game_rooms_active gauge\nweft_game_rooms_active {}\n",
         state.games.live_rooms()

@@ -22,8 +22,11 @@ use tracing::debug;
 
 use super::accept::Admitted;
 use super::limits::ConnectionPermit;
+use super::session::{Protocol, Session};
 use super::websocket::{FrameReader, WebSocket};
-use super::{canvas_ws, game_ws, AppState, HttpError};
+use super::{canvas_ws, game_ws, AppState, HttpError, LiveConnection};
+use crate::ids::RecordKey;
+use crate::rooms::SessionLink;
 
 /// What an endpoint needs of an upgrade request.
 pub(super) struct UpgradeRequest {
@@ -89,21 +92,45 @@ struct Socket {
     received: BytesMut,
 }
 
-/// An accepted upgrade: the endpoint's session, ready to run on a WebSocket.
+/// An accepted upgrade: which endpoint's session runs on the WebSocket, and what it was asked.
 enum Accepted {
-    Canvas(canvas_ws::Accepted),
-    Game(game_ws::Accepted),
+    Canvas(canvas_ws::ConnectQuery),
+    Game(RecordKey),
+}
+
+/// A WebSocket ready for an endpoint's session: counted as a live connection (holding its
+/// place under the caps) from here until the session ends.
+pub(super) struct Upgraded {
+    pub state: web::Data<AppState>,
+    pub socket: WebSocket,
+    pub live: LiveConnection,
+    pub peer: Option<IpAddr>,
+}
+
+impl Upgraded {
+    /// The shared session loop, running `protocol` on this socket.
+    pub(super) fn session<P: Protocol>(self, link: Option<SessionLink>, protocol: P) -> Session<P> {
+        Session::new(self.state, self.socket, link, protocol, self.live)
+    }
 }
 
 async fn serve(state: web::Data<AppState>, request: UpgradeRequest, socket: Socket) {
-    let Some((accepted, socket)) = upgrade(&state, request, socket).await else {
+    let peer = request.peer;
+    let Some((accepted, socket, permit)) = upgrade(&state, request, socket).await else {
         return;
+    };
+    let tasks = state.tasks.clone();
+    let upgraded = Upgraded {
+        live: LiveConnection::new(state.metrics.clone(), permit),
+        state,
+        socket,
+        peer,
     };
     // The session gets a task of its own, sized for its endpoint's loop alone: a connection
     // lives for hours and must not carry the upgrade's state or the other endpoint's loop.
     match accepted {
-        Accepted::Canvas(session) => state.tasks.clone().spawn(session.run(state, socket)),
-        Accepted::Game(session) => state.tasks.clone().spawn(session.run(state, socket)),
+        Accepted::Canvas(query) => tasks.spawn(canvas_ws::run(upgraded, query)),
+        Accepted::Game(key) => tasks.spawn(game_ws::run(upgraded, key)),
     };
 }
 
@@ -113,7 +140,7 @@ async fn upgrade(
     state: &AppState,
     request: UpgradeRequest,
     socket: Socket,
-) -> Option<(Accepted, WebSocket)> {
+) -> Option<(Accepted, WebSocket, ConnectionPermit)> {
     let Socket {
         io,
         permit,
@@ -124,8 +151,8 @@ async fn upgrade(
     // Small real-time frames: send each at once instead of coalescing them (Nagle).
     io.set_nodelay(true).ok()?;
     let accepted = match request.path.as_str() {
-        "/" => Ok(Accepted::Canvas(canvas_ws::accept(&request, permit))),
-        "/api/room" => game_ws::accept(state, &request, permit).map(Accepted::Game),
+        "/" => Ok(Accepted::Canvas(canvas_ws::accept(&request))),
+        "/api/room" => game_ws::accept(state, &request).map(Accepted::Game),
         _ => Err(HttpError::new(
             StatusCode::NOT_FOUND,
             serde_json::json!({ "error": format!("no WebSocket endpoint at {}", request.path) }),
@@ -153,14 +180,12 @@ async fn upgrade(
         debug!(error = %e, "upgrade response not delivered");
         return None;
     }
+    let reader = FrameReader::new(state.config.max_frame_bytes, state.assembly.clone());
+    let timeout = state.config.message_assembly_timeout;
     Some((
         accepted,
-        WebSocket::new(
-            io,
-            received,
-            FrameReader::new(state.config.max_frame_bytes, state.assembly.clone()),
-            state.config.message_assembly_timeout,
-        ),
+        WebSocket::new(io, received, reader, timeout),
+        permit,
     ))
 }
 
@@ -184,8 +209,8 @@ fn handshake_error(error: &HandshakeError) -> HttpError {
 mod tests {
     use super::*;
 
-    /// The size of the future `run` returns.
-    fn future_size<A, B, F>(_: impl Fn(A, B) -> F) -> usize {
+    /// The size of the future an endpoint's `run` returns.
+    fn future_size<A, F>(_: impl Fn(Upgraded, A) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
@@ -194,12 +219,8 @@ mod tests {
     /// the idle memory per connection against an inline await creeping back in.
     #[test]
     fn session_futures_stay_small() {
-        let canvas = future_size(
-            |a: canvas_ws::Accepted, b: (web::Data<AppState>, WebSocket)| a.run(b.0, b.1),
-        );
-        let game = future_size(
-            |a: game_ws::Accepted, b: (web::Data<AppState>, WebSocket)| a.run(b.0, b.1),
-        );
+        let canvas = future_size(canvas_ws::run);
+        let game = future_size(game_ws::run);
         assert!(canvas <= 1536, "canvas session future is {canvas} bytes");
         assert!(game <= 2048, "game session future is {game} bytes");
     }

@@ -391,7 +391,7 @@ async fn missing_or_hostile_ids_are_refused_with_1008() {
         app.metric("weft_connects_denied").await,
         denied_before + cases.len() as u64
     );
-    assert!(app.manager.room_ids().is_empty());
+    assert!(app.canvas.room_ids().is_empty());
     let entries: Vec<_> = std::fs::read_dir(dir.path()).expect("data dir").collect();
     assert!(entries.is_empty(), "{entries:?}");
     // A room id of exactly 128 allowed characters is fine.

@@ -17,7 +17,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use weft::app::{Application, ShutdownHandle};
 use weft::config::{AuthMode, Settings};
 use weft::ids::RoomId;
-use weft::protocols::canvas::{RoomHandle, RoomManager};
+use weft::protocols::canvas::{CanvasRooms, RoomHandle};
 use weft::rooms::SessionInfo;
 use weft::storage::StorageKind;
 
@@ -34,7 +34,8 @@ pub const QUIET: Duration = Duration::from_millis(200);
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub shutdown: ShutdownHandle,
-    pub manager: RoomManager,
+    /// The canvas rooms of the server's one room manager.
+    pub canvas: CanvasRooms,
     pub server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -82,7 +83,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
     TestApp {
         addr: app.addr(),
         shutdown: app.shutdown_handle(),
-        manager: app.manager(),
+        canvas: app.canvas(),
         server: tokio::spawn(app.run()),
     }
 }
@@ -216,7 +217,7 @@ impl TestApp {
 
     /// The live room's handle; panics if the room is not loaded.
     pub fn room(&self, room: &str) -> RoomHandle {
-        self.manager
+        self.canvas
             .existing(&RoomId::parse(room).expect("valid room id"))
             .unwrap_or_else(|| panic!("room {room} is live"))
     }

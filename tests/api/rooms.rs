@@ -44,14 +44,14 @@ async fn idle_room_is_evicted_saved_and_reloaded() {
     assert!(!dir.path().join("r-idle.json").exists(), "throttled");
     a.leave().await;
 
-    let manager = &app.manager;
+    let canvas = &app.canvas;
     let saved = dir.path().join("r-idle.json");
     let log = dir.path().join("r-idle.log");
     // An evicted room leaves the open rooms first, then finishes its last fold: the snapshot
     // is written, then the log it covers removed.
     eventually("the idle room is evicted and folded", || {
         let (saved, log) = (saved.clone(), log.clone());
-        async move { !manager.room_ids().contains(&id(room)) && saved.exists() && !log.exists() }
+        async move { !canvas.room_ids().contains(&id(room)) && saved.exists() && !log.exists() }
     })
     .await;
     assert_eq!(
@@ -75,7 +75,7 @@ async fn idle_room_is_evicted_saved_and_reloaded() {
             synced(3),
         ]
     );
-    assert_eq!(app.manager.room_ids(), vec![id(room)]);
+    assert_eq!(app.canvas.room_ids(), vec![id(room)]);
     let mut c = app.connect(room, "c").await;
     assert_eq!(c.recv().await, count(2));
     c.send(reconnect(2)).await;
@@ -105,7 +105,7 @@ async fn room_rejoined_before_the_idle_timeout_stays_live() {
     let (mut b, frames) = app.join(room, "b").await;
     assert_eq!(frames.last(), Some(&synced(1)));
     assert!(b.silent_for(Duration::from_millis(700)).await);
-    assert_eq!(app.manager.room_ids(), vec![id(room)]);
+    assert_eq!(app.canvas.room_ids(), vec![id(room)]);
     b.send(doc_patch("m2", json!([{"e/S": {"x": 1}}]))).await;
     assert_eq!(b.recv().await, ack("m2", 2));
 }
@@ -133,7 +133,7 @@ async fn live_room_is_saved_after_the_throttle() {
         .await;
     }
     assert_eq!(read_json(&path)["state"]["e/S"]["n"], 2);
-    assert_eq!(app.manager.room_ids(), vec![id(room)]);
+    assert_eq!(app.canvas.room_ids(), vec![id(room)]);
 }
 
 /// A snapshot written by the reference server (no tombstones) is served, and the clock continues
@@ -235,14 +235,14 @@ async fn close_room_closes_its_clients_and_saves() {
     let (closed, result) = tokio::join!(
         a.closed(),
         within(
-            app.manager
+            app.canvas
                 .close_room(&room_id, CloseReason::new(4000, "room archived"))
         )
     );
     result.expect("saved");
     assert_eq!(closed, (CloseCode::from(4000), "room archived".to_owned()));
     assert_eq!(read_json(&dir.path().join("r-close.json"))["timestamp"], 1);
-    assert!(app.manager.existing(&id(room)).is_none());
+    assert!(app.canvas.existing(&id(room)).is_none());
 }
 
 /// Concurrent first connects to a room that is not loaded share one room (one load): all are in
@@ -263,7 +263,7 @@ async fn concurrent_first_connects_share_one_room() {
         assert_eq!(frames.last(), Some(&synced(1)));
         clients.push(c);
     }
-    assert_eq!(app.manager.room_ids(), vec![id("r-race")]);
+    assert_eq!(app.canvas.room_ids(), vec![id("r-race")]);
     assert_eq!(app.sessions("r-race").await.len(), 8);
     clients[0]
         .send(doc_patch("m1", json!([{"b/S": {"_exists": true}}])))

@@ -68,7 +68,7 @@ async fn shutdown_closes_rocksdb_before_returning() {
     assert_eq!(a.recv().await, ack("m1", 1));
     let (saved, _) = tokio::join!(within(app.shutdown.shutdown()), a.closed());
     assert!(saved);
-    let still_held = app.manager.clone();
+    let still_held = app.canvas.clone();
     let reopened = RocksStorage::open(&dir.path().join("rocksdb"), Durability::ProcessCrash)
         .expect("the database is closed once shutdown returns");
     let room = RoomId::parse("d-rocks").expect("room id");

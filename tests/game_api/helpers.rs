@@ -27,6 +27,7 @@ use weft::protocols::game::{
     GameRooms, HandlerError, HandlerResult, NamespaceOptions, RoomBuilder, RoomContext, RoomLogic,
     Sender,
 };
+use weft::rooms::RoomManager;
 use weft::storage::StorageKind;
 
 #[path = "../common/raw_http.rs"]
@@ -432,6 +433,8 @@ pub fn secret_settings() -> Settings {
 pub struct GameApp {
     pub addr: std::net::SocketAddr,
     pub shutdown: ShutdownHandle,
+    /// The server's one room manager (canvas and game rooms).
+    pub manager: RoomManager,
     pub games: GameRooms,
     pub hooks: Hooks,
     /// Where the `slow` namespace's `BLOCK` action waits.
@@ -461,6 +464,7 @@ impl GameApp {
         GameApp {
             addr: app.addr(),
             shutdown: app.shutdown_handle(),
+            manager: app.manager(),
             games: app.games(),
             hooks,
             gate,

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -789,6 +790,54 @@ async fn graceful_shutdown_closes_players_with_1001() {
         app.hooks.of("going-away"),
         vec!["create", "join alice", "join bob"]
     );
+}
+
+/// Canvas rooms and game rooms are live in one room manager, by one room key each, and one
+/// shutdown closes both kinds: the canvas client and the players get 1001, every room is saved.
+#[tokio::test]
+async fn one_manager_holds_and_closes_canvas_and_game_rooms() {
+    let app = GameApp::start().await;
+    let (mut player, _) = app.joined("arena", "shared-manager", "alice").await;
+    let canvas_url = format!("ws://{}/?roomId=canvas-next-door&clientId=c1", app.addr);
+    let (mut canvas, _) = tokio_tungstenite::connect_async(canvas_url)
+        .await
+        .expect("canvas connects");
+    let reconnect = json!({"type": "reconnect", "lastTimestamp": 0, "protocolVersion": 2});
+    canvas
+        .send(Message::text(reconnect.to_string()))
+        .await
+        .expect("sent");
+    // The canvas room is live once the client is synced.
+    while let Some(Ok(frame)) = canvas.next().await {
+        if frame.to_text().is_ok_and(|t| t.contains("\"synced\"")) {
+            break;
+        }
+    }
+    let mut keys: Vec<String> = app
+        .manager
+        .room_keys()
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["arena/shared-manager", "canvas-next-door"]);
+    let saved = tokio::time::timeout(WAIT * 2, app.shutdown.shutdown())
+        .await
+        .expect("shutdown within the wait");
+    assert!(saved, "every room saved");
+    assert_eq!(
+        player.closed().await,
+        (1001, "server shutting down".to_owned())
+    );
+    let canvas_close = loop {
+        match canvas.next().await {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| (u16::from(f.code), f.reason)),
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(canvas_close, Some((1001, "server shutting down".into())));
+    assert!(app.manager.room_keys().is_empty(), "every room closed");
 }
 
 /// A connection that authenticated but never joined is closed with 1001 at shutdown too (no

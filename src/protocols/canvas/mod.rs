@@ -1,14 +1,15 @@
 //! The canvas-store protocol: its wire frames ([`wire`]), the room task that applies them to a
-//! room's document ([`RoomHandle`]), and the [`RoomManager`] of canvas rooms.
+//! room's document ([`RoomHandle`]), and [`CanvasRooms`], which loads canvas rooms in the
+//! server's [`crate::rooms::RoomManager`].
 
 mod config;
-mod manager;
 mod room;
+mod rooms;
 pub mod wire;
 
-pub use config::{RoomConfig, DEFAULT_STORAGE_QUEUE_BYTES};
-pub use manager::RoomManager;
+pub use config::RoomConfig;
 pub use room::RoomHandle;
+pub use rooms::CanvasRooms;
 
 #[cfg(test)]
 mod tests;

@@ -17,8 +17,8 @@ use crate::engine::{Document, Ephemeral, LimitError};
 use crate::ids::{ClientId, RoomId, RoomKey, SessionId};
 use crate::metrics::Metrics;
 use crate::rooms::{
-    self, send_command, CloseReason, Delivery, Ended, JoinError, Journal, JournalConfig,
-    NewSession, Outbox, Registry, RoomTask, SessionInfo, Step, Tasks,
+    self, send_command, CloseReason, ClosingFold, Delivery, Ended, JoinError, Journal,
+    JournalConfig, LiveRoom, NewSession, Outbox, Registration, RoomTask, SessionInfo, Step, Tasks,
 };
 use crate::storage::{self, StorageError};
 
@@ -179,6 +179,13 @@ impl RoomHandle {
     }
 }
 
+impl LiveRoom for RoomHandle {
+    fn close(&self, reason: CloseReason) -> ClosingFold {
+        let handle = self.clone();
+        Box::pin(async move { RoomHandle::close(&handle, reason).await })
+    }
+}
+
 struct Session {
     client: ClientId,
     permission: Permission,
@@ -195,11 +202,10 @@ struct Session {
 
 pub(crate) struct Room {
     id: RoomId,
-    generation: u64,
     config: RoomConfig,
     metrics: Arc<Metrics>,
-    /// The live rooms, to report this one's closing.
-    registry: Arc<Registry<RoomHandle>>,
+    /// Its entry in the manager, to report its closing.
+    registration: Registration,
     doc: Document,
     ephemeral: Ephemeral,
     sessions: HashMap<SessionId, Session>,
@@ -221,21 +227,19 @@ type Stop = (
 impl Room {
     pub(crate) fn spawn(
         id: RoomId,
-        generation: u64,
+        registration: Registration,
         config: RoomConfig,
         journal: JournalConfig,
-        registry: Arc<Registry<RoomHandle>>,
         tasks: &Tasks,
     ) -> RoomHandle {
-        let (tx, rx) = mpsc::channel(config.command_queue.max(1));
+        let (tx, rx) = rooms::command_channel();
         let key = RoomKey::Canvas(id.clone());
         let room = Room {
             id: id.clone(),
-            generation,
             metrics: journal.metrics.clone(),
             journal: Journal::new(key, journal, config.fold_interval),
             config,
-            registry,
+            registration,
             doc: Document::default(),
             ephemeral: Ephemeral::default(),
             sessions: HashMap::new(),
@@ -644,8 +648,7 @@ impl Room {
         reason: CloseReason,
         rx: &mut mpsc::Receiver<RoomCommand>,
     ) -> Result<(), StorageError> {
-        let key = RoomKey::Canvas(self.id.clone());
-        let closing = self.registry.begin_close(&key, self.generation);
+        let closing = self.registration.begin_close();
         if !self.journal.settle().await && !self.journal.failed() {
             warn!("appends still in flight at close; their frames are dropped");
         }
@@ -677,7 +680,7 @@ impl Room {
                 _ => {}
             }
         }
-        self.registry.finish_close(&key, self.generation);
+        self.registration.finish_close();
         drop(closing);
         info!(clock = self.doc.clock(), "room closed");
         result

@@ -14,11 +14,12 @@ use crate::engine::Limits;
 use crate::ids::{ClientId, RoomId, RoomKey, SessionId};
 use crate::metrics::Metrics;
 use crate::rooms::{
-    CloseReason, Delivery, JoinError, LinkEvent, NewSession, Outbox, SessionLink, Tasks,
+    CloseReason, Delivery, JoinError, JournalConfig, LinkEvent, NewSession, Outbox, RoomManager,
+    SessionLink, Tasks,
 };
 use crate::storage::{
     load_document, AppendDone, Appends, GatedStorage, MemoryStorage, Storage, StorageError, Stored,
-    WriteBudget,
+    WriteBudget, DEFAULT_STORAGE_QUEUE_BYTES,
 };
 
 /// Memory storage that counts loads and can be slow to save.
@@ -55,13 +56,22 @@ impl Storage for ProbeStorage {
 /// An outbox cap no test here reaches.
 const ROOMY: usize = 1 << 20;
 
-fn manager(storage: Arc<ProbeStorage>, config: RoomConfig) -> RoomManager {
-    RoomManager::new(
+fn manager(storage: Arc<ProbeStorage>, config: RoomConfig) -> CanvasRooms {
+    budgeted(
         storage,
         config,
-        Arc::new(Metrics::default()),
-        Tasks::current(),
+        WriteBudget::new(DEFAULT_STORAGE_QUEUE_BYTES),
     )
+}
+
+/// Canvas rooms of a fresh manager whose rooms share `budget`.
+fn budgeted(storage: Arc<dyn Storage>, config: RoomConfig, budget: WriteBudget) -> CanvasRooms {
+    let journal = JournalConfig {
+        storage,
+        budget,
+        metrics: Arc::new(Metrics::default()),
+    };
+    CanvasRooms::new(RoomManager::new(journal, Tasks::current()), config)
 }
 
 fn room(id: &str) -> RoomId {
@@ -76,7 +86,7 @@ struct TestSession {
 
 impl TestSession {
     async fn join(
-        manager: &RoomManager,
+        manager: &CanvasRooms,
         room_id: &str,
         client: &str,
         max_bytes: usize,
@@ -277,7 +287,7 @@ async fn close_all_closes_sessions_then_saves_every_room() {
         s.recv_until("ack").await;
         sessions.push(s);
     }
-    assert!(manager.close_all().await.is_empty());
+    assert!(manager.manager().close_all().await.is_empty());
     for s in &mut sessions {
         assert_eq!(s.closed().await, CloseReason::shutting_down());
     }
@@ -393,12 +403,11 @@ async fn session_with_unconfirmed_writes(
     storage: &Arc<GatedStorage>,
     room_id: &str,
     writes: usize,
-) -> (RoomManager, TestSession) {
-    let manager = RoomManager::new(
+) -> (CanvasRooms, TestSession) {
+    let manager = budgeted(
         storage.clone(),
         RoomConfig::default(),
-        Arc::new(Metrics::default()),
-        Tasks::current(),
+        WriteBudget::new(DEFAULT_STORAGE_QUEUE_BYTES),
     );
     let mut s = TestSession::join(&manager, room_id, "a", ROOMY).await;
     assert_eq!(s.recv().await, json!({"type": "clientCount", "count": 1}));
@@ -568,15 +577,10 @@ async fn appends_wait_for_the_write_budget_and_keep_their_order() {
     let batch = json!([{"e/S": {"_exists": true, "x": 1}}])
         .to_string()
         .len();
-    let config = RoomConfig {
-        write_budget: WriteBudget::new(2 * batch),
-        ..RoomConfig::default()
-    };
-    let manager = RoomManager::new(
+    let manager = budgeted(
         storage.clone(),
-        config,
-        Arc::new(Metrics::default()),
-        Tasks::current(),
+        RoomConfig::default(),
+        WriteBudget::new(2 * batch),
     );
     let mut s = TestSession::join(&manager, "budget", "a", ROOMY).await;
     assert_eq!(s.recv().await, json!({"type": "clientCount", "count": 1}));

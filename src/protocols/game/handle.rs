@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::sender::Sender;
 use crate::protocols::game::wire::ErrorCode;
-use crate::rooms::Outbox;
+use crate::rooms::{CloseReason, ClosingFold, LiveRoom, Outbox};
 use crate::storage::StorageError;
 
 /// What connections (and the manager) ask of a room.
@@ -35,8 +35,9 @@ pub(super) enum Command {
     Refreshed { sender: Sender },
     /// Loaded to fire a timer: nothing to do but run.
     Wake,
-    /// Server shutdown: close every connection (1001), save, stop.
-    Shutdown {
+    /// Close every connection with `reason` (1011 instead if a write failed), fold, stop.
+    Close {
+        reason: CloseReason,
         done: oneshot::Sender<Result<(), StorageError>>,
     },
 }
@@ -192,5 +193,18 @@ impl RoomHandle {
     /// The connection's token was refreshed (same user, maybe a new role).
     pub async fn refreshed(&self, sender: Sender) {
         self.send(Command::Refreshed { sender }).await;
+    }
+}
+
+impl LiveRoom for RoomHandle {
+    fn close(&self, reason: CloseReason) -> ClosingFold {
+        let handle = self.clone();
+        Box::pin(async move {
+            let (done, folded) = oneshot::channel();
+            if !handle.send(Command::Close { reason, done }).await {
+                return Ok(()); // already ended
+            }
+            folded.await.unwrap_or(Ok(()))
+        })
     }
 }

@@ -20,37 +20,26 @@ use crate::ids::{RecordKey, RoomKey};
 use crate::metrics::Metrics;
 use crate::protocols::game::wire::{close, ErrorCode, ServerFrame};
 use crate::rooms::{
-    self, panicked, CloseReason, Journal, JournalConfig, Outbox, Registry, RoomTask, Step, Tasks,
+    self, panicked, CloseReason, Journal, Outbox, Registration, RoomManager, RoomTask, Step,
 };
 use crate::storage::StorageError;
-
-/// Commands queued per room before senders wait.
-const COMMAND_QUEUE: usize = 256;
 
 /// A room with no players and nothing pending is disposed of after this long (a player that
 /// reconnects at once finds it still loaded).
 const EMPTY_LINGER: Duration = Duration::from_secs(5);
 
-/// What every game room of a server shares: the live rooms, the wake-ups of saved rooms, where
-/// journals write, and the task tracker.
-pub(super) struct Shared {
-    pub rooms: Registry<RoomHandle>,
-    pub wakeups: Wakeups,
-    pub journal: JournalConfig,
-    /// Rooms run here (the server's main runtime), not on the HTTP worker that loaded them: they
-    /// outlive that connection, and the workers stop before the rooms fold at shutdown.
-    pub tasks: Tasks,
-}
-
-/// Starts the room `key` (its load first) with its namespace's options and a fresh `logic`.
+/// Starts the room `key` (its load first) with its namespace's options and a fresh `logic`, in
+/// `manager` (where it writes, where it runs: on the server's runtime, not on the HTTP worker
+/// that loaded it, which stops before the rooms fold at shutdown).
 pub(super) fn spawn(
-    shared: Arc<Shared>,
+    manager: &RoomManager,
+    registration: Registration,
+    wakeups: Arc<Wakeups>,
     key: RecordKey,
     options: Arc<NamespaceOptions>,
     logic: Box<dyn RoomLogic>,
-    generation: u64,
 ) -> RoomHandle {
-    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let (tx, rx) = rooms::command_channel();
     let status = Arc::new(RoomStatus::new(options.max_players));
     let handle = RoomHandle {
         commands: tx,
@@ -58,22 +47,22 @@ pub(super) fn spawn(
     };
     // A root span: the room outlives the connection that happened to load it.
     let span = tracing::info_span!(parent: None, "game_room", room = %key);
-    let tasks = shared.tasks.clone();
-    tasks.spawn(
+    let journal = manager.journal_config().clone();
+    manager.tasks().spawn(
         async move {
             let journal = Journal::new(
                 RoomKey::Game(key.clone()),
-                shared.journal.clone(),
+                journal,
                 options.state_save_interval,
             );
             let ctx = RoomContext::new(key.clone(), options, journal, status);
             let room = Room {
                 logic,
                 ctx,
-                shared,
-                generation,
+                registration,
+                wakeups,
                 started: Instant::now(),
-                shutdown: None,
+                closing: None,
                 empty_since: None,
                 had_players: false,
                 stop: false,
@@ -88,12 +77,15 @@ pub(super) fn spawn(
 struct Room {
     logic: Box<dyn RoomLogic>,
     ctx: RoomContext,
-    shared: Arc<Shared>,
-    generation: u64,
+    /// Its entry in the manager, to report its closing.
+    registration: Registration,
+    /// Saved rooms' wake-ups: a room closing with a pending timer adds its own.
+    wakeups: Arc<Wakeups>,
     /// Patch-rate flushes fall on a fixed grid from here.
     started: Instant,
-    /// Server shutdown asked the room to close; told once its final fold is done.
-    shutdown: Option<oneshot::Sender<Result<(), StorageError>>>,
+    /// The manager asked the room to close (shutdown, an operator): how to close its
+    /// connections, and whom to tell once its final fold is done.
+    closing: Option<(CloseReason, oneshot::Sender<Result<(), StorageError>>)>,
     /// Since when the room has had no seats and no connections.
     empty_since: Option<Instant>,
     /// Some player held a seat since the last `on_destroy`.
@@ -287,8 +279,8 @@ impl Room {
                 }
             }
             Command::Wake => {}
-            Command::Shutdown { done } => {
-                self.shutdown = Some(done);
+            Command::Close { reason, done } => {
+                self.closing = Some((reason, done));
                 self.stop = true;
             }
         }
@@ -604,15 +596,14 @@ impl Room {
     /// connections close and the log is folded (unless a write failed: then storage keeps what
     /// it has, and nothing unstored is shown); then the room may load again.
     async fn finish(mut self, mut commands: mpsc::Receiver<Command>) {
-        let key = RoomKey::Game(self.ctx.key.clone());
-        let closing = self.shared.rooms.begin_close(&key, self.generation);
+        let closing = self.registration.begin_close();
         commands.close();
         while let Ok(command) = commands.try_recv() {
             match command {
                 Command::Join { reply, .. } => {
                     let _ = reply.send(Err(JoinRefused::Retry));
                 }
-                Command::Shutdown { done } => {
+                Command::Close { done, .. } => {
                     let _ = done.send(Ok(()));
                 }
                 _ => {}
@@ -629,12 +620,13 @@ impl Room {
             warn!("writes still unconfirmed at close; their frames are dropped");
         }
         self.ctx.release_held();
-        let reason = if self.ctx.journal.failed() {
-            CloseReason::new(1011, "storage write failed; reconnect to retry")
-        } else if self.shutdown.is_some() {
-            CloseReason::shutting_down()
-        } else {
-            CloseReason::room_closed()
+        let (reason, done) = match self.closing.take() {
+            Some((reason, done)) => (reason, Some(done)),
+            None => (CloseReason::room_closed(), None),
+        };
+        let reason = match self.ctx.journal.failed() {
+            true => CloseReason::new(1011, "storage write failed; reconnect to retry"),
+            false => reason,
         };
         let ids: Vec<String> = self.ctx.connections.keys().cloned().collect();
         for id in ids {
@@ -647,34 +639,33 @@ impl Room {
         if let Err(e) = &result {
             error!(error = %e, "the game room's final fold failed; its log keeps its writes");
         }
-        if let Some(done) = self.shutdown.take() {
+        if let Some(done) = done {
             let _ = done.send(result);
         }
-        self.shared.rooms.finish_close(&key, self.generation);
+        self.registration.finish_close();
         drop(closing);
         if let Some(due) = self.ctx.timers.values().map(|t| t.due_ms).min() {
-            self.shared.wakeups.add(self.ctx.key.clone(), due);
+            self.wakeups.add(self.ctx.key.clone(), due);
         }
         debug!("game room closed");
     }
 
     /// The room could not load: refuse whatever arrives until the manager forgets it.
     async fn refuse_all(self, mut commands: mpsc::Receiver<Command>, reason: JoinRefused) {
-        let key = RoomKey::Game(self.ctx.key.clone());
-        let closing = self.shared.rooms.begin_close(&key, self.generation);
+        let closing = self.registration.begin_close();
         commands.close();
         while let Some(command) = commands.recv().await {
             match command {
                 Command::Join { reply, .. } => {
                     let _ = reply.send(Err(reason.clone()));
                 }
-                Command::Shutdown { done } => {
+                Command::Close { done, .. } => {
                     let _ = done.send(Ok(()));
                 }
                 _ => {}
             }
         }
-        self.shared.rooms.finish_close(&key, self.generation);
+        self.registration.finish_close();
         drop(closing);
     }
 }

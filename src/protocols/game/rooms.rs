@@ -1,6 +1,6 @@
-//! [`GameRooms`]: the registered namespaces and the live game rooms. Loads each room exactly once
-//! (a room being closed finishes its final save before it is loaded again), answers metadata and
-//! matchmaking, deletes expired saved state, and wakes saved rooms whose timers fall due.
+//! [`GameRooms`]: the game protocol's door to the [`RoomManager`]: the registered namespaces,
+//! loading game rooms (with their namespace's options and logic), metadata and matchmaking, the
+//! deletion of expired saved rooms, and the wake-ups of saved rooms whose timers fall due.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,12 +14,12 @@ use super::handle::{Command, JoinRefused, RoomHandle, RoomStatus};
 use super::logic::LogicFactory;
 use super::options::NamespaceOptions;
 use super::record::{self, unix_ms};
-use super::room::{self, Shared};
+use super::room;
 use super::sender::Sender;
 use super::wakeups::Wakeups;
 use crate::ids::{RecordKey, RoomId, RoomKey};
 use crate::protocols::game::wire::ErrorCode;
-use crate::rooms::{panicked, JournalConfig, Outbox, Registry, SessionLink, Tasks};
+use crate::rooms::{panicked, Outbox, RoomManager, SessionLink, JOIN_ATTEMPTS};
 use crate::storage::{Storage, StorageError};
 
 /// A registered namespace.
@@ -85,16 +85,17 @@ pub enum JoinOutcome {
     ShuttingDown,
 }
 
-/// The game rooms of one server. Cheap to clone.
+/// The game rooms of a server's [`RoomManager`]. Cheap to clone.
 #[derive(Clone)]
 pub struct GameRooms {
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    manager: RoomManager,
     namespaces: Namespaces,
-    /// The live rooms, wake-ups, journal config (shared with the canvas rooms) and tasks.
-    shared: Arc<Shared>,
+    /// Saved rooms to load when their earliest timer falls due.
+    wakeups: Arc<Wakeups>,
 }
 
 /// Why a room could not be reached.
@@ -116,17 +117,13 @@ pub struct Match {
 }
 
 impl GameRooms {
-    /// Game rooms whose tasks (rooms, wake-ups, the expiry sweep) run as `tasks`.
-    pub fn new(namespaces: Namespaces, journal: JournalConfig, tasks: Tasks) -> GameRooms {
+    /// The game rooms of `namespaces`, in `manager`.
+    pub fn new(manager: RoomManager, namespaces: Namespaces) -> GameRooms {
         GameRooms {
             inner: Arc::new(Inner {
+                manager,
                 namespaces,
-                shared: Arc::new(Shared {
-                    rooms: Registry::default(),
-                    wakeups: Wakeups::default(),
-                    journal,
-                    tasks,
-                }),
+                wakeups: Arc::default(),
             }),
         }
     }
@@ -136,16 +133,12 @@ impl GameRooms {
     }
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
-        &self.inner.shared.journal.storage
+        &self.inner.manager.journal_config().storage
     }
 
     /// The live room's status, without loading it.
     pub fn status(&self, key: &RecordKey) -> Option<Arc<RoomStatus>> {
-        let handle = self
-            .inner
-            .shared
-            .rooms
-            .existing(&RoomKey::Game(key.clone()))?;
+        let handle: RoomHandle = self.inner.manager.existing(&RoomKey::Game(key.clone()))?;
         Some(handle.status)
     }
 
@@ -158,20 +151,14 @@ impl GameRooms {
             .get(key.namespace.as_str())
             .ok_or_else(|| RoomUnavailable::UnknownNamespace(key.namespace.to_string()))?
             .clone();
-        let spawn = |generation| {
+        let manager = &self.inner.manager;
+        let spawn = |registration| {
             let (options, logic) = (namespace.options.clone(), (namespace.factory)());
-            room::spawn(
-                self.inner.shared.clone(),
-                key.clone(),
-                options,
-                logic,
-                generation,
-            )
+            let wakeups = self.inner.wakeups.clone();
+            room::spawn(manager, registration, wakeups, key.clone(), options, logic)
         };
-        self.inner
-            .shared
-            .rooms
-            .get_or_spawn(&RoomKey::Game(key.clone()), spawn)
+        manager
+            .load(&RoomKey::Game(key.clone()), spawn)
             .await
             .map_err(|_| RoomUnavailable::ShuttingDown)
     }
@@ -185,7 +172,7 @@ impl GameRooms {
         outbox_bytes: usize,
     ) -> JoinOutcome {
         // A room may be closing as the join arrives; it then asks us to retry on a fresh load.
-        for _ in 0..5 {
+        for _ in 0..JOIN_ATTEMPTS {
             let handle = match self.handle(key).await {
                 Ok(handle) => handle,
                 Err(RoomUnavailable::ShuttingDown) => return JoinOutcome::ShuttingDown,
@@ -250,7 +237,7 @@ impl GameRooms {
             .namespaces
             .get(namespace)
             .ok_or_else(|| RoomUnavailable::UnknownNamespace(namespace.to_owned()))?;
-        for (key, handle) in self.inner.shared.rooms.open() {
+        for (key, handle) in self.inner.manager.rooms_of::<RoomHandle>() {
             let Some(key) = key.game() else { continue };
             if key.namespace == ns.name && handle.status.try_reserve() {
                 return Ok(Match {
@@ -275,10 +262,10 @@ impl GameRooms {
     /// At startup: deletes saved rooms past their TTL (then every 10 minutes) and wakes those
     /// with pending timers when they fall due. Both end when shutdown begins.
     pub fn start(&self) {
-        let tasks = self.inner.shared.tasks.clone();
+        let tasks = self.inner.manager.tasks().clone();
         let rooms = self.clone();
         tasks.spawn(async move {
-            let tasks = rooms.inner.shared.tasks.clone();
+            let tasks = rooms.inner.manager.tasks().clone();
             loop {
                 rooms.sweep().await;
                 tokio::select! {
@@ -289,11 +276,8 @@ impl GameRooms {
         });
         let rooms = self.clone();
         tasks.spawn(async move {
-            let shared = rooms.inner.shared.clone();
-            shared
-                .wakeups
-                .run(&shared.tasks, |key| rooms.wake(key))
-                .await;
+            let (wakeups, tasks) = (rooms.inner.wakeups.clone(), rooms.inner.manager.tasks());
+            wakeups.run(tasks, |key| rooms.wake(key)).await;
         });
     }
 
@@ -335,7 +319,7 @@ impl GameRooms {
 
     /// Loads the room when its earliest timer falls due, so timers fire without a player.
     fn wake_at(&self, key: RecordKey, due_ms: u64) {
-        self.inner.shared.wakeups.add(key, due_ms);
+        self.inner.wakeups.add(key, due_ms);
     }
 
     /// Loads a saved room whose timer is due (unless it is loaded), in a task of its own.
@@ -344,31 +328,16 @@ impl GameRooms {
             return;
         }
         let rooms = self.clone();
-        self.inner.shared.tasks.spawn(async move {
+        self.inner.manager.tasks().spawn(async move {
             if let Ok(handle) = rooms.handle(&key).await {
                 let _ = handle.send(Command::Wake).await;
             }
         });
     }
 
-    /// Shutdown: refuses new rooms, closes every session (1001) and saves every room. Returns
-    /// the rooms that could not be saved.
-    pub async fn close_all(&self) -> Vec<String> {
-        let close = |key: RoomKey, handle: RoomHandle| async move {
-            let (tx, rx) = oneshot::channel();
-            if handle.send(Command::Shutdown { done: tx }).await {
-                if let Ok(Err(e)) = rx.await {
-                    error!(room = %key, error = %e, "game room could not be saved at shutdown");
-                    return Err(key.to_string());
-                }
-            }
-            Ok(())
-        };
-        self.inner.shared.rooms.close_all(close).await
-    }
-
-    /// Live rooms (for metrics and health).
+    /// Live game rooms (for health).
     pub fn live_rooms(&self) -> usize {
-        self.inner.shared.rooms.open().len()
+        let keys = self.inner.manager.room_keys().into_iter();
+        keys.filter(|key| key.game().is_some()).count()
     }
 }
