@@ -201,7 +201,8 @@ async fn player(shared: &Shared, target: &Target, room: usize, index: usize) {
         while !shared.stop.load(Ordering::Relaxed) {
             ticker.tick().await;
             let now = Instant::now();
-            let measured = now >= measured_from;
+            // The window is [from, from + duration), as in the editing scenarios.
+            let measured = now >= measured_from && now < measured_from + spec.duration;
             lock(&shared.sends)
                 .entry(me.clone())
                 .or_default()
