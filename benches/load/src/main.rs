@@ -7,7 +7,9 @@
 //! - `many-small`: 1,000 rooms x 2 clients at 1 patch/s each;
 //! - `idle`: 10,000 connections that sync and then idle: server memory per connection;
 //! - `reconnect-storm`: 1,000 clients go offline while others edit, then reconnect at once;
-//! - `large-doc`: one room of 100,000 components: first join and reconnect-diff times.
+//! - `large-doc`: one room of 100,000 components: first join and reconnect-diff times;
+//! - `game`: EdgeBase game rooms (`battle`), 10 rooms x 10 players, 1,000 actions/s in total;
+//!   `--game-action attack` (default) or `next-round` (see `game.rs`).
 //!
 //! `--rooms`, `--clients` and `--rate` override a scenario's sizes. Editing scenarios run open
 //! loop (a fixed offered rate; latency counts from when a patch was due, so it stays honest when
