@@ -138,3 +138,33 @@ pub(crate) fn send_command<T: Send>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A command is queued when `send_command` is called, and the future a connection awaits
+    /// (the session boxes it with every frame) carries no copy of the command, also when the
+    /// queue is full and it has to wait.
+    #[tokio::test]
+    async fn send_command_queues_when_called_and_carries_no_command() {
+        let (tx, mut rx) = mpsc::channel::<[u8; 512]>(1);
+        let sending = send_command(&tx, [1; 512]);
+        assert!(std::mem::size_of_val(&sending) <= 32);
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some([1; 512]),
+            "queued before it is awaited"
+        );
+        assert!(sending.await);
+
+        assert!(send_command(&tx, [2; 512]).await);
+        let waiting = send_command(&tx, [3; 512]);
+        assert!(std::mem::size_of_val(&waiting) <= 32);
+        assert_eq!(rx.recv().await, Some([2; 512]));
+        assert!(waiting.await, "queued once there is room");
+        assert_eq!(rx.recv().await, Some([3; 512]));
+        drop(rx);
+        assert!(!send_command(&tx, [4; 512]).await, "the room is gone");
+    }
+}
