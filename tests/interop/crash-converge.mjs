@@ -42,6 +42,10 @@
 // server BEFORE the buffer, so the buffer's fields are stripped from those patches first, as
 // pull() would (without this, a client's own offline edit is overwritten in its view by an older
 // value from the diff, while the server and the others keep the edit).
+// Third: between sending `reconnect` (which carries the offline buffer) and its `synced`, the
+// adapter's next flush sends the buffer again as a `patch` and empties it; `synced` then finds
+// nothing to strip, and a broadcast pending from before the drop (ordered before the buffer)
+// is pulled over the client's own offline edit. So a tick does nothing in that window.
 //
 // A `resync` from the server fails the run: a client only learns clocks from acks and
 // broadcasts, which weft sends once the write is durable, so after a restart its clock can never
@@ -206,6 +210,8 @@ class Client {
     const a = this.adapter;
     const unsent = Object.keys(a.offlineBuffer).length > 0 && !this.syncedHere;
     if (unsent && a.pendingDocumentPatches.length > 0) this.deferredPulls++;
+    // Its `reconnect` is out but not answered (the header's third workaround): no push either.
+    if (unsent && a.isOnline) return;
     const pulled = unsent ? [] : a.pull();
     for (const m of pulled) {
       if (m.syncBehavior === 'document') {
