@@ -45,8 +45,8 @@ pub struct RoomManager {
     inner: Arc<Inner>,
 }
 
-/// A room's entry in the manager, handed to it at spawn: it tells the manager when the room
-/// starts and finishes closing.
+/// A room's entry in the manager, handed to it at spawn: through it the room tells the manager
+/// that it is closing.
 pub(crate) struct Registration {
     rooms: Arc<Rooms>,
     key: RoomKey,
@@ -54,14 +54,30 @@ pub(crate) struct Registration {
 }
 
 impl Registration {
-    /// No new handle for this key until the guard is dropped (after the final fold) and
-    /// [`Registration::finish_close`] is called.
-    pub(crate) fn begin_close(&self) -> ClosingGuard {
-        self.rooms.begin_close(&self.key, self.generation)
+    /// The room starts closing: no new handle for its key until the [`Closing`] is dropped
+    /// (after the final fold).
+    pub(crate) fn begin_close(&self) -> Closing {
+        Closing {
+            _waiters: self.rooms.begin_close(&self.key, self.generation),
+            rooms: self.rooms.clone(),
+            key: self.key.clone(),
+            generation: self.generation,
+        }
     }
+}
 
-    /// The room is gone: the manager forgets it.
-    pub(crate) fn finish_close(&self) {
+/// A room closing. Dropped (once its final fold is done), the manager forgets the room, then
+/// those waiting for its key go on and load it anew.
+pub(crate) struct Closing {
+    rooms: Arc<Rooms>,
+    key: RoomKey,
+    generation: u64,
+    /// Dropped after `drop` has forgotten the room (fields drop last): waiters then load anew.
+    _waiters: ClosingGuard,
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
         self.rooms.finish_close(&self.key, self.generation);
     }
 }
@@ -192,10 +208,9 @@ mod tests {
                     .unwrap_or_else(|e| e.into_inner())
                     .take();
                 if let Some(registration) = taken {
-                    let guard = registration.begin_close();
+                    let closing = registration.begin_close();
                     barrier.wait().await;
-                    registration.finish_close();
-                    drop(guard);
+                    drop(closing);
                 }
                 Ok(())
             })

@@ -115,9 +115,7 @@ impl<H: Clone> Registry<H> {
         ClosingGuard(tx)
     }
 
-    /// Forgets a room that finished closing (or one that ended without [`begin_close`]).
-    ///
-    /// [`begin_close`]: Registry::begin_close
+    /// Forgets a room that finished closing.
     pub(crate) fn finish_close(&self, key: &RoomKey, generation: u64) {
         let mut slots = self.slots();
         let this_room = match slots.get(key) {

@@ -680,7 +680,6 @@ impl Room {
                 _ => {}
             }
         }
-        self.registration.finish_close();
         drop(closing);
         info!(clock = self.doc.clock(), "room closed");
         result

@@ -642,7 +642,6 @@ impl Room {
         if let Some(done) = done {
             let _ = done.send(result);
         }
-        self.registration.finish_close();
         drop(closing);
         if let Some(due) = self.ctx.timers.values().map(|t| t.due_ms).min() {
             self.wakeups.add(self.ctx.key.clone(), due);
@@ -665,7 +664,6 @@ impl Room {
                 _ => {}
             }
         }
-        self.registration.finish_close();
         drop(closing);
     }
 }
