@@ -308,12 +308,17 @@ impl RoomContext {
         }
         let total = self.state_size();
         let max = self.options.max_state_size;
-        if !self.players.contains_key(user_id) {
-            self.players.insert(user_id.to_owned(), Tracked::empty());
-        }
-        let Some(player) = self.players.get_mut(user_id) else {
-            return Err(StateError::NoSuchPlayer(user_id.to_owned()));
+        // No key is allocated for a player that has state (the common case, on the hot path).
+        let index = match self.players.get_index_of(user_id) {
+            Some(index) => index,
+            None => {
+                let (index, _) = self
+                    .players
+                    .insert_full(user_id.to_owned(), Tracked::empty());
+                index
+            }
         };
+        let player = &mut self.players[index];
         let others = total - player.size;
         update_tracked(player, others, max, update)
     }
@@ -463,11 +468,11 @@ impl RoomContext {
         data: Value,
     ) -> Result<(), StateError> {
         check_depth(&data)?;
-        let due = unix_ms().saturating_add(delay.as_millis() as u64);
+        let due = unix_ms().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
         let timer = SavedTimer { due_ms: due, data };
         self.timers.insert(name.to_owned(), timer.clone());
         self.schedule
-            .set(Due::Timer(name.to_owned()), Instant::now() + delay);
+            .set(Due::Timer(name.to_owned()), later(Instant::now(), delay));
         self.log.push(Op::Timer {
             name: name.to_owned(),
             timer,
@@ -502,7 +507,7 @@ impl RoomContext {
         }
         self.simulation = interval;
         match interval {
-            Some(every) => self.schedule.set(Due::Tick, self.last_tick + every),
+            Some(every) => self.schedule.set(Due::Tick, later(self.last_tick, every)),
             None => {
                 self.schedule.clear(&Due::Tick);
             }
@@ -603,7 +608,8 @@ impl RoomContext {
         self.next_clock_id += 1;
         let id = ClockId(self.next_clock_id);
         self.clock.insert(id, ClockTask { every, callback });
-        self.schedule.set(Due::Clock(id), Instant::now() + delay);
+        self.schedule
+            .set(Due::Clock(id), later(Instant::now(), delay));
         id
     }
 
@@ -617,8 +623,8 @@ impl RoomContext {
         };
         (task.callback)(self);
         if let Some(every) = task.every {
-            let next = due + every;
-            let next = if next < now { now + every } else { next };
+            let next = later(due, every);
+            let next = if next < now { later(now, every) } else { next };
             self.schedule.set(Due::Clock(id), next);
             self.clock.insert(id, task);
         }
@@ -924,6 +930,13 @@ fn update_tracked(
     Ok(())
 }
 
+/// `delay` after `at`. A handler's delay may be anything up to `Duration::MAX`, which no
+/// `Instant` can hold: such a deadline is a century away instead of a panic of the room task.
+pub(super) fn later(at: Instant, delay: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    at.checked_add(delay).unwrap_or(at + CENTURY)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -956,5 +969,55 @@ mod tests {
         assert_eq!(tracked.commit(), None);
         assert_eq!(tracked.doc.clock(), 1);
         assert!(tracked.pending.is_none());
+    }
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+    use crate::ids::RoomId;
+    use crate::rooms::JournalConfig;
+    use crate::storage::{MemoryStorage, WriteBudget};
+
+    fn context() -> RoomContext {
+        let key = RecordKey::new(
+            RoomId::parse("arena").expect("namespace"),
+            RoomId::parse("far").expect("id"),
+        );
+        let config = JournalConfig {
+            storage: Arc::new(MemoryStorage::default()),
+            budget: WriteBudget::new(1 << 20),
+            metrics: Arc::new(Metrics::default()),
+        };
+        let journal = Journal::new(
+            crate::ids::RoomKey::Game(key.clone()),
+            config,
+            Duration::from_secs(60),
+        );
+        let options = Arc::new(NamespaceOptions::default());
+        let status = Arc::new(RoomStatus::new(options.max_players));
+        RoomContext::new(key, options, journal, status)
+    }
+
+    /// The longest delays a handler can ask for (timers, clock callbacks, intervals, the
+    /// simulation tick) are scheduled far away, never a panic; a timer's saved due time is the
+    /// latest there is, so it stays pending across a reload too.
+    #[tokio::test]
+    async fn the_longest_delays_are_far_deadlines_not_panics() {
+        let mut ctx = context();
+        ctx.set_timer("far", Duration::MAX, Value::Null)
+            .expect("timer set");
+        assert_eq!(ctx.timers["far"].due_ms, u64::MAX);
+        let id = ctx.set_interval(Duration::MAX, |_| {});
+        ctx.set_timeout(Duration::MAX, |_| {});
+        ctx.set_simulation_interval(Some(Duration::MAX));
+        let now = Instant::now();
+        let soonest = ctx.schedule.next().expect("deadlines");
+        assert!(soonest > now + Duration::from_secs(3600 * 24 * 365));
+        ctx.run_clock(id, soonest, soonest);
+        assert!(
+            ctx.schedule.get(&Due::Clock(id)).is_some(),
+            "the interval is due again"
+        );
     }
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn, Instrument};
 
-use super::context::{Connection, Due, Effect, Joining, RoomContext, Seat, Tracked};
+use super::context::{later, Connection, Due, Effect, Joining, RoomContext, Seat, Tracked};
 use super::handle::{Command, JoinRefused, RoomHandle, RoomStatus};
 use super::logic::{HandlerError, HandlerResult, LeaveReason, RoomLogic};
 use super::options::NamespaceOptions;
@@ -560,7 +560,9 @@ impl Room {
         }
         if let Some(every) = self.ctx.simulation {
             if self.ctx.schedule.get(&Due::Tick).is_none() {
-                self.ctx.schedule.set(Due::Tick, self.ctx.last_tick + every);
+                self.ctx
+                    .schedule
+                    .set(Due::Tick, later(self.ctx.last_tick, every));
             }
         }
         if self.ctx.is_dirty() && self.ctx.schedule.get(&Due::Flush).is_none() {
